@@ -1,0 +1,148 @@
+#!/usr/bin/env node
+/**
+ * The postino command.
+ *   postino up                       every service in one process (the embedded default)
+ *   postino run <service>...         the named services (smtp-ingress, router, delivery,
+ *                                    mailbox-store, imap, pop3, admin)
+ *   postino admin domain add|remove|list [<domain>]
+ *   postino admin user add <address> [--password <p>]   (else the password is read from stdin)
+ *   postino admin user remove|passwd <address> | list [<domain>]
+ *   postino trace <queue-id|message-id>
+ *   postino config                   the environment variables and their defaults
+ */
+import { ConfigError, configTable, loadConfig } from '../services/core/config.ts';
+import { runServices, stopOnSignals } from '../services/core/runtime.ts';
+import { ensureBackends } from '../services/core/embedded.ts';
+import { createLogger } from '../services/core/log.ts';
+import { SERVICES } from '../services/services.ts';
+
+const USAGE = `usage:
+  postino up
+  postino run <service>...        services: ${Object.keys(SERVICES).join(', ')}
+  postino admin domain add|remove <domain> | list
+  postino admin user add <address> [--password <password>] | remove <address> | passwd <address> | list [<domain>]
+  postino trace <queue-id|message-id>
+  postino config`;
+
+function fail(message: string, code = 1): never {
+  process.stderr.write(`postino: ${message}\n`);
+  process.exit(code);
+}
+
+async function readStdin(): Promise<string> {
+  if (process.stdin.isTTY) process.stderr.write('password: ');
+  const chunks: Buffer[] = [];
+  for await (const c of process.stdin) chunks.push(c as Buffer);
+  return Buffer.concat(chunks).toString('utf8').replace(/\r?\n$/, '');
+}
+
+async function api(method: string, path: string, body?: unknown): Promise<unknown> {
+  const config = loadConfig();
+  const headers: Record<string, string> = { 'content-type': 'application/json' };
+  if (config.adminToken) headers.authorization = `Bearer ${config.adminToken}`;
+  let res: Response;
+  try {
+    res = await fetch(new URL(path, config.adminUrl), { method, headers, body: body ? JSON.stringify(body) : undefined });
+  } catch (err) {
+    fail(`cannot reach the admin API at ${config.adminUrl} (${(err as Error).cause ?? (err as Error).message}); is Postino running? set ADMIN_URL`);
+  }
+  const data = (await res.json().catch(() => ({}))) as { error?: string };
+  if (!res.ok) fail(data.error ?? `HTTP ${res.status}`);
+  return data;
+}
+
+async function admin(args: string[]): Promise<void> {
+  const [what, verb, name, ...rest] = args;
+  const enc = encodeURIComponent;
+  if (what === 'domain') {
+    if (verb === 'list') {
+      const r = (await api('GET', '/api/domains')) as { domains: string[] };
+      for (const d of r.domains) console.log(d);
+      return;
+    }
+    if (!name) fail(USAGE, 2);
+    if (verb === 'add') return void console.log(`added domain ${((await api('POST', '/api/domains', { name })) as { name: string }).name}`);
+    if (verb === 'remove') return void (await api('DELETE', `/api/domains/${enc(name)}`), console.log(`removed domain ${name}`));
+  }
+  if (what === 'user') {
+    if (verb === 'list') {
+      const r = (await api('GET', `/api/users${name ? `?domain=${enc(name)}` : ''}`)) as { users: { address: string }[] };
+      for (const u of r.users) console.log(u.address);
+      return;
+    }
+    if (!name) fail(USAGE, 2);
+    if (verb === 'add' || verb === 'passwd') {
+      const i = rest.indexOf('--password');
+      const password = i >= 0 ? rest[i + 1] : await readStdin();
+      if (!password) fail('a password is needed: --password <password> or on standard input');
+      if (verb === 'add') {
+        const r = (await api('POST', '/api/users', { address: name, password })) as { address: string };
+        return void console.log(`added user ${r.address}`);
+      }
+      await api('PUT', `/api/users/${enc(name)}/password`, { password });
+      return void console.log(`changed the password of ${name}`);
+    }
+    if (verb === 'remove') return void (await api('DELETE', `/api/users/${enc(name)}`), console.log(`removed user ${name}`));
+  }
+  fail(USAGE, 2);
+}
+
+async function trace(id: string | undefined): Promise<void> {
+  if (!id) fail(USAGE, 2);
+  const r = (await api('GET', `/api/trace/${encodeURIComponent(id)}`)) as {
+    events: { at: string; kind: string; queueId: string; recipient: string; service: string; detail: string; traceId: string }[];
+  };
+  if (r.events.length === 0) fail(`no events for ${id}`);
+  for (const e of r.events) {
+    console.log(`${e.at}  ${e.kind.padEnd(9)} ${e.queueId.padEnd(18)} ${e.service.padEnd(13)} ${e.recipient}  ${e.detail}  trace=${e.traceId}`);
+  }
+}
+
+async function serve(names: string[], embedded: boolean): Promise<void> {
+  const config = loadConfig();
+  const logger = createLogger(config.logLevel, { services: 'postino' });
+  const backends = embedded ? await ensureBackends(config.natsUrl, config.redisUrl, config.dataDir, logger) : undefined;
+  const running = await runServices(config, names, SERVICES).catch(async (err: unknown) => {
+    await backends?.stop();
+    throw err;
+  });
+  stopOnSignals(running, config.shutdownGrace, async () => backends?.stop());
+  if (embedded) {
+    const c = config;
+    process.stderr.write(
+      `\nPostino is up (${names.length} services in one process):\n` +
+        `  SMTP        ${c.bindHost}:${c.smtpPort}  (incoming mail)\n` +
+        `  Submission  ${c.bindHost}:${c.submissionPort}  (AUTH PLAIN/LOGIN)\n` +
+        `  IMAP        ${c.bindHost}:${c.imapPort}\n` +
+        `  POP3        ${c.bindHost}:${c.pop3Port}\n` +
+        `  HTTP        http://${c.httpHost}:${running.runtime.http.port}  (/api, /metrics, /healthz, /readyz)\n` +
+        `  NATS ${c.natsUrl}   Redis ${c.redisUrl}\n\n`,
+    );
+  }
+}
+
+async function main(argv: string[]): Promise<void> {
+  const [cmd, ...args] = argv;
+  switch (cmd) {
+    case 'up':
+      return serve(Object.keys(SERVICES), true);
+    case 'run': {
+      if (args.length === 0) fail(USAGE, 2);
+      for (const n of args) if (!SERVICES[n]) fail(`unknown service ${n}; services: ${Object.keys(SERVICES).join(', ')}`, 2);
+      return serve(args, false);
+    }
+    case 'admin':
+      return admin(args);
+    case 'trace':
+      return trace(args[0]);
+    case 'config':
+      return void console.log(configTable());
+    default:
+      fail(USAGE, 2);
+  }
+}
+
+main(process.argv.slice(2)).catch((err: unknown) => {
+  if (err instanceof ConfigError) fail(err.message, 78);
+  fail((err as Error).stack ?? String(err));
+});

@@ -1,0 +1,122 @@
+/**
+ * The admin HTTP API (JSON), served on the HTTP port under /api:
+ *   GET    /api/domains                    list hosted domains
+ *   POST   /api/domains        {name}      add a domain
+ *   DELETE /api/domains/<name>             remove a domain (it must have no users)
+ *   GET    /api/users[?domain=d]           list users
+ *   POST   /api/users          {address, password}
+ *   PUT    /api/users/<address>/password   {password}
+ *   DELETE /api/users/<address>
+ *   GET    /api/trace/<queue-id|message-id> a message's journey from the EVENTS stream
+ * Requests need `Authorization: Bearer <ADMIN_TOKEN>`; with no token configured only loopback clients are served.
+ */
+import type { IncomingMessage, ServerResponse } from 'node:http';
+import { timingSafeEqual } from 'node:crypto';
+import type { Logger } from 'pino';
+import { DirectoryError, type Directory } from '../core/directory.ts';
+import type { Route } from '../core/http.ts';
+import { isLoopback } from '../core/net.ts';
+import type { Nats } from '../core/nats.ts';
+import { traceMessage } from './trace.ts';
+
+const MAX_BODY = 64 * 1024;
+
+async function readJson(req: IncomingMessage): Promise<Record<string, unknown>> {
+  const chunks: Buffer[] = [];
+  let size = 0;
+  for await (const c of req) {
+    size += (c as Buffer).length;
+    if (size > MAX_BODY) throw new HttpError(413, 'request body too large');
+    chunks.push(c as Buffer);
+  }
+  try {
+    const v: unknown = JSON.parse(Buffer.concat(chunks).toString('utf8') || '{}');
+    if (typeof v !== 'object' || v === null || Array.isArray(v)) throw new Error('not an object');
+    return v as Record<string, unknown>;
+  } catch {
+    throw new HttpError(400, 'body must be a JSON object');
+  }
+}
+
+class HttpError extends Error {
+  readonly status: number;
+  constructor(status: number, message: string) {
+    super(message);
+    this.status = status;
+  }
+}
+
+function json(res: ServerResponse, status: number, body: unknown): void {
+  res.statusCode = status;
+  res.setHeader('content-type', 'application/json');
+  res.end(`${JSON.stringify(body)}\n`);
+}
+
+function str(body: Record<string, unknown>, key: string): string {
+  const v = body[key];
+  if (typeof v !== 'string' || v === '') throw new HttpError(400, `"${key}" must be a non-empty string`);
+  return v;
+}
+
+const STATUS_OF: Record<DirectoryError['code'], number> = { EXISTS: 409, NOT_FOUND: 404, INVALID: 400, NOT_EMPTY: 409 };
+
+export function adminRoute(directory: Directory, nats: Nats, token: string, logger: Logger): Route {
+  const authorized = (req: IncomingMessage): boolean => {
+    if (!token) return isLoopback(req.socket.remoteAddress ?? '');
+    const given = Buffer.from(req.headers.authorization ?? '');
+    const want = Buffer.from(`Bearer ${token}`);
+    return given.length === want.length && timingSafeEqual(given, want);
+  };
+
+  return async (req, res, url) => {
+    if (!url.pathname.startsWith('/api/')) return false;
+    try {
+      if (!authorized(req)) throw new HttpError(401, 'unauthorized');
+      const parts = url.pathname.split('/').slice(2).map(decodeURIComponent);
+      const [resource, id, sub] = parts;
+      const method = req.method ?? 'GET';
+      if (resource === 'domains' && !id && method === 'GET') return json(res, 200, { domains: await directory.listDomains() }), true;
+      if (resource === 'domains' && !id && method === 'POST') {
+        const name = await directory.addDomain(str(await readJson(req), 'name'));
+        logger.info({ domain: name }, 'domain added');
+        return json(res, 201, { name }), true;
+      }
+      if (resource === 'domains' && id && method === 'DELETE') {
+        await directory.removeDomain(id);
+        logger.info({ domain: id }, 'domain removed');
+        return json(res, 200, { removed: id }), true;
+      }
+      if (resource === 'users' && !id && method === 'GET') {
+        return json(res, 200, { users: await directory.listUsers(url.searchParams.get('domain') ?? undefined) }), true;
+      }
+      if (resource === 'users' && !id && method === 'POST') {
+        const body = await readJson(req);
+        const address = await directory.addUser(str(body, 'address'), str(body, 'password'));
+        logger.info({ user: address }, 'user added');
+        return json(res, 201, { address }), true;
+      }
+      if (resource === 'users' && id && sub === 'password' && method === 'PUT') {
+        await directory.setPassword(id, str(await readJson(req), 'password'));
+        logger.info({ user: id }, 'password changed');
+        return json(res, 200, { address: id }), true;
+      }
+      if (resource === 'users' && id && !sub && method === 'DELETE') {
+        await directory.removeUser(id);
+        logger.info({ user: id }, 'user removed');
+        return json(res, 200, { removed: id }), true;
+      }
+      if (resource === 'trace' && id && method === 'GET') {
+        return json(res, 200, { events: await traceMessage(nats, id) }), true;
+      }
+      throw new HttpError(404, `no route ${method} ${url.pathname}`);
+    } catch (err) {
+      if (err instanceof HttpError) json(res, err.status, { error: err.message });
+      else if (err instanceof DirectoryError) json(res, STATUS_OF[err.code], { error: err.message });
+      else {
+        logger.error({ err }, 'admin request failed');
+        json(res, 500, { error: 'internal error' });
+      }
+      return true;
+    }
+  };
+}

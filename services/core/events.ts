@@ -1,0 +1,38 @@
+/** Message lifecycle events on the EVENTS stream (message tracking: `postino trace`). */
+import type { Logger } from 'pino';
+import { pb, encode, type MessageEvent } from './codec.ts';
+import { publish, STREAMS, SUBJECTS, type Nats } from './nats.ts';
+import { currentTraceId } from './telemetry.ts';
+
+export type EventKind =
+  | 'received'
+  | 'rejected'
+  | 'routed'
+  | 'stored'
+  | 'delivered'
+  | 'deferred'
+  | 'bounced'
+  | 'fetched'
+  | 'expunged';
+
+/**
+ * Records an event. Tracking must never hold mail back: a failed publish is logged, not thrown.
+ * The msgId makes a redelivered stage's event a duplicate that JetStream drops.
+ */
+export async function recordEvent(
+  nats: Nats,
+  logger: Logger,
+  kind: EventKind,
+  ev: Omit<MessageEvent, 'kind' | 'at' | 'traceId'>,
+  dedupeKey?: string,
+): Promise<void> {
+  const event: MessageEvent = { ...ev, kind, at: Date.now(), traceId: currentTraceId() };
+  try {
+    await publish(nats, SUBJECTS.event(kind), encode(pb.MessageEvent, event), {
+      stream: STREAMS.EVENTS,
+      msgId: dedupeKey ? `${kind}:${dedupeKey}` : undefined,
+    });
+  } catch (err) {
+    logger.warn({ err, kind, queueId: ev.queueId }, 'event not recorded');
+  }
+}

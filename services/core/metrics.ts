@@ -1,0 +1,33 @@
+/** Prometheus metrics shared by the services of one process, exposed on /metrics. */
+import client from 'prom-client';
+
+export const registry = new client.Registry();
+client.collectDefaultMetrics({ register: registry, prefix: 'postino_process_' });
+
+const cache = new Map<string, unknown>();
+
+function once<T>(name: string, make: () => T): T {
+  let m = cache.get(name) as T | undefined;
+  if (!m) {
+    m = make();
+    cache.set(name, m);
+  }
+  return m;
+}
+
+export function counter(name: string, help: string, labelNames: string[] = []): client.Counter<string> {
+  return once(name, () => new client.Counter({ name, help, labelNames, registers: [registry] }));
+}
+
+export function gauge(name: string, help: string, labelNames: string[] = []): client.Gauge<string> {
+  return once(name, () => new client.Gauge({ name, help, labelNames, registers: [registry] }));
+}
+
+export function histogram(
+  name: string,
+  help: string,
+  labelNames: string[] = [],
+  buckets: number[] = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60],
+): client.Histogram<string> {
+  return once(name, () => new client.Histogram({ name, help, labelNames, buckets, registers: [registry] }));
+}

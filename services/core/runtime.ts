@@ -1,0 +1,109 @@
+/**
+ * Process wiring: parse the configuration once, build the clients, start the requested services,
+ * and drain them on SIGTERM/SIGINT within the grace period (invariant 6).
+ */
+import { hostname } from 'node:os';
+import type { Logger } from 'pino';
+import type { Redis } from 'ioredis';
+import type { Config } from './config.ts';
+import { createLogger } from './log.ts';
+import { startTelemetry, stopTelemetry } from './telemetry.ts';
+import { connectNats, provision, type Nats } from './nats.ts';
+import { connectRedis } from './redis.ts';
+import { BlobStore } from './blobs.ts';
+import { Directory } from './directory.ts';
+import { Health, startHttp, type HttpServer } from './http.ts';
+
+/** Everything a service is given at start. */
+export interface Runtime {
+  config: Config;
+  logger: Logger;
+  nats: Nats;
+  redis: Redis;
+  blobs: BlobStore;
+  directory: Directory;
+  health: Health;
+  http: HttpServer;
+  /** Name of this instance (lease owner, logs). */
+  node: string;
+}
+
+export interface Service {
+  /** Stop accepting, finish or hand back what is in flight. */
+  stop(): Promise<void>;
+}
+
+export type ServiceStart = (rt: Runtime) => Promise<Service>;
+
+export interface Running {
+  runtime: Runtime;
+  stop(): Promise<void>;
+}
+
+export async function startRuntime(config: Config, names: string[]): Promise<Runtime> {
+  const node = config.nodeName || `${hostname()}-${process.pid}`;
+  startTelemetry(names.length === 1 ? `postino-${names[0]}` : 'postino');
+  const logger = createLogger(config.logLevel, { node, services: names.join(',') });
+  const nats = await connectNats(config.natsUrl, `postino-${names.join('+')}-${node}`, logger);
+  await provision(nats, config.natsReplicas);
+  const redis = await connectRedis(config.redisUrl, logger);
+  const blobs = await BlobStore.open(nats, config.natsReplicas);
+  const health = new Health();
+  health.add('nats', () => (nats.nc.isClosed() ? 'closed' : nats.nc.isDraining() ? 'draining' : null));
+  health.add('redis', () => (redis.status === 'ready' ? null : redis.status));
+  const http = await startHttp(config.httpHost, config.httpPort, health);
+  return { config, logger, nats, redis, blobs, directory: new Directory(redis, config.redisPrefix), health, http, node };
+}
+
+export async function runServices(
+  config: Config,
+  names: string[],
+  table: Record<string, ServiceStart>,
+): Promise<Running> {
+  const rt = await startRuntime(config, names);
+  const started: { name: string; svc: Service }[] = [];
+  try {
+    for (const name of names) {
+      const start = table[name];
+      if (!start) throw new Error(`unknown service ${name}`);
+      started.push({ name, svc: await start(rt) });
+      rt.logger.info({ service: name }, 'service started');
+    }
+  } catch (err) {
+    await stopAll(rt, started);
+    throw err;
+  }
+  return { runtime: rt, stop: () => stopAll(rt, started) };
+}
+
+async function stopAll(rt: Runtime, started: { name: string; svc: Service }[]): Promise<void> {
+  rt.health.drain();
+  for (const { name, svc } of [...started].reverse()) {
+    await svc.stop().catch((err: unknown) => rt.logger.error({ err, service: name }, 'stop failed'));
+  }
+  await rt.http.close();
+  await rt.nats.nc.drain().catch(() => rt.nats.nc.close());
+  rt.redis.disconnect();
+  await stopTelemetry();
+}
+
+/** Stops on SIGTERM/SIGINT; exits non-zero if draining overruns the grace period. */
+export function stopOnSignals(running: Running, graceMs: number, onStopped?: () => Promise<void>): void {
+  let stopping = false;
+  const handler = (signal: string) => {
+    if (stopping) return;
+    stopping = true;
+    running.runtime.logger.info({ signal, graceMs }, 'stopping');
+    const timer = setTimeout(() => {
+      running.runtime.logger.error('grace period over; exiting with work in flight (JetStream will redeliver it)');
+      process.exit(1);
+    }, graceMs);
+    timer.unref();
+    void running
+      .stop()
+      .then(() => onStopped?.())
+      .then(() => process.exit(0));
+  };
+  process.on('SIGTERM', () => handler('SIGTERM'));
+  process.on('SIGINT', () => handler('SIGINT'));
+}

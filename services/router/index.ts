@@ -1,0 +1,143 @@
+/**
+ * router: takes each accepted envelope from INGRESS and splits it by recipient — hosted domains to
+ * LOCAL (one entry per mailbox), other domains to OUTBOUND (one entry per destination domain, with
+ * its MX hosts). The envelope is acked only after every entry it produced is durable (invariant 2);
+ * entries carry de-duplication ids so a redelivered envelope produces nothing twice.
+ */
+import type { Runtime, Service } from '../core/runtime.ts';
+import { consume, publish, STREAMS, SUBJECTS } from '../core/nats.ts';
+import { pb, decode, encode, type LocalDelivery, type OutboundDelivery, type Recipient } from '../core/codec.ts';
+import { recordEvent } from '../core/events.ts';
+import { counter } from '../core/metrics.ts';
+import { domainOf } from '../core/address.ts';
+import { MxResolver } from '../core/mx.ts';
+import { sendBounce, type Failure } from '../core/bounce.ts';
+import { SpanKind, withSpan } from '../core/telemetry.ts';
+import { partitionOf } from '../core/partition.ts';
+
+const routed = counter('postino_recipients_routed_total', 'Recipients routed', ['destination']);
+
+export async function start(rt: Runtime): Promise<Service> {
+  const { nats, directory, config, blobs } = rt;
+  const log = rt.logger.child({ service: 'router' });
+  const mx = new MxResolver(config.dnsServers);
+
+  const consumer = consume(nats, {
+    name: 'router',
+    logger: log,
+    concurrency: 32,
+    handler: async (msg) => {
+      const env = decode(pb.Envelope, msg.data);
+      const locals: LocalDelivery[] = [];
+      const remote = new Map<string, Recipient[]>();
+      const failures: Failure[] = [];
+      const seen = new Set<string>();
+      for (const r of env.recipients) {
+        const address = r.address ?? '';
+        const domain = domainOf(address);
+        if (await directory.isLocalDomain(domain)) {
+          const user = await directory.resolveUser(address);
+          if (!user) {
+            failures.push({ recipient: r, status: '5.1.1', diagnostic: '550 5.1.1 User unknown in virtual mailbox table' });
+            continue;
+          }
+          // Each mailbox gets one copy, however many of its addresses were named.
+          if (seen.has(user)) continue;
+          seen.add(user);
+          locals.push({
+            queueId: env.queueId,
+            user,
+            originalRecipient: address,
+            folder: 'INBOX',
+            body: env.body,
+            mailFrom: env.mailFrom,
+            receivedAt: env.receivedAt,
+            messageId: env.messageId,
+            idempotencyKey: `${env.queueId}:${user}`,
+          });
+        } else {
+          const list = remote.get(domain) ?? [];
+          list.push(r);
+          remote.set(domain, list);
+        }
+      }
+
+      for (const d of locals) {
+        await publish(nats, SUBJECTS.local(partitionOf(d.user ?? '', config.partitions)), encode(pb.LocalDelivery, d), {
+          stream: STREAMS.LOCAL,
+          msgId: d.idempotencyKey ?? undefined,
+        });
+        routed.inc({ destination: 'local' });
+        await recordEvent(nats, log, 'routed', {
+          queueId: env.queueId,
+          messageId: env.messageId,
+          recipient: d.originalRecipient,
+          service: 'router',
+          detail: `local mailbox ${d.user}`,
+          mailFrom: env.mailFrom,
+        }, d.idempotencyKey ?? undefined);
+      }
+
+      for (const [domain, rcpts] of remote) {
+        const result = await withSpan(`dns MX ${domain}`, { kind: SpanKind.CLIENT, attributes: { 'dns.question.name': domain } }, () =>
+          mx.resolve(domain),
+        );
+        if (result.kind === 'permanent') {
+          for (const r of rcpts) failures.push({ recipient: r, status: result.code, diagnostic: result.reason });
+          continue;
+        }
+        // A temporary DNS failure does not hold the other recipients: delivery looks the MX up again.
+        const out: OutboundDelivery = {
+          queueId: env.queueId,
+          domain,
+          recipients: rcpts,
+          body: env.body,
+          mailFrom: env.mailFrom,
+          receivedAt: env.receivedAt,
+          messageId: env.messageId,
+          mx: result.kind === 'ok' ? result.hosts : [],
+          attempts: 0,
+          dsnRet: env.dsnRet,
+          dsnEnvid: env.dsnEnvid,
+          smtputf8: env.smtputf8,
+          isBounce: env.isBounce,
+          lastError: result.kind === 'temporary' ? result.reason : '',
+        };
+        await publish(nats, SUBJECTS.outbound(partitionOf(domain, config.partitions)), encode(pb.OutboundDelivery, out), {
+          stream: STREAMS.OUTBOUND,
+          msgId: `${env.queueId}:${domain}:0`,
+        });
+        routed.inc({ destination: 'remote' }, rcpts.length);
+        await recordEvent(nats, log, 'routed', {
+          queueId: env.queueId,
+          messageId: env.messageId,
+          recipient: rcpts.map((r) => r.address).join(','),
+          service: 'router',
+          detail: result.kind === 'ok' ? `remote ${domain} via ${result.hosts.map((h) => h.host).join(', ')}` : `remote ${domain}: ${result.reason}`,
+          mailFrom: env.mailFrom,
+        }, `${env.queueId}:${domain}`);
+      }
+
+      if (failures.length > 0) {
+        await sendBounce(
+          { nats, blobs, logger: log, hostname: config.hostname },
+          {
+            queueId: env.queueId,
+            mailFrom: env.mailFrom,
+            messageId: env.messageId,
+            receivedAt: Number(env.receivedAt),
+            dsnRet: env.dsnRet,
+            dsnEnvid: env.dsnEnvid,
+            body: { id: env.body?.id ?? '', size: Number(env.body?.size ?? 0) },
+            isBounce: env.isBounce,
+          },
+          failures,
+        );
+      }
+      log.info({ queueId: env.queueId, local: locals.length, remoteDomains: remote.size, failed: failures.length }, 'envelope routed');
+      return { ack: true };
+    },
+  });
+
+  return { stop: () => consumer.stop() };
+}
