@@ -11,14 +11,13 @@
  *   postino config                   the environment variables and their defaults
  */
 import { ConfigError, configTable, loadConfig } from '../services/core/config.ts';
-import { runServices, stopOnSignals } from '../services/core/runtime.ts';
-import { ensureBackends } from '../services/core/embedded.ts';
-import { createLogger } from '../services/core/log.ts';
-import { SERVICES } from '../services/services.ts';
+
+/** Service names, in start order (services/services.ts holds their start functions, loaded only to serve). */
+const SERVICE_NAMES = ['mailbox-store', 'router', 'delivery', 'admin', 'imap', 'pop3', 'smtp-ingress'];
 
 const USAGE = `usage:
   postino up
-  postino run <service>...        services: ${Object.keys(SERVICES).join(', ')}
+  postino run <service>...        services: ${SERVICE_NAMES.join(', ')}
   postino admin domain add|remove <domain> | list
   postino admin user add <address> [--password <password>] | remove <address> | passwd <address> | list [<domain>]
   postino trace <queue-id|message-id>
@@ -33,7 +32,9 @@ async function readStdin(): Promise<string> {
   if (process.stdin.isTTY) process.stderr.write('password: ');
   const chunks: Buffer[] = [];
   for await (const c of process.stdin) chunks.push(c as Buffer);
-  return Buffer.concat(chunks).toString('utf8').replace(/\r?\n$/, '');
+  return Buffer.concat(chunks)
+    .toString('utf8')
+    .replace(/\r?\n$/, '');
 }
 
 async function api(method: string, path: string, body?: unknown): Promise<unknown> {
@@ -42,9 +43,15 @@ async function api(method: string, path: string, body?: unknown): Promise<unknow
   if (config.adminToken) headers.authorization = `Bearer ${config.adminToken}`;
   let res: Response;
   try {
-    res = await fetch(new URL(path, config.adminUrl), { method, headers, body: body ? JSON.stringify(body) : undefined });
+    res = await fetch(new URL(path, config.adminUrl), {
+      method,
+      headers,
+      body: body ? JSON.stringify(body) : undefined,
+    });
   } catch (err) {
-    fail(`cannot reach the admin API at ${config.adminUrl} (${(err as Error).cause ?? (err as Error).message}); is Postino running? set ADMIN_URL`);
+    fail(
+      `cannot reach the admin API at ${config.adminUrl} (${(err as Error).cause ?? (err as Error).message}); is Postino running? set ADMIN_URL`,
+    );
   }
   const data = (await res.json().catch(() => ({}))) as { error?: string };
   if (!res.ok) fail(data.error ?? `HTTP ${res.status}`);
@@ -61,12 +68,18 @@ async function admin(args: string[]): Promise<void> {
       return;
     }
     if (!name) fail(USAGE, 2);
-    if (verb === 'add') return void console.log(`added domain ${((await api('POST', '/api/domains', { name })) as { name: string }).name}`);
-    if (verb === 'remove') return void (await api('DELETE', `/api/domains/${enc(name)}`), console.log(`removed domain ${name}`));
+    if (verb === 'add')
+      return void console.log(
+        `added domain ${((await api('POST', '/api/domains', { name })) as { name: string }).name}`,
+      );
+    if (verb === 'remove')
+      return void (await api('DELETE', `/api/domains/${enc(name)}`), console.log(`removed domain ${name}`));
   }
   if (what === 'user') {
     if (verb === 'list') {
-      const r = (await api('GET', `/api/users${name ? `?domain=${enc(name)}` : ''}`)) as { users: { address: string }[] };
+      const r = (await api('GET', `/api/users${name ? `?domain=${enc(name)}` : ''}`)) as {
+        users: { address: string }[];
+      };
       for (const u of r.users) console.log(u.address);
       return;
     }
@@ -82,7 +95,8 @@ async function admin(args: string[]): Promise<void> {
       await api('PUT', `/api/users/${enc(name)}/password`, { password });
       return void console.log(`changed the password of ${name}`);
     }
-    if (verb === 'remove') return void (await api('DELETE', `/api/users/${enc(name)}`), console.log(`removed user ${name}`));
+    if (verb === 'remove')
+      return void (await api('DELETE', `/api/users/${enc(name)}`), console.log(`removed user ${name}`));
   }
   fail(USAGE, 2);
 }
@@ -90,18 +104,37 @@ async function admin(args: string[]): Promise<void> {
 async function trace(id: string | undefined): Promise<void> {
   if (!id) fail(USAGE, 2);
   const r = (await api('GET', `/api/trace/${encodeURIComponent(id)}`)) as {
-    events: { at: string; kind: string; queueId: string; recipient: string; service: string; detail: string; traceId: string }[];
+    events: {
+      at: string;
+      kind: string;
+      queueId: string;
+      recipient: string;
+      service: string;
+      detail: string;
+      traceId: string;
+    }[];
   };
   if (r.events.length === 0) fail(`no events for ${id}`);
   for (const e of r.events) {
-    console.log(`${e.at}  ${e.kind.padEnd(9)} ${e.queueId.padEnd(18)} ${e.service.padEnd(13)} ${e.recipient}  ${e.detail}  trace=${e.traceId}`);
+    console.log(
+      `${e.at}  ${e.kind.padEnd(9)} ${e.queueId.padEnd(18)} ${e.service.padEnd(13)} ${e.recipient}  ${e.detail}  trace=${e.traceId}`,
+    );
   }
 }
 
 async function serve(names: string[], embedded: boolean): Promise<void> {
   const config = loadConfig();
+  const [{ runServices, stopOnSignals }, { ensureBackends }, { createLogger }, { SERVICES }] =
+    await Promise.all([
+      import('../services/core/runtime.ts'),
+      import('../services/core/embedded.ts'),
+      import('../services/core/log.ts'),
+      import('../services/services.ts'),
+    ]);
   const logger = createLogger(config.logLevel, { services: 'postino' });
-  const backends = embedded ? await ensureBackends(config.natsUrl, config.redisUrl, config.dataDir, logger) : undefined;
+  const backends = embedded
+    ? await ensureBackends(config.natsUrl, config.redisUrl, config.dataDir, logger)
+    : undefined;
   const running = await runServices(config, names, SERVICES).catch(async (err: unknown) => {
     await backends?.stop();
     throw err;
@@ -125,10 +158,12 @@ async function main(argv: string[]): Promise<void> {
   const [cmd, ...args] = argv;
   switch (cmd) {
     case 'up':
-      return serve(Object.keys(SERVICES), true);
+      return serve(SERVICE_NAMES, true);
     case 'run': {
       if (args.length === 0) fail(USAGE, 2);
-      for (const n of args) if (!SERVICES[n]) fail(`unknown service ${n}; services: ${Object.keys(SERVICES).join(', ')}`, 2);
+      for (const n of args)
+        if (!SERVICE_NAMES.includes(n))
+          fail(`unknown service ${n}; services: ${SERVICE_NAMES.join(', ')}`, 2);
       return serve(args, false);
     }
     case 'admin':

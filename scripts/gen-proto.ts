@@ -15,8 +15,24 @@ const bin = join(root, 'node_modules', '.bin');
 const js = join(outDir, 'postino.js');
 execFileSync(
   join(bin, 'pbjs'),
-  ['-t', 'static-module', '-w', 'es6', '--force-number', '--no-verify', '--no-delimited', '--no-beautify', '-p', protoDir, '-o', js, ...files],
+  [
+    '-t',
+    'static-module',
+    '-w',
+    'es6',
+    '--force-number',
+    '--no-verify',
+    '--no-delimited',
+    '--no-beautify',
+    '-p',
+    protoDir,
+    '-o',
+    js,
+    ...files,
+  ],
   { cwd: protoDir, stdio: 'inherit' },
 );
-execFileSync(join(bin, 'pbts'), ['--no-comments', '-o', join(outDir, 'postino.d.ts'), js], { stdio: 'inherit' });
+execFileSync(join(bin, 'pbts'), ['--no-comments', '-o', join(outDir, 'postino.d.ts'), js], {
+  stdio: 'inherit',
+});
 console.log(`generated ${files.length} proto files into gen/proto`);

@@ -58,7 +58,12 @@ function str(body: Record<string, unknown>, key: string): string {
   return v;
 }
 
-const STATUS_OF: Record<DirectoryError['code'], number> = { EXISTS: 409, NOT_FOUND: 404, INVALID: 400, NOT_EMPTY: 409 };
+const STATUS_OF: Record<DirectoryError['code'], number> = {
+  EXISTS: 409,
+  NOT_FOUND: 404,
+  INVALID: 400,
+  NOT_EMPTY: 409,
+};
 
 export function adminRoute(directory: Directory, nats: Nats, token: string, logger: Logger): Route {
   const authorized = (req: IncomingMessage): boolean => {
@@ -75,38 +80,42 @@ export function adminRoute(directory: Directory, nats: Nats, token: string, logg
       const parts = url.pathname.split('/').slice(2).map(decodeURIComponent);
       const [resource, id, sub] = parts;
       const method = req.method ?? 'GET';
-      if (resource === 'domains' && !id && method === 'GET') return json(res, 200, { domains: await directory.listDomains() }), true;
+      if (resource === 'domains' && !id && method === 'GET')
+        return (json(res, 200, { domains: await directory.listDomains() }), true);
       if (resource === 'domains' && !id && method === 'POST') {
         const name = await directory.addDomain(str(await readJson(req), 'name'));
         logger.info({ domain: name }, 'domain added');
-        return json(res, 201, { name }), true;
+        return (json(res, 201, { name }), true);
       }
       if (resource === 'domains' && id && method === 'DELETE') {
         await directory.removeDomain(id);
         logger.info({ domain: id }, 'domain removed');
-        return json(res, 200, { removed: id }), true;
+        return (json(res, 200, { removed: id }), true);
       }
       if (resource === 'users' && !id && method === 'GET') {
-        return json(res, 200, { users: await directory.listUsers(url.searchParams.get('domain') ?? undefined) }), true;
+        return (
+          json(res, 200, { users: await directory.listUsers(url.searchParams.get('domain') ?? undefined) }),
+          true
+        );
       }
       if (resource === 'users' && !id && method === 'POST') {
         const body = await readJson(req);
         const address = await directory.addUser(str(body, 'address'), str(body, 'password'));
         logger.info({ user: address }, 'user added');
-        return json(res, 201, { address }), true;
+        return (json(res, 201, { address }), true);
       }
       if (resource === 'users' && id && sub === 'password' && method === 'PUT') {
         await directory.setPassword(id, str(await readJson(req), 'password'));
         logger.info({ user: id }, 'password changed');
-        return json(res, 200, { address: id }), true;
+        return (json(res, 200, { address: id }), true);
       }
       if (resource === 'users' && id && !sub && method === 'DELETE') {
         await directory.removeUser(id);
         logger.info({ user: id }, 'user removed');
-        return json(res, 200, { removed: id }), true;
+        return (json(res, 200, { removed: id }), true);
       }
       if (resource === 'trace' && id && method === 'GET') {
-        return json(res, 200, { events: await traceMessage(nats, id) }), true;
+        return (json(res, 200, { events: await traceMessage(nats, id) }), true);
       }
       throw new HttpError(404, `no route ${method} ${url.pathname}`);
     } catch (err) {

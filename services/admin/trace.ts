@@ -27,7 +27,11 @@ export async function traceMessage(nats: Nats, id: string): Promise<TrackedEvent
   for await (const m of iter) {
     const e = decode(pb.MessageEvent, m.data);
     // A bounce's queue id is <original>B<n>: following one id shows its bounce too.
-    if (wanted.has(e.queueId) || wanted.has(e.messageId) || [...wanted].some((w) => e.queueId.startsWith(`${w}B`))) {
+    if (
+      wanted.has(e.queueId) ||
+      wanted.has(e.messageId) ||
+      [...wanted].some((w) => e.queueId.startsWith(`${w}B`))
+    ) {
       if (e.queueId) wanted.add(e.queueId);
       out.push({
         at: new Date(Number(e.at)).toISOString(),

@@ -111,7 +111,14 @@ Content-Type: ${full ? 'message/rfc822' : 'text/rfc822-headers'}
 ${full ? 'Content-Transfer-Encoding: 8bit\n' : ''}
 `);
   const tail = crlf(`\n--${boundary}--\n`);
-  return { text: Buffer.concat([Buffer.from(head, 'utf8'), full ? original : headerBlock(original), Buffer.from(tail)]), messageId };
+  return {
+    text: Buffer.concat([
+      Buffer.from(head, 'utf8'),
+      full ? original : headerBlock(original),
+      Buffer.from(tail),
+    ]),
+    messageId,
+  };
 }
 
 export interface BounceDeps {
@@ -126,10 +133,15 @@ export async function sendBounce(deps: BounceDeps, source: BounceSource, failure
   const wanted = failures.filter((f) => wantsFailureNotice(f.recipient));
   if (wanted.length === 0) return;
   if (!source.mailFrom || source.isBounce) {
-    deps.logger.warn({ queueId: source.queueId, failures: wanted.length }, 'not bouncing a message with a null sender');
+    deps.logger.warn(
+      { queueId: source.queueId, failures: wanted.length },
+      'not bouncing a message with a null sender',
+    );
     return;
   }
-  const original = await deps.blobs.read(source.body.id).catch(() => Buffer.from('(original message no longer available)\r\n'));
+  const original = await deps.blobs
+    .read(source.body.id)
+    .catch(() => Buffer.from('(original message no longer available)\r\n'));
   const dsn = buildDsn(deps.hostname, source, wanted, original);
   const stored = await deps.blobs.put([dsn.text]);
   const bounceId = `${source.queueId}B${createHashShort(wanted.map((f) => f.recipient.address).join(','))}`;
@@ -144,7 +156,10 @@ export async function sendBounce(deps: BounceDeps, source: BounceSource, failure
     isBounce: true,
     bodyType: '8bitmime',
   };
-  await publish(deps.nats, SUBJECTS.ingress, encode(pb.Envelope, envelope), { stream: STREAMS.INGRESS, msgId: bounceId });
+  await publish(deps.nats, SUBJECTS.ingress, encode(pb.Envelope, envelope), {
+    stream: STREAMS.INGRESS,
+    msgId: bounceId,
+  });
   for (const f of wanted) {
     await recordEvent(deps.nats, deps.logger, 'bounced', {
       queueId: source.queueId,

@@ -32,9 +32,11 @@ const str: Parser<string> = (raw) => raw;
 const int =
   (min: number, max: number): Parser<number> =>
   (raw, name) => {
-    if (!/^-?\d+$/.test(raw.trim())) throw new ConfigError(`${name}: expected an integer, got ${JSON.stringify(raw)}`);
+    if (!/^-?\d+$/.test(raw.trim()))
+      throw new ConfigError(`${name}: expected an integer, got ${JSON.stringify(raw)}`);
     const n = Number(raw);
-    if (n < min || n > max) throw new ConfigError(`${name}: expected an integer from ${min} to ${max}, got ${n}`);
+    if (n < min || n > max)
+      throw new ConfigError(`${name}: expected an integer from ${min} to ${max}, got ${n}`);
     return n;
   };
 
@@ -50,7 +52,8 @@ const bool: Parser<boolean> = (raw, name) => {
 /** Sizes such as 25MiB, 512k, 1048576. */
 const size: Parser<number> = (raw, name) => {
   const m = /^(\d+)\s*(k|kb|kib|m|mb|mib|g|gb|gib)?$/i.exec(raw.trim());
-  if (!m) throw new ConfigError(`${name}: expected a size such as 25MiB or 1048576, got ${JSON.stringify(raw)}`);
+  if (!m)
+    throw new ConfigError(`${name}: expected a size such as 25MiB or 1048576, got ${JSON.stringify(raw)}`);
   const unit = (m[2] ?? '').toLowerCase()[0];
   const mult = unit === 'k' ? 1024 : unit === 'm' ? 1024 ** 2 : unit === 'g' ? 1024 ** 3 : 1;
   return Number(m[1]) * mult;
@@ -59,7 +62,10 @@ const size: Parser<number> = (raw, name) => {
 /** Durations such as 30s, 5m, 250ms, 2h, or plain milliseconds. */
 const duration: Parser<number> = (raw, name) => {
   const m = /^(\d+)\s*(ms|s|m|h|d)?$/.exec(raw.trim());
-  if (!m) throw new ConfigError(`${name}: expected a duration such as 30s, 5m or 250ms, got ${JSON.stringify(raw)}`);
+  if (!m)
+    throw new ConfigError(
+      `${name}: expected a duration such as 30s, 5m or 250ms, got ${JSON.stringify(raw)}`,
+    );
   const unit = m[2] ?? 'ms';
   const mult = { ms: 1, s: 1000, m: 60_000, h: 3_600_000, d: 86_400_000 }[unit] ?? 1;
   return Number(m[1]) * mult;
@@ -73,10 +79,14 @@ const url =
       try {
         u = new URL(part.trim());
       } catch {
-        throw new ConfigError(`${name}: expected a URL (${protocols.join(', ')}), got ${JSON.stringify(raw)}`);
+        throw new ConfigError(
+          `${name}: expected a URL (${protocols.join(', ')}), got ${JSON.stringify(raw)}`,
+        );
       }
       if (!protocols.includes(u.protocol.replace(/:$/, ''))) {
-        throw new ConfigError(`${name}: expected a ${protocols.join(' or ')} URL, got ${JSON.stringify(raw)}`);
+        throw new ConfigError(
+          `${name}: expected a ${protocols.join(' or ')} URL, got ${JSON.stringify(raw)}`,
+        );
       }
     }
     return raw;
@@ -92,7 +102,9 @@ const hostPortList: Parser<string[]> = (raw, name) => {
   const items = list(raw, name);
   for (const item of items) {
     if (!/^(\[[0-9a-f:.]+\]|[0-9a-z.:-]+)(:\d+)?$/i.test(item)) {
-      throw new ConfigError(`${name}: expected host[:port] entries separated by commas, got ${JSON.stringify(item)}`);
+      throw new ConfigError(
+        `${name}: expected host[:port] entries separated by commas, got ${JSON.stringify(item)}`,
+      );
     }
   }
   return items;
@@ -100,24 +112,55 @@ const hostPortList: Parser<string[]> = (raw, name) => {
 
 const logLevel: Parser<string> = (raw, name) => {
   const levels = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'];
-  if (!levels.includes(raw)) throw new ConfigError(`${name}: expected one of ${levels.join(', ')}, got ${JSON.stringify(raw)}`);
+  if (!levels.includes(raw))
+    throw new ConfigError(`${name}: expected one of ${levels.join(', ')}, got ${JSON.stringify(raw)}`);
   return raw;
 };
 
 /** The schema: every variable Postino reads. The README's configuration table is generated from `doc`. */
 export const schema = {
-  nodeName: setting('POSTINO_NODE', str, '', 'Name of this instance in logs and lease owners (default: host name and pid)'),
-  hostname: setting('POSTINO_HOSTNAME', str, 'localhost', 'Host name in SMTP banners, Received headers and bounces'),
-  dataDir: setting('POSTINO_DATA_DIR', str, './data', 'Where the embedded nats-server and redis-server keep their data'),
-  natsUrl: setting('NATS_URL', url('nats', 'tls'), 'nats://127.0.0.1:4222', 'NATS server URL(s), comma-separated'),
-  natsReplicas: setting('NATS_STREAM_REPLICAS', int(1, 5), 1, 'Replicas of each JetStream stream (3 in a cluster)'),
+  nodeName: setting(
+    'POSTINO_NODE',
+    str,
+    '',
+    'Name of this instance in logs and lease owners (default: host name and pid)',
+  ),
+  hostname: setting(
+    'POSTINO_HOSTNAME',
+    str,
+    'localhost',
+    'Host name in SMTP banners, Received headers and bounces',
+  ),
+  dataDir: setting(
+    'POSTINO_DATA_DIR',
+    str,
+    './data',
+    'Where the embedded nats-server and redis-server keep their data',
+  ),
+  natsUrl: setting(
+    'NATS_URL',
+    url('nats', 'tls'),
+    'nats://127.0.0.1:4222',
+    'NATS server URL(s), comma-separated',
+  ),
+  natsReplicas: setting(
+    'NATS_STREAM_REPLICAS',
+    int(1, 5),
+    1,
+    'Replicas of each JetStream stream (3 in a cluster)',
+  ),
   redisUrl: setting('REDIS_URL', url('redis', 'rediss'), 'redis://127.0.0.1:6379', 'Redis URL'),
   redisPrefix: setting('REDIS_PREFIX', str, 'postino:', 'Prefix of every Redis key (inside hash tags)'),
   httpPort: setting('HTTP_PORT', port, 8080, 'HTTP port of /healthz, /readyz, /metrics and the admin API'),
   httpHost: setting('HTTP_HOST', str, '0.0.0.0', 'Address the HTTP port binds to'),
   bindHost: setting('BIND_HOST', str, '0.0.0.0', 'Address the SMTP, IMAP and POP3 ports bind to'),
   smtpPort: setting('SMTP_PORT', port, 2525, 'SMTP port for incoming mail (25 in production)'),
-  submissionPort: setting('SUBMISSION_PORT', port, 2587, 'SMTP submission port with AUTH (587 in production)'),
+  submissionPort: setting(
+    'SUBMISSION_PORT',
+    port,
+    2587,
+    'SMTP submission port with AUTH (587 in production)',
+  ),
   imapPort: setting('IMAP_PORT', port, 1143, 'IMAP port (143 in production)'),
   pop3Port: setting('POP3_PORT', port, 1110, 'POP3 port (110 in production)'),
   allowPlaintextAuth: setting(
@@ -126,27 +169,87 @@ export const schema = {
     false,
     'Accept passwords without TLS from non-loopback clients (loopback is always accepted)',
   ),
-  maxMessageSize: setting('MAX_MESSAGE_SIZE', size, 25 * 1024 * 1024, 'Largest message accepted (SIZE), in octets'),
+  maxMessageSize: setting(
+    'MAX_MESSAGE_SIZE',
+    size,
+    25 * 1024 * 1024,
+    'Largest message accepted (SIZE), in octets',
+  ),
   maxRecipients: setting('MAX_RECIPIENTS', int(1, 100_000), 100, 'Most recipients per message (452 past it)'),
-  dnsServers: setting('DNS_SERVERS', hostPortList, [], 'DNS servers for MX lookups (default: the system resolver)'),
-  deliveryPort: setting('DELIVERY_SMTP_PORT', port, 25, 'TCP port of remote MX hosts (25; other values for tests)'),
-  deliveryHelo: setting('DELIVERY_HELO', str, '', 'Name sent in EHLO to remote servers (default: POSTINO_HOSTNAME)'),
-  deliveryTimeout: setting('DELIVERY_TIMEOUT', duration, 5 * 60_000, 'Timeout of each SMTP step to a remote server'),
+  dnsServers: setting(
+    'DNS_SERVERS',
+    hostPortList,
+    [],
+    'DNS servers for MX lookups (default: the system resolver)',
+  ),
+  deliveryPort: setting(
+    'DELIVERY_SMTP_PORT',
+    port,
+    25,
+    'TCP port of remote MX hosts (25; other values for tests)',
+  ),
+  deliveryHelo: setting(
+    'DELIVERY_HELO',
+    str,
+    '',
+    'Name sent in EHLO to remote servers (default: POSTINO_HOSTNAME)',
+  ),
+  deliveryTimeout: setting(
+    'DELIVERY_TIMEOUT',
+    duration,
+    5 * 60_000,
+    'Timeout of each SMTP step to a remote server',
+  ),
   deliveryRetries: setting(
     'DELIVERY_RETRY_SCHEDULE',
     (raw, name) => list(raw, name).map((d) => duration(d, name)),
     [60_000, 5 * 60_000, 15 * 60_000, 30 * 60_000, 60 * 60_000, 2 * 3_600_000, 4 * 3_600_000],
     'Delays between delivery attempts; the last one repeats until the message expires',
   ),
-  deliveryExpiry: setting('DELIVERY_EXPIRY', duration, 5 * 86_400_000, 'How long to retry before bouncing (5 days)'),
+  deliveryExpiry: setting(
+    'DELIVERY_EXPIRY',
+    duration,
+    5 * 86_400_000,
+    'How long to retry before bouncing (5 days)',
+  ),
   retrSetsSeen: setting('POP3_RETR_SETS_SEEN', bool, true, 'POP3 RETR marks the message \\Seen for IMAP'),
-  pop3IdleTimeout: setting('POP3_IDLE_TIMEOUT', duration, 10 * 60_000, 'POP3 inactivity timeout (RFC 1939: at least 10m)'),
-  imapIdleTimeout: setting('IMAP_IDLE_TIMEOUT', duration, 30 * 60_000, 'IMAP inactivity timeout (RFC 3501: at least 30m)'),
-  adminToken: setting('ADMIN_TOKEN', str, '', 'Bearer token the admin API requires (empty: only loopback clients)'),
-  adminUrl: setting('ADMIN_URL', url('http', 'https'), 'http://127.0.0.1:8080', 'Where the postino CLI finds the admin API'),
-  logLevel: setting('LOG_LEVEL', logLevel, 'info', 'Log level: fatal, error, warn, info, debug, trace, silent'),
+  pop3IdleTimeout: setting(
+    'POP3_IDLE_TIMEOUT',
+    duration,
+    10 * 60_000,
+    'POP3 inactivity timeout (RFC 1939: at least 10m)',
+  ),
+  imapIdleTimeout: setting(
+    'IMAP_IDLE_TIMEOUT',
+    duration,
+    30 * 60_000,
+    'IMAP inactivity timeout (RFC 3501: at least 30m)',
+  ),
+  adminToken: setting(
+    'ADMIN_TOKEN',
+    str,
+    '',
+    'Bearer token the admin API requires (empty: only loopback clients)',
+  ),
+  adminUrl: setting(
+    'ADMIN_URL',
+    url('http', 'https'),
+    'http://127.0.0.1:8080',
+    'Where the postino CLI finds the admin API',
+  ),
+  logLevel: setting(
+    'LOG_LEVEL',
+    logLevel,
+    'info',
+    'Log level: fatal, error, warn, info, debug, trace, silent',
+  ),
   shutdownGrace: setting('SHUTDOWN_GRACE', duration, 25_000, 'Time given to in-flight work on SIGTERM'),
-  partitions: setting('PARTITIONS', int(1, 4096), 64, 'Partitions of LOCAL and OUTBOUND subjects (fixed for a cluster)'),
+  partitions: setting(
+    'PARTITIONS',
+    int(1, 4096),
+    64,
+    'Partitions of LOCAL and OUTBOUND subjects (fixed for a cluster)',
+  ),
 };
 
 type Schema = typeof schema;
@@ -176,7 +279,12 @@ export function loadConfig(env: Record<string, string | undefined> = process.env
 /** Markdown table of every variable, for the README. */
 export function configTable(): string {
   const rows = Object.values(schema).map((s: Setting<unknown>) => {
-    const def = s.default === undefined ? '(required)' : Array.isArray(s.default) ? s.default.join(',') : String(s.default);
+    const def =
+      s.default === undefined
+        ? '(required)'
+        : Array.isArray(s.default)
+          ? s.default.join(',')
+          : String(s.default);
     return `| \`${s.env}\` | \`${def}\` | ${s.doc} |`;
   });
   return ['| variable | default | meaning |', '| --- | --- | --- |', ...rows].join('\n');

@@ -52,7 +52,8 @@ export class Directory implements Authenticator {
 
   async addDomain(name: string): Promise<string> {
     const domain = name.trim().toLowerCase().replace(/\.$/, '');
-    if (!validDomain(domain)) throw new DirectoryError('INVALID', `not a valid domain name: ${JSON.stringify(name)}`);
+    if (!validDomain(domain))
+      throw new DirectoryError('INVALID', `not a valid domain name: ${JSON.stringify(name)}`);
     const added = await this.#redis
       .multi()
       .sadd(this.#k('domains'), domain)
@@ -82,7 +83,8 @@ export class Directory implements Authenticator {
   async addUser(address: string, password: string): Promise<string> {
     const addr = canonicalAddress(address);
     const p = parseAddress(addr);
-    if (!p || !LOCAL_RE.test(p.local)) throw new DirectoryError('INVALID', `not a valid address: ${JSON.stringify(address)}`);
+    if (!p || !LOCAL_RE.test(p.local))
+      throw new DirectoryError('INVALID', `not a valid address: ${JSON.stringify(address)}`);
     if (!(await this.isLocalDomain(p.domain))) {
       throw new DirectoryError('NOT_FOUND', `domain ${p.domain} is not hosted here; add it first`);
     }
@@ -100,7 +102,8 @@ export class Directory implements Authenticator {
 
   async setPassword(address: string, password: string): Promise<void> {
     const addr = canonicalAddress(address);
-    if (!(await this.#redis.exists(this.#k('user', addr)))) throw new DirectoryError('NOT_FOUND', `no user ${addr}`);
+    if (!(await this.#redis.exists(this.#k('user', addr))))
+      throw new DirectoryError('NOT_FOUND', `no user ${addr}`);
     if (password.length < 8) throw new DirectoryError('INVALID', 'password must have at least 8 characters');
     await this.#redis.hset(this.#k('user', addr), 'password', await hashPassword(password));
   }
@@ -121,7 +124,12 @@ export class Directory implements Authenticator {
       for (const a of addrs) {
         const h = await this.#redis.hgetall(this.#k('user', a));
         if (!h.password) continue;
-        out.push({ address: a, createdAt: Number(h.createdAt ?? 0), quota: Number(h.quota ?? 0), disabled: h.disabled === '1' });
+        out.push({
+          address: a,
+          createdAt: Number(h.createdAt ?? 0),
+          quota: Number(h.quota ?? 0),
+          disabled: h.disabled === '1',
+        });
       }
     }
     return out;

@@ -29,7 +29,13 @@ export function reachable(host: string, port: number, timeoutMs = 500): Promise<
 }
 
 function findBinary(name: string): string | null {
-  const dirs = [...(process.env.PATH ?? '').split(':'), '/usr/sbin', '/usr/local/sbin', '/usr/bin', '/usr/local/bin'];
+  const dirs = [
+    ...(process.env.PATH ?? '').split(':'),
+    '/usr/sbin',
+    '/usr/local/sbin',
+    '/usr/bin',
+    '/usr/local/bin',
+  ];
   for (const d of dirs) {
     const p = join(d, name);
     if (d && existsSync(p)) return p;
@@ -52,7 +58,12 @@ export interface Embedded {
 
 const LOOPBACK = new Set(['127.0.0.1', 'localhost', '::1', '[::1]']);
 
-export async function ensureBackends(natsUrl: string, redisUrl: string, dataDir: string, logger: Logger): Promise<Embedded> {
+export async function ensureBackends(
+  natsUrl: string,
+  redisUrl: string,
+  dataDir: string,
+  logger: Logger,
+): Promise<Embedded> {
   const children: ChildProcess[] = [];
   const nats = new URL(natsUrl.split(',')[0]?.trim() ?? '');
   const natsHost = nats.hostname.replace(/^\[|\]$/g, '');
@@ -60,10 +71,15 @@ export async function ensureBackends(natsUrl: string, redisUrl: string, dataDir:
   if (!(await reachable(natsHost, natsPort))) {
     if (!LOOPBACK.has(nats.hostname)) throw new Error(`NATS at ${natsUrl} does not answer`);
     const bin = findBinary('nats-server');
-    if (!bin) throw new Error('nats-server not found: install it (Debian: apt-get install nats-server) or set NATS_URL');
+    if (!bin)
+      throw new Error(
+        'nats-server not found: install it (Debian: apt-get install nats-server) or set NATS_URL',
+      );
     const dir = resolve(dataDir, 'nats');
     mkdirSync(dir, { recursive: true });
-    const child = spawn(bin, ['-a', natsHost, '-p', String(natsPort), '-js', '-sd', dir], { stdio: 'ignore' });
+    const child = spawn(bin, ['-a', natsHost, '-p', String(natsPort), '-js', '-sd', dir], {
+      stdio: 'ignore',
+    });
     children.push(child);
     await waitFor(natsHost, natsPort, child, 'nats-server');
     logger.info({ pid: child.pid, port: natsPort, dir }, 'started embedded nats-server');
@@ -74,12 +90,28 @@ export async function ensureBackends(natsUrl: string, redisUrl: string, dataDir:
   if (!(await reachable(redisHost, redisPort))) {
     if (!LOOPBACK.has(redis.hostname)) throw new Error(`Redis at ${redisUrl} does not answer`);
     const bin = findBinary('redis-server');
-    if (!bin) throw new Error('redis-server not found: install it (Debian: apt-get install redis-server) or set REDIS_URL');
+    if (!bin)
+      throw new Error(
+        'redis-server not found: install it (Debian: apt-get install redis-server) or set REDIS_URL',
+      );
     const dir = resolve(dataDir, 'redis');
     mkdirSync(dir, { recursive: true });
     const child = spawn(
       bin,
-      ['--bind', redisHost, '--port', String(redisPort), '--dir', dir, '--appendonly', 'yes', '--save', '', '--daemonize', 'no'],
+      [
+        '--bind',
+        redisHost,
+        '--port',
+        String(redisPort),
+        '--dir',
+        dir,
+        '--appendonly',
+        'yes',
+        '--save',
+        '',
+        '--daemonize',
+        'no',
+      ],
       { stdio: 'ignore' },
     );
     children.push(child);

@@ -47,7 +47,9 @@ export async function startHttp(host: string, port: number, health: Health): Pro
         if (url.pathname === '/healthz') return send(res, 200, 'ok\n');
         if (url.pathname === '/readyz') {
           const problems = health.problems();
-          return problems.length === 0 ? send(res, 200, 'ready\n') : send(res, 503, `${problems.join('\n')}\n`);
+          return problems.length === 0
+            ? send(res, 200, 'ready\n')
+            : send(res, 503, `${problems.join('\n')}\n`);
         }
         if (url.pathname === '/metrics') {
           res.setHeader('content-type', registry.contentType);

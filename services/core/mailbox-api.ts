@@ -61,7 +61,11 @@ export interface MailboxClient {
   /** Folder counters; throws MailboxError('NONEXISTENT') if there is no such folder. */
   status(user: string, folder: string): Promise<FolderInfo>;
   /** Messages of a folder in ascending UID order (all of them when `uids` is omitted or empty). */
-  messages(user: string, folder: string, uids?: number[]): Promise<{ folder: FolderInfo; messages: MessageMeta[] }>;
+  messages(
+    user: string,
+    folder: string,
+    uids?: number[],
+  ): Promise<{ folder: FolderInfo; messages: MessageMeta[] }>;
   /** Changes flags; returns the messages as they are afterwards (only those that still exist). */
   storeFlags(
     user: string,

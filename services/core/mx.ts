@@ -32,9 +32,14 @@ export class MxResolver {
     const out: string[] = [];
     if (v4.status === 'fulfilled') out.push(...v4.value);
     if (v6.status === 'fulfilled') out.push(...v6.value);
-    const errs = [v4, v6].filter((r) => r.status === 'rejected').map((r) => (r as PromiseRejectedResult).reason as NodeJS.ErrnoException);
+    const errs = [v4, v6]
+      .filter((r) => r.status === 'rejected')
+      .map((r) => (r as PromiseRejectedResult).reason as NodeJS.ErrnoException);
     if (out.length === 0 && errs.some((e) => !NO_DATA.has(e.code ?? ''))) {
-      throw Object.assign(new Error(`address lookup of ${host} failed: ${errs.map((e) => e.code).join(', ')}`), { temporary: true });
+      throw Object.assign(
+        new Error(`address lookup of ${host} failed: ${errs.map((e) => e.code).join(', ')}`),
+        { temporary: true },
+      );
     }
     return out;
   }
@@ -46,7 +51,11 @@ export class MxResolver {
     } catch (err) {
       const code = (err as NodeJS.ErrnoException).code ?? '';
       if (PERMANENT_DNS.has(code)) {
-        return { kind: 'permanent', code: '5.1.2', reason: `Host or domain name not found: ${domain} (NXDOMAIN)` };
+        return {
+          kind: 'permanent',
+          code: '5.1.2',
+          reason: `Host or domain name not found: ${domain} (NXDOMAIN)`,
+        };
       }
       if (code === 'ENODATA') {
         // RFC 5321 5.1: no MX records → the domain itself is the implicit MX.
@@ -60,7 +69,10 @@ export class MxResolver {
           return { kind: 'temporary', reason: (e as Error).message };
         }
       }
-      return { kind: 'temporary', reason: `MX lookup of ${domain} failed: ${code || (err as Error).message}` };
+      return {
+        kind: 'temporary',
+        reason: `MX lookup of ${domain} failed: ${code || (err as Error).message}`,
+      };
     }
     // RFC 7505: a single MX of "." with preference 0 says the domain takes no mail.
     if (records.length === 1 && (records[0]?.exchange === '' || records[0]?.exchange === '.')) {
@@ -87,7 +99,10 @@ export class MxResolver {
 }
 
 /** Sorts by preference, shuffling hosts of equal preference (RFC 5321 5.1) to spread the load. */
-export function orderMx<T extends { priority: number }>(records: T[], random: () => number = Math.random): T[] {
+export function orderMx<T extends { priority: number }>(
+  records: T[],
+  random: () => number = Math.random,
+): T[] {
   const shuffled = records.map((r) => ({ r, k: random() }));
   shuffled.sort((a, b) => a.r.priority - b.r.priority || a.k - b.k);
   return shuffled.map((x) => x.r);

@@ -2,7 +2,7 @@
  * NATS and JetStream: connection, idempotent provisioning of streams and consumers, traced
  * publish/request, and the consume loop every stage uses.
  */
-import { connect, headers, type MsgHdrs, type NatsConnection, type Msg } from '@nats-io/transport-node';
+import { connect, headers, type NatsConnection, type Msg } from '@nats-io/transport-node';
 import {
   AckPolicy,
   DeliverPolicy,
@@ -41,7 +41,12 @@ export const SUBJECTS = {
 /** Durable consumers: one per stage, shared by that stage's replicas. */
 export const CONSUMERS = {
   router: { stream: STREAMS.INGRESS, durable: 'router', filter: 'mail.ingress', ackWaitMs: 60_000 },
-  mailboxStore: { stream: STREAMS.LOCAL, durable: 'mailbox-store', filter: 'mail.local.>', ackWaitMs: 60_000 },
+  mailboxStore: {
+    stream: STREAMS.LOCAL,
+    durable: 'mailbox-store',
+    filter: 'mail.local.>',
+    ackWaitMs: 60_000,
+  },
   delivery: { stream: STREAMS.OUTBOUND, durable: 'delivery', filter: 'mail.outbound.>', ackWaitMs: 120_000 },
 } as const;
 
@@ -85,7 +90,12 @@ function streamConfigs(replicas: number): (Partial<StreamConfig> & { name: strin
   return [
     { ...common, name: STREAMS.INGRESS, subjects: ['mail.ingress'], retention: RetentionPolicy.Workqueue },
     { ...common, name: STREAMS.LOCAL, subjects: ['mail.local.>'], retention: RetentionPolicy.Workqueue },
-    { ...common, name: STREAMS.OUTBOUND, subjects: ['mail.outbound.>'], retention: RetentionPolicy.Workqueue },
+    {
+      ...common,
+      name: STREAMS.OUTBOUND,
+      subjects: ['mail.outbound.>'],
+      retention: RetentionPolicy.Workqueue,
+    },
     {
       ...common,
       name: STREAMS.EVENTS,
@@ -127,7 +137,10 @@ export async function provision(nats: Nats, replicas: number): Promise<void> {
         if (!(await nats.jsm.consumers.info(c.stream, c.durable).catch(() => null))) throw err;
       });
     } else {
-      await nats.jsm.consumers.update(c.stream, c.durable, { ack_wait: cfg.ack_wait, max_ack_pending: cfg.max_ack_pending });
+      await nats.jsm.consumers.update(c.stream, c.durable, {
+        ack_wait: cfg.ack_wait,
+        max_ack_pending: cfg.max_ack_pending,
+      });
     }
   }
 }
@@ -165,12 +178,21 @@ export async function publish(
 }
 
 /** Core NATS request with trace context (mailbox RPC). */
-export async function request(nats: Nats, subject: string, data: Uint8Array, timeoutMs = 10_000): Promise<Msg> {
+export async function request(
+  nats: Nats,
+  subject: string,
+  data: Uint8Array,
+  timeoutMs = 10_000,
+): Promise<Msg> {
   return withSpan(
     `send ${subject}`,
     {
       kind: SpanKind.CLIENT,
-      attributes: { 'messaging.system': 'nats', 'messaging.destination.name': subject, 'messaging.operation.type': 'send' },
+      attributes: {
+        'messaging.system': 'nats',
+        'messaging.destination.name': subject,
+        'messaging.operation.type': 'send',
+      },
     },
     async () => {
       const h = headers();
@@ -198,8 +220,13 @@ export interface ConsumeOptions {
   handler: (msg: JsMsg) => Promise<Outcome>;
 }
 
-const processed = counter('postino_stage_processed_total', 'Messages processed by a stage', ['consumer', 'outcome']);
-const processSeconds = histogram('postino_stage_process_seconds', 'Time to process one message', ['consumer']);
+const processed = counter('postino_stage_processed_total', 'Messages processed by a stage', [
+  'consumer',
+  'outcome',
+]);
+const processSeconds = histogram('postino_stage_process_seconds', 'Time to process one message', [
+  'consumer',
+]);
 
 /**
  * Pulls from a durable consumer and runs the handler for each message in the trace carried by its
@@ -233,10 +260,17 @@ export function consume(nats: Nats, opts: ConsumeOptions): { stop(): Promise<voi
         () => opts.handler(msg),
       ).catch((err: unknown): Outcome => {
         opts.logger.error({ err, subject: msg.subject, seq: msg.seq }, 'handler failed; will retry');
-        return { retryInMs: Math.min(60_000, 1000 * 2 ** Math.min(msg.info.deliveryCount, 6)), reason: String(err) };
+        return {
+          retryInMs: Math.min(60_000, 1000 * 2 ** Math.min(msg.info.deliveryCount, 6)),
+          reason: String(err),
+        };
       });
       if ('ack' in outcome) {
-        await msg.ackAck().catch((err: unknown) => opts.logger.warn({ err }, 'ack not confirmed; message may be redelivered'));
+        await msg
+          .ackAck()
+          .catch((err: unknown) =>
+            opts.logger.warn({ err }, 'ack not confirmed; message may be redelivered'),
+          );
         processed.inc({ consumer: c.durable, outcome: 'ack' });
       } else if ('retryInMs' in outcome) {
         msg.nak(outcome.retryInMs);

@@ -15,7 +15,12 @@ const MAXMEM = 64 * 1024 * 1024;
 
 export async function hashPassword(password: string): Promise<string> {
   const salt = randomBytes(16);
-  const key = await scrypt(password.normalize('NFC'), salt, KEYLEN, { N: 2 ** LOG_N, r: R, p: P, maxmem: MAXMEM });
+  const key = await scrypt(password.normalize('NFC'), salt, KEYLEN, {
+    N: 2 ** LOG_N,
+    r: R,
+    p: P,
+    maxmem: MAXMEM,
+  });
   return `$scrypt$ln=${LOG_N},r=${R},p=${P}$${salt.toString('base64')}$${key.toString('base64')}`;
 }
 

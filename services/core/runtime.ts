@@ -52,7 +52,17 @@ export async function startRuntime(config: Config, names: string[]): Promise<Run
   health.add('nats', () => (nats.nc.isClosed() ? 'closed' : nats.nc.isDraining() ? 'draining' : null));
   health.add('redis', () => (redis.status === 'ready' ? null : redis.status));
   const http = await startHttp(config.httpHost, config.httpPort, health);
-  return { config, logger, nats, redis, blobs, directory: new Directory(redis, config.redisPrefix), health, http, node };
+  return {
+    config,
+    logger,
+    nats,
+    redis,
+    blobs,
+    directory: new Directory(redis, config.redisPrefix),
+    health,
+    http,
+    node,
+  };
 }
 
 export async function runServices(
@@ -95,7 +105,9 @@ export function stopOnSignals(running: Running, graceMs: number, onStopped?: () 
     stopping = true;
     running.runtime.logger.info({ signal, graceMs }, 'stopping');
     const timer = setTimeout(() => {
-      running.runtime.logger.error('grace period over; exiting with work in flight (JetStream will redeliver it)');
+      running.runtime.logger.error(
+        'grace period over; exiting with work in flight (JetStream will redeliver it)',
+      );
       process.exit(1);
     }, graceMs);
     timer.unref();

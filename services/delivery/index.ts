@@ -66,7 +66,11 @@ export async function start(rt: Runtime): Promise<Service> {
             `smtp deliver ${d.domain}`,
             {
               kind: SpanKind.CLIENT,
-              attributes: { 'server.address': host.host ?? '', 'network.peer.address': address, 'server.port': config.deliveryPort },
+              attributes: {
+                'server.address': host.host ?? '',
+                'network.peer.address': address,
+                'server.port': config.deliveryPort,
+              },
             },
             () =>
               attempt({
@@ -76,7 +80,11 @@ export async function start(rt: Runtime): Promise<Service> {
                 helo,
                 timeoutMs: config.deliveryTimeout,
                 mailFrom: d.mailFrom,
-                recipients: pending.map((r) => ({ address: r.address ?? '', notify: r.dsn?.notify ?? [], orcpt: r.dsn?.orcpt ?? '' })),
+                recipients: pending.map((r) => ({
+                  address: r.address ?? '',
+                  notify: r.dsn?.notify ?? [],
+                  orcpt: r.dsn?.orcpt ?? '',
+                })),
                 dsnRet: d.dsnRet,
                 dsnEnvid: d.dsnEnvid,
                 size: Number(d.body?.size ?? 0),
@@ -87,14 +95,23 @@ export async function start(rt: Runtime): Promise<Service> {
           if (result.kind === 'unreachable') {
             attempts.inc({ result: 'unreachable' });
             lastError = `${host.host}[${address}]: ${result.reply}`;
-            log.info({ queueId: d.queueId, host: host.host, address, reply: result.reply }, 'remote host unreachable');
+            log.info(
+              { queueId: d.queueId, host: host.host, address, reply: result.reply },
+              'remote host unreachable',
+            );
             continue;
           }
           if (result.kind === 'refused') {
             attempts.inc({ result: result.permanent ? 'refused' : 'deferred' });
             lastError = `host ${host.host}[${address}] said: ${result.reply}`;
             if (result.permanent) {
-              for (const r of pending) failures.push({ recipient: r, status: result.code, diagnostic: result.reply, remoteMta: host.host ?? '' });
+              for (const r of pending)
+                failures.push({
+                  recipient: r,
+                  status: result.code,
+                  diagnostic: result.reply,
+                  remoteMta: host.host ?? '',
+                });
               pending = [];
               break outer;
             }
@@ -108,18 +125,32 @@ export async function start(rt: Runtime): Promise<Service> {
               attempts.inc({ result: 'delivered' });
               await redis.multi().sadd(doneKey, rr.address).expire(doneKey, DELIVERED_TTL_S).exec();
               remoteLatency.observe((Date.now() - Number(d.receivedAt)) / 1000);
-              log.info({ queueId: d.queueId, rcpt: rr.address, host: host.host, reply: rr.reply }, 'delivered');
-              await recordEvent(nats, log, 'delivered', {
-                queueId: d.queueId,
-                messageId: d.messageId,
-                recipient: rr.address,
-                service: 'delivery',
-                detail: `${host.host}[${address}]: ${rr.reply}`,
-                mailFrom: d.mailFrom,
-              }, `${d.queueId}:${rr.address}`);
+              log.info(
+                { queueId: d.queueId, rcpt: rr.address, host: host.host, reply: rr.reply },
+                'delivered',
+              );
+              await recordEvent(
+                nats,
+                log,
+                'delivered',
+                {
+                  queueId: d.queueId,
+                  messageId: d.messageId,
+                  recipient: rr.address,
+                  service: 'delivery',
+                  detail: `${host.host}[${address}]: ${rr.reply}`,
+                  mailFrom: d.mailFrom,
+                },
+                `${d.queueId}:${rr.address}`,
+              );
             } else if (rr.status === 'permanent') {
               attempts.inc({ result: 'rejected' });
-              failures.push({ recipient: r, status: rr.code, diagnostic: rr.reply, remoteMta: host.host ?? '' });
+              failures.push({
+                recipient: r,
+                status: rr.code,
+                diagnostic: rr.reply,
+                remoteMta: host.host ?? '',
+              });
             } else {
               attempts.inc({ result: 'deferred' });
               lastError = `host ${host.host}[${address}] said: ${rr.reply}`;
@@ -146,17 +177,37 @@ export async function start(rt: Runtime): Promise<Service> {
         const age = Date.now() - Number(d.receivedAt);
         if (age >= config.deliveryExpiry) {
           // RFC 3464: a message that could not be delivered in time fails with 4.4.7.
-          for (const r of pending) failures.push({ recipient: r, status: '4.4.7', diagnostic: `delivery time expired; last error: ${lastError}` });
+          for (const r of pending)
+            failures.push({
+              recipient: r,
+              status: '4.4.7',
+              diagnostic: `delivery time expired; last error: ${lastError}`,
+            });
         } else {
           const n = d.attempts + 1;
           const schedule = config.deliveryRetries;
           const delay = schedule[Math.min(n - 1, schedule.length - 1)] ?? 3_600_000;
-          const retry: OutboundDelivery = { ...d, recipients: pending, attempts: n, lastError, notBefore: Date.now() + delay, mx: hosts };
-          await publish(nats, SUBJECTS.outbound(partitionOf(d.domain, config.partitions)), encode(pb.OutboundDelivery, retry), {
-            stream: STREAMS.OUTBOUND,
-            msgId: `${d.queueId}:${d.domain}:${n}`,
-          });
-          log.info({ queueId: d.queueId, domain: d.domain, attempt: n, delayMs: delay, lastError }, 'delivery deferred');
+          const retry: OutboundDelivery = {
+            ...d,
+            recipients: pending,
+            attempts: n,
+            lastError,
+            notBefore: Date.now() + delay,
+            mx: hosts,
+          };
+          await publish(
+            nats,
+            SUBJECTS.outbound(partitionOf(d.domain, config.partitions)),
+            encode(pb.OutboundDelivery, retry),
+            {
+              stream: STREAMS.OUTBOUND,
+              msgId: `${d.queueId}:${d.domain}:${n}`,
+            },
+          );
+          log.info(
+            { queueId: d.queueId, domain: d.domain, attempt: n, delayMs: delay, lastError },
+            'delivery deferred',
+          );
           for (const r of pending) {
             await recordEvent(nats, log, 'deferred', {
               queueId: d.queueId,

@@ -71,33 +71,51 @@ export async function attempt(input: AttemptInput): Promise<AttemptResult> {
     return { kind: 'unreachable', reply: describe(err as SmtpError) };
   }
   try {
-    const info = await new Promise<{ accepted: string[]; rejected: string[]; rejectedErrors?: SmtpError[]; response: string }>(
-      (resolve, reject) =>
-        conn.send(
-          {
-            from: input.mailFrom,
-            to: input.recipients.map((r) => r.address),
-            size: input.size,
-            use8BitMime: input.eightBit,
-            dsn:
-              input.dsnRet || input.dsnEnvid
-                ? { ret: input.dsnRet || undefined, envid: input.dsnEnvid || undefined }
-                : undefined,
-          },
-          Readable.from(input.body()),
-          (err, result) => (err ? reject(err) : resolve(result as never)),
-        ),
+    const info = await new Promise<{
+      accepted: string[];
+      rejected: string[];
+      rejectedErrors?: SmtpError[];
+      response: string;
+    }>((resolve, reject) =>
+      conn.send(
+        {
+          from: input.mailFrom,
+          to: input.recipients.map((r) => r.address),
+          size: input.size,
+          use8BitMime: input.eightBit,
+          dsn:
+            input.dsnRet || input.dsnEnvid
+              ? { ret: input.dsnRet || undefined, envid: input.dsnEnvid || undefined }
+              : undefined,
+        },
+        Readable.from(input.body()),
+        (err, result) => (err ? reject(err) : resolve(result as never)),
+      ),
     );
-    const results: RecipientResult[] = info.accepted.map((address) => ({ address, status: 'delivered', reply: info.response }));
+    const results: RecipientResult[] = info.accepted.map((address) => ({
+      address,
+      status: 'delivered',
+      reply: info.response,
+    }));
     for (const e of info.rejectedErrors ?? []) results.push(rejection(e));
     return { kind: 'answered', recipients: results };
   } catch (err) {
     const e = err as SmtpError;
-    if (e.code === 'EENVELOPE' && e.rejectedErrors && e.rejectedErrors.length > 0 && e.command !== 'MAIL FROM') {
+    if (
+      e.code === 'EENVELOPE' &&
+      e.rejectedErrors &&
+      e.rejectedErrors.length > 0 &&
+      e.command !== 'MAIL FROM'
+    ) {
       return { kind: 'answered', recipients: e.rejectedErrors.map(rejection) };
     }
     if (e.responseCode) {
-      return { kind: 'refused', permanent: e.responseCode >= 500, reply: describe(e), code: enhanced(e.response ?? '', e.responseCode) };
+      return {
+        kind: 'refused',
+        permanent: e.responseCode >= 500,
+        reply: describe(e),
+        code: enhanced(e.response ?? '', e.responseCode),
+      };
     }
     return { kind: 'unreachable', reply: describe(e) };
   } finally {

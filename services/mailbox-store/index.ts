@@ -34,10 +34,24 @@ export async function start(rt: Runtime): Promise<Service> {
       const folder = d.folder || 'INBOX';
       let res;
       try {
-        res = await store.appendBlob(d.user, folder, { id: d.body?.id ?? '', size: Number(d.body?.size ?? 0) }, [], Number(d.receivedAt) || Date.now(), d.idempotencyKey);
+        res = await store.appendBlob(
+          d.user,
+          folder,
+          { id: d.body?.id ?? '', size: Number(d.body?.size ?? 0) },
+          [],
+          Number(d.receivedAt) || Date.now(),
+          d.idempotencyKey,
+        );
       } catch (err) {
         if (err instanceof MailboxError && err.code === 'NONEXISTENT' && folder !== 'INBOX') {
-          res = await store.appendBlob(d.user, 'INBOX', { id: d.body?.id ?? '', size: Number(d.body?.size ?? 0) }, [], Number(d.receivedAt) || Date.now(), d.idempotencyKey);
+          res = await store.appendBlob(
+            d.user,
+            'INBOX',
+            { id: d.body?.id ?? '', size: Number(d.body?.size ?? 0) },
+            [],
+            Number(d.receivedAt) || Date.now(),
+            d.idempotencyKey,
+          );
         } else throw err;
       }
       stored.inc({ result: res.created ? 'stored' : 'duplicate' });
@@ -47,7 +61,14 @@ export async function start(rt: Runtime): Promise<Service> {
         nats,
         log,
         'stored',
-        { queueId: d.queueId, messageId: d.messageId, recipient: d.originalRecipient, service: 'mailbox-store', detail: `${folder} uid ${res.uid}`, mailFrom: d.mailFrom },
+        {
+          queueId: d.queueId,
+          messageId: d.messageId,
+          recipient: d.originalRecipient,
+          service: 'mailbox-store',
+          detail: `${folder} uid ${res.uid}`,
+          mailFrom: d.mailFrom,
+        },
         d.idempotencyKey,
       );
       return { ack: true };

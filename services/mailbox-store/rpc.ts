@@ -189,7 +189,11 @@ export function serveRpc(nats: Nats, store: MailboxStore, logger: Logger): Subsc
         {
           kind: SpanKind.SERVER,
           parent: extractTrace(msg.headers),
-          attributes: { 'messaging.system': 'nats', 'messaging.destination.name': msg.subject, 'messaging.operation.type': 'process' },
+          attributes: {
+            'messaging.system': 'nats',
+            'messaging.destination.name': msg.subject,
+            'messaging.operation.type': 'process',
+          },
         },
         () => handler(msg.data),
       )
@@ -202,7 +206,8 @@ export function serveRpc(nats: Nats, store: MailboxStore, logger: Logger): Subsc
 
 /** Publishes a change for the sessions of a user on every node. */
 export function changePublisher(nats: Nats): (user: string, change: MailboxChange) => void {
-  return (user, change) => notify(nats, SUBJECTS.changes(userToken(user)), encode(pb.MailboxChange, { user, ...change }));
+  return (user, change) =>
+    notify(nats, SUBJECTS.changes(userToken(user)), encode(pb.MailboxChange, { user, ...change }));
 }
 
 /** MailboxClient over NATS: what imap and pop3 use. */
@@ -220,7 +225,9 @@ export class MailboxRpcClient implements MailboxClient {
       const msg = await request(this.#nats, SUBJECTS.rpc(op), data);
       return type.decode(msg.data);
     } catch (err) {
-      throw new MailboxError('UNAVAILABLE', `mailbox store unavailable: ${(err as Error).message}`, { cause: err });
+      throw new MailboxError('UNAVAILABLE', `mailbox store unavailable: ${(err as Error).message}`, {
+        cause: err,
+      });
     }
   }
 
@@ -236,25 +243,53 @@ export class MailboxRpcClient implements MailboxClient {
     return folderIn(r.folder);
   }
 
-  async messages(user: string, folder: string, uids: number[] = []): Promise<{ folder: FolderInfo; messages: MessageMeta[] }> {
-    const r = await this.#call('messages', encode(pb.MessagesRequest, { user, folder, uids }), pb.MessagesReply);
+  async messages(
+    user: string,
+    folder: string,
+    uids: number[] = [],
+  ): Promise<{ folder: FolderInfo; messages: MessageMeta[] }> {
+    const r = await this.#call(
+      'messages',
+      encode(pb.MessagesRequest, { user, folder, uids }),
+      pb.MessagesReply,
+    );
     check(r.error);
     return { folder: folderIn(r.folder), messages: r.messages.map(metaIn) };
   }
 
-  async storeFlags(user: string, folder: string, uids: number[], op: FlagOp, flags: string[]): Promise<MessageMeta[]> {
-    const r = await this.#call('store', encode(pb.StoreFlagsRequest, { user, folder, uids, op, flags }), pb.StoreFlagsReply);
+  async storeFlags(
+    user: string,
+    folder: string,
+    uids: number[],
+    op: FlagOp,
+    flags: string[],
+  ): Promise<MessageMeta[]> {
+    const r = await this.#call(
+      'store',
+      encode(pb.StoreFlagsRequest, { user, folder, uids, op, flags }),
+      pb.StoreFlagsReply,
+    );
     check(r.error);
     return r.messages.map(metaIn);
   }
 
   async expunge(user: string, folder: string, uids: number[], force = false): Promise<number[]> {
-    const r = await this.#call('expunge', encode(pb.ExpungeRequest, { user, folder, uids, force }), pb.ExpungeReply);
+    const r = await this.#call(
+      'expunge',
+      encode(pb.ExpungeRequest, { user, folder, uids, force }),
+      pb.ExpungeReply,
+    );
     check(r.error);
     return r.expunged;
   }
 
-  async append(user: string, folder: string, body: Buffer, flags: string[], internalDate = Date.now()): Promise<{ uid: number; uidValidity: number }> {
+  async append(
+    user: string,
+    folder: string,
+    body: Buffer,
+    flags: string[],
+    internalDate = Date.now(),
+  ): Promise<{ uid: number; uidValidity: number }> {
     const blob = await this.#blobs.put([body]);
     const r = await this.#call(
       'append',
@@ -266,25 +301,44 @@ export class MailboxRpcClient implements MailboxClient {
   }
 
   async copy(user: string, folder: string, uids: number[], target: string, move: boolean) {
-    const r = await this.#call('copy', encode(pb.CopyRequest, { user, folder, uids, target, move }), pb.CopyReply);
+    const r = await this.#call(
+      'copy',
+      encode(pb.CopyRequest, { user, folder, uids, target, move }),
+      pb.CopyReply,
+    );
     check(r.error);
     return { uidValidity: r.uidValidity, sourceUids: r.sourceUids, targetUids: r.targetUids };
   }
 
   async createFolder(user: string, folder: string): Promise<void> {
-    check((await this.#call('create', encode(pb.CreateFolderRequest, { user, folder }), pb.SimpleReply)).error);
+    check(
+      (await this.#call('create', encode(pb.CreateFolderRequest, { user, folder }), pb.SimpleReply)).error,
+    );
   }
 
   async deleteFolder(user: string, folder: string): Promise<void> {
-    check((await this.#call('delete', encode(pb.CreateFolderRequest, { user, folder }), pb.SimpleReply)).error);
+    check(
+      (await this.#call('delete', encode(pb.CreateFolderRequest, { user, folder }), pb.SimpleReply)).error,
+    );
   }
 
   async renameFolder(user: string, folder: string, target: string): Promise<void> {
-    check((await this.#call('rename', encode(pb.RenameFolderRequest, { user, folder, target }), pb.SimpleReply)).error);
+    check(
+      (await this.#call('rename', encode(pb.RenameFolderRequest, { user, folder, target }), pb.SimpleReply))
+        .error,
+    );
   }
 
   async setSubscribed(user: string, folder: string, subscribed: boolean): Promise<void> {
-    check((await this.#call('subscribe', encode(pb.SubscribeRequest, { user, folder, subscribe: subscribed }), pb.SimpleReply)).error);
+    check(
+      (
+        await this.#call(
+          'subscribe',
+          encode(pb.SubscribeRequest, { user, folder, subscribe: subscribed }),
+          pb.SimpleReply,
+        )
+      ).error,
+    );
   }
 
   openBody(blob: string): AsyncIterable<Uint8Array> {
@@ -300,7 +354,13 @@ export class MailboxRpcClient implements MailboxClient {
       callback: (err, msg) => {
         if (err) return;
         const c = decode(pb.MailboxChange, msg.data);
-        onChange({ folder: c.folder, kind: c.kind as MailboxChange['kind'], uids: c.uids, modseq: Number(c.modseq), origin: c.origin });
+        onChange({
+          folder: c.folder,
+          kind: c.kind as MailboxChange['kind'],
+          uids: c.uids,
+          modseq: Number(c.modseq),
+          origin: c.origin,
+        });
       },
     });
     await this.#nats.nc.flush();

@@ -46,7 +46,9 @@ function checkFolderName(name: string): string {
 }
 
 function toFolder(r: Reply): FolderInfo {
-  const [name, uidValidity, uidNext, exists, unseen, modseq, special, subscribed] = r.map((v) => String(v ?? ''));
+  const [name, uidValidity, uidNext, exists, unseen, modseq, special, subscribed] = r.map((v) =>
+    String(v ?? ''),
+  );
   return {
     name: name ?? '',
     uidValidity: Number(uidValidity),
@@ -66,7 +68,9 @@ function splitFlags(s: string): string[] {
 
 function sanitizeFlags(flags: string[]): string[] {
   // \Recent is session state, never stored (RFC 3501 2.3.2); flags are atoms without spaces.
-  return flags.filter((f) => f.length > 0 && f.length <= 128 && !/[\s()\x00-\x1f]/.test(f) && f.toLowerCase() !== '\\recent');
+  return flags.filter(
+    (f) => f.length > 0 && f.length <= 128 && !/[\s()\x00-\x1f]/.test(f) && f.toLowerCase() !== '\\recent',
+  );
 }
 
 export class MailboxStore implements MailboxClient {
@@ -107,14 +111,20 @@ export class MailboxStore implements MailboxClient {
 
   async listFolders(user: string): Promise<FolderInfo[]> {
     const r = await this.#run('mboxList', user);
-    return r.map((f) => toFolder(f as Reply)).sort((a, b) => (a.name === 'INBOX' ? -1 : b.name === 'INBOX' ? 1 : a.name.localeCompare(b.name)));
+    return r
+      .map((f) => toFolder(f as Reply))
+      .sort((a, b) => (a.name === 'INBOX' ? -1 : b.name === 'INBOX' ? 1 : a.name.localeCompare(b.name)));
   }
 
   async status(user: string, folder: string): Promise<FolderInfo> {
     return toFolder(await this.#run('mboxStatus', user, checkFolderName(folder)));
   }
 
-  async messages(user: string, folder: string, uids: number[] = []): Promise<{ folder: FolderInfo; messages: MessageMeta[] }> {
+  async messages(
+    user: string,
+    folder: string,
+    uids: number[] = [],
+  ): Promise<{ folder: FolderInfo; messages: MessageMeta[] }> {
     const [f, ...rows] = await this.#run('mboxMessages', user, checkFolderName(folder), ...uids);
     return {
       folder: toFolder(f as Reply),
@@ -179,22 +189,49 @@ export class MailboxStore implements MailboxClient {
     origin = '',
   ): Promise<MessageMeta[]> {
     if (uids.length === 0) return [];
-    const [modseq, rows] = await this.#run('mboxStore', user, checkFolderName(folder), op, sanitizeFlags(flags).join(' '), ...uids);
+    const [modseq, rows] = await this.#run(
+      'mboxStore',
+      user,
+      checkFolderName(folder),
+      op,
+      sanitizeFlags(flags).join(' '),
+      ...uids,
+    );
     const out = (rows as Reply).map((row) => {
       const [uid, f, m] = (row as Reply).map(String);
-      return { uid: Number(uid), flags: splitFlags(f ?? ''), size: 0, internalDate: 0, blob: '', modseq: Number(m) };
+      return {
+        uid: Number(uid),
+        flags: splitFlags(f ?? ''),
+        size: 0,
+        internalDate: 0,
+        blob: '',
+        modseq: Number(m),
+      };
     });
     if (out.length > 0) {
-      this.#changed(user, { folder, kind: 'flags', uids: out.map((m) => m.uid), modseq: Number(modseq), origin });
+      this.#changed(user, {
+        folder,
+        kind: 'flags',
+        uids: out.map((m) => m.uid),
+        modseq: Number(modseq),
+        origin,
+      });
     }
     return out;
   }
 
   async expunge(user: string, folder: string, uids: number[], force = false, origin = ''): Promise<number[]> {
     if (uids.length === 0) return [];
-    const [modseq, gone] = await this.#run('mboxExpunge', user, checkFolderName(folder), force ? '1' : '0', ...uids);
+    const [modseq, gone] = await this.#run(
+      'mboxExpunge',
+      user,
+      checkFolderName(folder),
+      force ? '1' : '0',
+      ...uids,
+    );
     const expunged = (gone as number[]).map(Number);
-    if (expunged.length > 0) this.#changed(user, { folder, kind: 'expunge', uids: expunged, modseq: Number(modseq), origin });
+    if (expunged.length > 0)
+      this.#changed(user, { folder, kind: 'expunge', uids: expunged, modseq: Number(modseq), origin });
     return expunged;
   }
 
@@ -206,8 +243,19 @@ export class MailboxStore implements MailboxClient {
     move: boolean,
     origin = '',
   ): Promise<{ uidValidity: number; sourceUids: number[]; targetUids: number[] }> {
-    const [uv, src, dst] = await this.#run('mboxCopy', user, checkFolderName(folder), checkFolderName(target), move ? '1' : '0', ...uids);
-    const res = { uidValidity: Number(uv), sourceUids: (src as number[]).map(Number), targetUids: (dst as number[]).map(Number) };
+    const [uv, src, dst] = await this.#run(
+      'mboxCopy',
+      user,
+      checkFolderName(folder),
+      checkFolderName(target),
+      move ? '1' : '0',
+      ...uids,
+    );
+    const res = {
+      uidValidity: Number(uv),
+      sourceUids: (src as number[]).map(Number),
+      targetUids: (dst as number[]).map(Number),
+    };
     if (res.targetUids.length > 0) {
       this.#changed(user, { folder: target, kind: 'append', uids: res.targetUids, modseq: 0, origin });
       if (move) this.#changed(user, { folder, kind: 'expunge', uids: res.sourceUids, modseq: 0, origin });

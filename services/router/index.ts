@@ -6,7 +6,14 @@
  */
 import type { Runtime, Service } from '../core/runtime.ts';
 import { consume, publish, STREAMS, SUBJECTS } from '../core/nats.ts';
-import { pb, decode, encode, type LocalDelivery, type OutboundDelivery, type Recipient } from '../core/codec.ts';
+import {
+  pb,
+  decode,
+  encode,
+  type LocalDelivery,
+  type OutboundDelivery,
+  type Recipient,
+} from '../core/codec.ts';
 import { recordEvent } from '../core/events.ts';
 import { counter } from '../core/metrics.ts';
 import { domainOf } from '../core/address.ts';
@@ -38,7 +45,11 @@ export async function start(rt: Runtime): Promise<Service> {
         if (await directory.isLocalDomain(domain)) {
           const user = await directory.resolveUser(address);
           if (!user) {
-            failures.push({ recipient: r, status: '5.1.1', diagnostic: '550 5.1.1 User unknown in virtual mailbox table' });
+            failures.push({
+              recipient: r,
+              status: '5.1.1',
+              diagnostic: '550 5.1.1 User unknown in virtual mailbox table',
+            });
             continue;
           }
           // Each mailbox gets one copy, however many of its addresses were named.
@@ -63,27 +74,41 @@ export async function start(rt: Runtime): Promise<Service> {
       }
 
       for (const d of locals) {
-        await publish(nats, SUBJECTS.local(partitionOf(d.user ?? '', config.partitions)), encode(pb.LocalDelivery, d), {
-          stream: STREAMS.LOCAL,
-          msgId: d.idempotencyKey ?? undefined,
-        });
+        await publish(
+          nats,
+          SUBJECTS.local(partitionOf(d.user ?? '', config.partitions)),
+          encode(pb.LocalDelivery, d),
+          {
+            stream: STREAMS.LOCAL,
+            msgId: d.idempotencyKey ?? undefined,
+          },
+        );
         routed.inc({ destination: 'local' });
-        await recordEvent(nats, log, 'routed', {
-          queueId: env.queueId,
-          messageId: env.messageId,
-          recipient: d.originalRecipient,
-          service: 'router',
-          detail: `local mailbox ${d.user}`,
-          mailFrom: env.mailFrom,
-        }, d.idempotencyKey ?? undefined);
+        await recordEvent(
+          nats,
+          log,
+          'routed',
+          {
+            queueId: env.queueId,
+            messageId: env.messageId,
+            recipient: d.originalRecipient,
+            service: 'router',
+            detail: `local mailbox ${d.user}`,
+            mailFrom: env.mailFrom,
+          },
+          d.idempotencyKey ?? undefined,
+        );
       }
 
       for (const [domain, rcpts] of remote) {
-        const result = await withSpan(`dns MX ${domain}`, { kind: SpanKind.CLIENT, attributes: { 'dns.question.name': domain } }, () =>
-          mx.resolve(domain),
+        const result = await withSpan(
+          `dns MX ${domain}`,
+          { kind: SpanKind.CLIENT, attributes: { 'dns.question.name': domain } },
+          () => mx.resolve(domain),
         );
         if (result.kind === 'permanent') {
-          for (const r of rcpts) failures.push({ recipient: r, status: result.code, diagnostic: result.reason });
+          for (const r of rcpts)
+            failures.push({ recipient: r, status: result.code, diagnostic: result.reason });
           continue;
         }
         // A temporary DNS failure does not hold the other recipients: delivery looks the MX up again.
@@ -103,19 +128,33 @@ export async function start(rt: Runtime): Promise<Service> {
           isBounce: env.isBounce,
           lastError: result.kind === 'temporary' ? result.reason : '',
         };
-        await publish(nats, SUBJECTS.outbound(partitionOf(domain, config.partitions)), encode(pb.OutboundDelivery, out), {
-          stream: STREAMS.OUTBOUND,
-          msgId: `${env.queueId}:${domain}:0`,
-        });
+        await publish(
+          nats,
+          SUBJECTS.outbound(partitionOf(domain, config.partitions)),
+          encode(pb.OutboundDelivery, out),
+          {
+            stream: STREAMS.OUTBOUND,
+            msgId: `${env.queueId}:${domain}:0`,
+          },
+        );
         routed.inc({ destination: 'remote' }, rcpts.length);
-        await recordEvent(nats, log, 'routed', {
-          queueId: env.queueId,
-          messageId: env.messageId,
-          recipient: rcpts.map((r) => r.address).join(','),
-          service: 'router',
-          detail: result.kind === 'ok' ? `remote ${domain} via ${result.hosts.map((h) => h.host).join(', ')}` : `remote ${domain}: ${result.reason}`,
-          mailFrom: env.mailFrom,
-        }, `${env.queueId}:${domain}`);
+        await recordEvent(
+          nats,
+          log,
+          'routed',
+          {
+            queueId: env.queueId,
+            messageId: env.messageId,
+            recipient: rcpts.map((r) => r.address).join(','),
+            service: 'router',
+            detail:
+              result.kind === 'ok'
+                ? `remote ${domain} via ${result.hosts.map((h) => h.host).join(', ')}`
+                : `remote ${domain}: ${result.reason}`,
+            mailFrom: env.mailFrom,
+          },
+          `${env.queueId}:${domain}`,
+        );
       }
 
       if (failures.length > 0) {
@@ -134,7 +173,10 @@ export async function start(rt: Runtime): Promise<Service> {
           failures,
         );
       }
-      log.info({ queueId: env.queueId, local: locals.length, remoteDomains: remote.size, failed: failures.length }, 'envelope routed');
+      log.info(
+        { queueId: env.queueId, local: locals.length, remoteDomains: remote.size, failed: failures.length },
+        'envelope routed',
+      );
       return { ack: true };
     },
   });

@@ -19,7 +19,10 @@ import { newMessageId, newQueueId, rfc5322Date, receivedHeader, scanHeaders } fr
 import { LIMITS } from './limits.ts';
 
 const accepted = counter('postino_smtp_messages_accepted_total', 'Messages accepted with 250', ['port']);
-const rejected = counter('postino_smtp_rejected_total', 'SMTP commands rejected, by reason', ['port', 'reason']);
+const rejected = counter('postino_smtp_rejected_total', 'SMTP commands rejected, by reason', [
+  'port',
+  'reason',
+]);
 const authFailures = counter('postino_auth_failures_total', 'Failed authentications', ['protocol']);
 const sessionsOpen = gauge('postino_smtp_sessions_open', 'Open SMTP sessions', ['port']);
 
@@ -99,7 +102,8 @@ export async function start(rt: Runtime): Promise<Service> {
           .then(async (local) => {
             if (!local) {
               // No open relay (invariant 5): foreign domains only for authenticated submission.
-              if (!session.user) return cb(reject(mode, 'relay_denied', REPLIES.relayDenied(address.address)));
+              if (!session.user)
+                return cb(reject(mode, 'relay_denied', REPLIES.relayDenied(address.address)));
               return cb();
             }
             const user = await directory.resolveUser(address.address);
@@ -144,7 +148,10 @@ export async function start(rt: Runtime): Promise<Service> {
   const accept = (mode: Mode, session: SMTPServerSession, chunks: Buffer[]): Promise<string> =>
     withSpan(
       'smtp DATA',
-      { kind: SpanKind.SERVER, attributes: { 'network.peer.address': session.remoteAddress, 'smtp.port': mode.name } },
+      {
+        kind: SpanKind.SERVER,
+        attributes: { 'network.peer.address': session.remoteAddress, 'smtp.port': mode.name },
+      },
       async () => {
         const queueId = newQueueId();
         const body = Buffer.concat(chunks);
@@ -156,11 +163,16 @@ export async function start(rt: Runtime): Promise<Service> {
         const prepend: string[] = [
           receivedHeader({
             helo: session.hostNameAppearsAs || 'unknown',
-            clientHostname: session.clientHostname && !session.clientHostname.startsWith('[') ? session.clientHostname : 'unknown',
+            clientHostname:
+              session.clientHostname && !session.clientHostname.startsWith('[')
+                ? session.clientHostname
+                : 'unknown',
             clientIp: session.remoteAddress,
             hostname: config.hostname,
             protocol,
-            tls: session.tlsOptions ? `using ${session.tlsOptions.version ?? 'TLS'} with cipher ${session.tlsOptions.name}` : '',
+            tls: session.tlsOptions
+              ? `using ${session.tlsOptions.version ?? 'TLS'} with cipher ${session.tlsOptions.name}`
+              : '',
             queueId,
             traceId: currentTraceId(),
             recipient: rcpts.length === 1 ? rcpts[0]?.address : undefined,
@@ -195,9 +207,22 @@ export async function start(rt: Runtime): Promise<Service> {
           smtputf8: !!session.envelope.smtpUtf8,
           bodyType: session.envelope.bodyType ?? '7bit',
         };
-        await publish(nats, SUBJECTS.ingress, encode(pb.Envelope, envelope), { stream: STREAMS.INGRESS, msgId: queueId });
+        await publish(nats, SUBJECTS.ingress, encode(pb.Envelope, envelope), {
+          stream: STREAMS.INGRESS,
+          msgId: queueId,
+        });
         accepted.inc({ port: mode.name });
-        log.info({ queueId, from: mailFrom, rcpts: rcpts.length, size: stored.size, authUser, ip: session.remoteAddress }, 'message accepted');
+        log.info(
+          {
+            queueId,
+            from: mailFrom,
+            rcpts: rcpts.length,
+            size: stored.size,
+            authUser,
+            ip: session.remoteAddress,
+          },
+          'message accepted',
+        );
         await recordEvent(nats, log, 'received', {
           queueId,
           messageId,
@@ -234,7 +259,9 @@ export async function start(rt: Runtime): Promise<Service> {
   return {
     async stop() {
       // smtp-server's close waits for sessions to end (up to closeTimeout), then drops them.
-      await Promise.all(servers.map(({ server }) => new Promise<void>((resolve) => server.close(() => resolve()))));
+      await Promise.all(
+        servers.map(({ server }) => new Promise<void>((resolve) => server.close(() => resolve()))),
+      );
     },
   };
 }

@@ -41,7 +41,9 @@ export function rfc5322Date(d = new Date()): string {
 
 /** A queue id: time-ordered, unique across replicas (ms time + 40 random bits), base-36 upper case. */
 export function newQueueId(): string {
-  return (Date.now().toString(36) + randomBytes(5).readUIntBE(0, 5).toString(36).padStart(8, '0')).toUpperCase();
+  return (
+    Date.now().toString(36) + randomBytes(5).readUIntBE(0, 5).toString(36).padStart(8, '0')
+  ).toUpperCase();
 }
 
 export interface ReceivedInfo {

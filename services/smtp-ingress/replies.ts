@@ -14,12 +14,14 @@ export class SmtpReply extends Error {
 
 export const REPLIES = {
   /** RFC 5321 4.2.2 + RFC 3463: 550 5.1.1 unknown user of a hosted domain. */
-  unknownUser: (addr: string) => new SmtpReply(550, '5.1.1', `<${addr}>: Recipient address rejected: User unknown`),
+  unknownUser: (addr: string) =>
+    new SmtpReply(550, '5.1.1', `<${addr}>: Recipient address rejected: User unknown`),
   /** No open relay (ARCHITECTURE invariant 5): 554 5.7.1 as Postfix answers. */
   relayDenied: (addr: string) => new SmtpReply(554, '5.7.1', `<${addr}>: Relay access denied`),
   tooManyRecipients: () => new SmtpReply(452, '4.5.3', 'Too many recipients'),
   authRequired: () => new SmtpReply(530, '5.7.0', 'Authentication required'),
-  encryptionRequired: () => new SmtpReply(538, '5.7.11', 'Encryption required for requested authentication mechanism'),
+  encryptionRequired: () =>
+    new SmtpReply(538, '5.7.11', 'Encryption required for requested authentication mechanism'),
   badCredentials: () => new SmtpReply(535, '5.7.8', 'Authentication credentials invalid'),
   tooBig: () => new SmtpReply(552, '5.3.4', 'Message size exceeds fixed maximum message size'),
   tempFailure: () => new SmtpReply(451, '4.3.0', 'Temporary failure, please try again later'),

@@ -12,7 +12,12 @@ export interface Ports {
 }
 
 export async function testConfig(env: Record<string, string>): Promise<{ config: Config; ports: Ports }> {
-  const ports: Ports = { smtp: await freePort(), submission: await freePort(), imap: await freePort(), pop3: await freePort() };
+  const ports: Ports = {
+    smtp: await freePort(),
+    submission: await freePort(),
+    imap: await freePort(),
+    pop3: await freePort(),
+  };
   const config = loadConfig({
     POSTINO_HOSTNAME: 'mx.example.test',
     BIND_HOST: '127.0.0.1',

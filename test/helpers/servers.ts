@@ -38,7 +38,11 @@ export async function waitForPort(host: string, port: number, timeoutMs = 10_000
 }
 
 /** Polls until the condition holds (never a fixed sleep). */
-export async function until<T>(what: string, fn: () => Promise<T | undefined | null | false>, timeoutMs = 20_000): Promise<T> {
+export async function until<T>(
+  what: string,
+  fn: () => Promise<T | undefined | null | false>,
+  timeoutMs = 20_000,
+): Promise<T> {
   const end = Date.now() + timeoutMs;
   let last: unknown;
   while (Date.now() < end) {
@@ -71,7 +75,14 @@ export interface Proc {
   cleanup(): Promise<void>;
 }
 
-async function managed(name: string, host: string, port: number, url: string, start: () => ChildProcess, dir?: string): Promise<Proc> {
+async function managed(
+  name: string,
+  host: string,
+  port: number,
+  url: string,
+  start: () => ChildProcess,
+  dir?: string,
+): Promise<Proc> {
   let child = start();
   await waitForPort(host, port);
   const kill = (signal: NodeJS.Signals = 'SIGKILL') =>
@@ -105,16 +116,33 @@ export async function startNats(): Promise<Proc> {
   const port = await freePort();
   const dir = mkdtempSync(join(tmpdir(), 'postino-nats-'));
   const bin = which('nats-server');
-  return managed('nats', '127.0.0.1', port, `nats://127.0.0.1:${port}`, () =>
-    spawn(bin, ['-a', '127.0.0.1', '-p', String(port), '-js', '-sd', dir], { stdio: 'ignore' }), dir);
+  return managed(
+    'nats',
+    '127.0.0.1',
+    port,
+    `nats://127.0.0.1:${port}`,
+    () => spawn(bin, ['-a', '127.0.0.1', '-p', String(port), '-js', '-sd', dir], { stdio: 'ignore' }),
+    dir,
+  );
 }
 
 export async function startRedis(): Promise<Proc> {
   const port = await freePort();
   const dir = mkdtempSync(join(tmpdir(), 'postino-redis-'));
   const bin = which('redis-server');
-  return managed('redis', '127.0.0.1', port, `redis://127.0.0.1:${port}`, () =>
-    spawn(bin, ['--bind', '127.0.0.1', '--port', String(port), '--dir', dir, '--save', '', '--appendonly', 'yes'], { stdio: 'ignore' }), dir);
+  return managed(
+    'redis',
+    '127.0.0.1',
+    port,
+    `redis://127.0.0.1:${port}`,
+    () =>
+      spawn(
+        bin,
+        ['--bind', '127.0.0.1', '--port', String(port), '--dir', dir, '--save', '', '--appendonly', 'yes'],
+        { stdio: 'ignore' },
+      ),
+    dir,
+  );
 }
 
 /**

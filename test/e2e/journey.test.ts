@@ -1,0 +1,359 @@
+/**
+ * The whole journey of a message on real servers and real clients: nodemailer submits over SMTP
+ * with AUTH, curl reads over POP3, imapflow reads over IMAP, dnsmasq answers the MX of a remote
+ * domain whose "MX" is a second SMTP server on another loopback address.
+ */
+import { after, before, describe, test } from 'node:test';
+import assert from 'node:assert/strict';
+import { execFile } from 'node:child_process';
+import { promisify } from 'node:util';
+import { join } from 'node:path';
+import nodemailer from 'nodemailer';
+import { ImapFlow } from 'imapflow';
+import { SMTPServer } from 'smtp-server';
+import { freePort, startDns, startNats, startRedis, until, type Proc } from '../helpers/servers.ts';
+import { startServices, testConfig, type Ports } from '../helpers/postino.ts';
+import type { Running } from '../../services/core/runtime.ts';
+import type { Config } from '../../services/core/config.ts';
+import { SERVICES } from '../../services/services.ts';
+import { CONSUMERS, STREAMS } from '../../services/core/nats.ts';
+
+const run = promisify(execFile);
+const ROOT = join(import.meta.dirname, '..', '..');
+
+interface Sunk {
+  from: string;
+  to: string[];
+  body: string;
+}
+
+describe('the journey of a message', () => {
+  let nats: Proc;
+  let redis: Proc;
+  let dns: Proc;
+  let sink: SMTPServer;
+  const sunk: Sunk[] = [];
+  let config: Config;
+  let ports: Ports;
+  let main: Running;
+  let router: Running;
+  let adminUrl: string;
+
+  const postino = (...args: string[]) =>
+    run(process.execPath, [join(ROOT, 'bin', 'postino.ts'), ...args], {
+      env: { ...process.env, ADMIN_URL: adminUrl },
+    });
+
+  const submit = (user: string, pass: string) =>
+    nodemailer.createTransport({
+      host: '127.0.0.1',
+      port: ports.submission,
+      secure: false,
+      ignoreTLS: true,
+      auth: { user, pass },
+    });
+
+  const curl = (...args: string[]) => run('curl', ['-sS', '--max-time', '20', ...args]);
+
+  before(async () => {
+    [nats, redis] = await Promise.all([startNats(), startRedis()]);
+    const sinkPort = await freePort('127.0.0.2');
+    sink = new SMTPServer({
+      authOptional: true,
+      disabledCommands: ['STARTTLS'],
+      logger: false,
+      onData(stream, session, cb) {
+        const chunks: Buffer[] = [];
+        stream.on('data', (c: Buffer) => chunks.push(c));
+        stream.on('end', () => {
+          sunk.push({
+            from: session.envelope.mailFrom ? session.envelope.mailFrom.address : '',
+            to: session.envelope.rcptTo.map((r) => r.address),
+            body: Buffer.concat(chunks).toString('utf8'),
+          });
+          cb();
+        });
+      },
+    });
+    await new Promise<void>((resolve) => sink.listen(sinkPort, '127.0.0.2', () => resolve()));
+    dns = await startDns([
+      '--mx-host=remote.test,mx.remote.test,10',
+      '--host-record=mx.remote.test,127.0.0.2',
+      '--mx-host=nullmx.test,.,0',
+    ]);
+    ({ config, ports } = await testConfig({
+      NATS_URL: nats.url,
+      REDIS_URL: redis.url,
+      DNS_SERVERS: dns.url,
+      DELIVERY_SMTP_PORT: String(sinkPort),
+    }));
+    main = await startServices(
+      config,
+      Object.keys(SERVICES).filter((s) => s !== 'router'),
+    );
+    router = await startServices({ ...config, httpPort: 0 }, ['router']);
+    adminUrl = `http://127.0.0.1:${main.runtime.http.port}`;
+    await postino('admin', 'domain', 'add', 'example.test');
+    await postino('admin', 'user', 'add', 'alice@example.test', '--password', 'alice-password');
+    // The password may also come on standard input.
+    await new Promise<void>((resolve, reject) => {
+      const child = execFile(
+        process.execPath,
+        [join(ROOT, 'bin', 'postino.ts'), 'admin', 'user', 'add', 'bob@example.test'],
+        { env: { ...process.env, ADMIN_URL: adminUrl } },
+        (err) => (err ? reject(err) : resolve()),
+      );
+      child.stdin?.end('bob-password\n');
+    });
+  });
+
+  after(async () => {
+    await router?.stop();
+    await main?.stop();
+    sink?.close();
+    await Promise.all([nats?.cleanup(), redis?.cleanup(), dns?.cleanup()]);
+  });
+
+  test('the admin CLI lists what it added', async () => {
+    assert.equal((await postino('admin', 'domain', 'list')).stdout.trim(), 'example.test');
+    assert.deepEqual((await postino('admin', 'user', 'list')).stdout.trim().split('\n'), [
+      'alice@example.test',
+      'bob@example.test',
+    ]);
+    await assert.rejects(
+      postino('admin', 'user', 'add', 'carol@elsewhere.test', '--password', 'carol-password'),
+      /not hosted here/,
+    );
+  });
+
+  test('bob reads a message over POP3, and after QUIT it is gone from the server', async () => {
+    const info = await submit('alice@example.test', 'alice-password').sendMail({
+      from: 'alice@example.test',
+      to: 'bob@example.test',
+      subject: 'over POP3',
+      text: 'Hello Bob,\n.a line that starts with a dot\nbye\n',
+    });
+    assert.match(info.response, /^250 2\.0\.0 Ok: queued as [0-9A-Z]+$/);
+    const pop = `pop3://127.0.0.1:${ports.pop3}`;
+    const list = await until('the message in the maildrop', async () => {
+      const { stdout } = await curl('-u', 'bob@example.test:bob-password', `${pop}/`);
+      return stdout.trim() ? stdout : null;
+    });
+    assert.match(list, /^1 \d+\r?$/m);
+    const { stdout: message } = await curl('-u', 'bob@example.test:bob-password', `${pop}/1`);
+    assert.match(message, /Subject: over POP3/);
+    assert.match(message, /^\.a line that starts with a dot\r?$/m);
+    assert.match(message, /Received: from [^\r\n]*\r?\n\s+by mx\.example\.test \(Postino\) with ESMTPA id /);
+    // DELE then QUIT: deleted in the UPDATE state.
+    await curl('-u', 'bob@example.test:bob-password', '-X', 'DELE', `${pop}/1`, '-I');
+    const { stdout: after } = await curl('-u', 'bob@example.test:bob-password', `${pop}/`);
+    assert.equal(after.trim(), '');
+  });
+
+  test('bob reads a message over IMAP, and after logout it is still there with \\Seen', async () => {
+    await submit('alice@example.test', 'alice-password').sendMail({
+      from: 'alice@example.test',
+      to: 'bob@example.test',
+      subject: 'over IMAP',
+      text: 'Hello again, Bob.',
+    });
+    const connect = async () => {
+      const client = new ImapFlow({
+        host: '127.0.0.1',
+        port: ports.imap,
+        secure: false,
+        auth: { user: 'bob@example.test', pass: 'bob-password' },
+        logger: false,
+      });
+      await client.connect();
+      return client;
+    };
+    let client = await connect();
+    const lock = await client.getMailboxLock('INBOX');
+    try {
+      await until(
+        'the message in the INBOX',
+        async () => (await client.status('INBOX', { messages: true })).messages === 1,
+      );
+      await client.mailboxOpen('INBOX');
+      const msg = await client.fetchOne('*', { uid: true, flags: true, envelope: true, source: true });
+      assert.ok(msg);
+      assert.equal(msg.envelope?.subject, 'over IMAP');
+      assert.equal(msg.envelope?.from?.[0]?.address, 'alice@example.test');
+      assert.ok(!msg.flags?.has('\\Seen'));
+      assert.match(msg.source?.toString() ?? '', /Hello again, Bob\./);
+      await client.messageFlagsAdd({ uid: String(msg.uid) }, ['\\Seen'], { uid: true });
+    } finally {
+      lock.release();
+    }
+    await client.logout();
+
+    client = await connect();
+    try {
+      await client.mailboxOpen('INBOX');
+      const again = await client.fetchOne('*', { uid: true, flags: true, envelope: true });
+      assert.ok(again);
+      assert.equal(again.envelope?.subject, 'over IMAP');
+      assert.ok(again.flags?.has('\\Seen'), 'the \\Seen flag survives logout');
+    } finally {
+      await client.logout();
+    }
+  });
+
+  test('a message to a remote domain goes to the MX that DNS names', async () => {
+    await submit('alice@example.test', 'alice-password').sendMail({
+      from: 'alice@example.test',
+      to: 'someone@remote.test',
+      subject: 'to the world',
+      text: 'Over the wire.',
+    });
+    const got = await until('the remote MX to receive it', async () =>
+      sunk.find((m) => m.body.includes('to the world')),
+    );
+    assert.deepEqual(got.to, ['someone@remote.test']);
+    assert.equal(got.from, 'alice@example.test');
+    assert.match(got.body, /Over the wire\./);
+  });
+
+  test('a domain with a null MX bounces back to the sender at once', async () => {
+    await submit('alice@example.test', 'alice-password').sendMail({
+      from: 'alice@example.test',
+      to: 'nobody@nullmx.test',
+      subject: 'into the void',
+      text: 'This cannot be delivered.',
+    });
+    const client = new ImapFlow({
+      host: '127.0.0.1',
+      port: ports.imap,
+      secure: false,
+      auth: { user: 'alice@example.test', pass: 'alice-password' },
+      logger: false,
+    });
+    await client.connect();
+    try {
+      await until(
+        "the bounce in alice's INBOX",
+        async () => (await client.status('INBOX', { messages: true })).messages === 1,
+      );
+      await client.mailboxOpen('INBOX');
+      const msg = await client.fetchOne('*', { envelope: true, source: true });
+      assert.ok(msg);
+      assert.equal(msg.envelope?.subject, 'Undelivered Mail Returned to Sender');
+      const src = msg.source?.toString() ?? '';
+      assert.match(src, /Content-Type: multipart\/report; report-type=delivery-status/);
+      assert.match(src, /Status: 5\.1\.10/);
+      assert.match(src, /Final-Recipient: rfc822; nobody@nullmx\.test/);
+    } finally {
+      await client.logout();
+    }
+  });
+
+  test('stopping the router after the 250 and starting it again loses nothing and duplicates nothing', async () => {
+    await router.stop();
+    const info = await submit('alice@example.test', 'alice-password').sendMail({
+      from: 'alice@example.test',
+      to: 'bob@example.test',
+      subject: 'while the router was down',
+      text: 'Patience.',
+    });
+    assert.match(info.response, /^250 /);
+    router = await startServices({ ...config, httpPort: 0 }, ['router']);
+    const rt = main.runtime;
+    // Wait until every stage has drained: nothing pending or unacknowledged anywhere.
+    await until('the pipeline to drain', async () => {
+      for (const c of Object.values(CONSUMERS)) {
+        const ci = await rt.nats.jsm.consumers.info(c.stream, c.durable);
+        if (ci.num_pending > 0 || ci.num_ack_pending > 0) return false;
+      }
+      const local = await rt.nats.jsm.streams.info(STREAMS.LOCAL);
+      return local.state.messages === 0;
+    });
+    const client = new ImapFlow({
+      host: '127.0.0.1',
+      port: ports.imap,
+      secure: false,
+      auth: { user: 'bob@example.test', pass: 'bob-password' },
+      logger: false,
+    });
+    await client.connect();
+    try {
+      await client.mailboxOpen('INBOX');
+      const subjects: string[] = [];
+      for await (const m of client.fetch('1:*', { envelope: true })) subjects.push(m.envelope?.subject ?? '');
+      assert.equal(subjects.filter((s) => s === 'while the router was down').length, 1);
+    } finally {
+      await client.logout();
+    }
+  });
+
+  test('an unknown recipient is refused at RCPT with 550 5.1.1', async () => {
+    await assert.rejects(
+      submit('alice@example.test', 'alice-password').sendMail({
+        from: 'alice@example.test',
+        to: 'nobody@example.test',
+        text: 'x',
+      }),
+      (err: Error & { rejectedErrors?: { response?: string }[] }) => {
+        assert.match(err.rejectedErrors?.[0]?.response ?? '', /^550 5\.1\.1 /);
+        return true;
+      },
+    );
+  });
+
+  test('relaying without AUTH is refused', async () => {
+    const port25 = nodemailer.createTransport({
+      host: '127.0.0.1',
+      port: ports.smtp,
+      secure: false,
+      ignoreTLS: true,
+    });
+    await assert.rejects(
+      port25.sendMail({ from: 'spammer@evil.test', to: 'victim@remote.test', text: 'x' }),
+      (err: Error & { rejectedErrors?: { response?: string }[] }) => {
+        assert.match(err.rejectedErrors?.[0]?.response ?? '', /^554 5\.7\.1 .*Relay access denied/);
+        return true;
+      },
+    );
+    // Mail from the Internet to a hosted user needs no AUTH.
+    const info = await port25.sendMail({
+      from: 'friend@remote.test',
+      to: 'bob@example.test',
+      subject: 'inbound',
+      text: 'x',
+    });
+    assert.match(info.response, /^250 /);
+  });
+
+  test('a wrong password is refused by SMTP AUTH, POP3 PASS and IMAP LOGIN', async () => {
+    await assert.rejects(
+      submit('alice@example.test', 'wrong-password').sendMail({
+        from: 'alice@example.test',
+        to: 'bob@example.test',
+        text: 'x',
+      }),
+      (err: Error & { responseCode?: number; response?: string }) => {
+        assert.equal(err.responseCode, 535);
+        assert.match(err.response ?? '', /^535 5\.7\.8 /);
+        return true;
+      },
+    );
+    await assert.rejects(
+      curl('-u', 'bob@example.test:wrong-password', `pop3://127.0.0.1:${ports.pop3}/`),
+      /Login denied|67/,
+    );
+    const client = new ImapFlow({
+      host: '127.0.0.1',
+      port: ports.imap,
+      secure: false,
+      auth: { user: 'bob@example.test', pass: 'wrong-password' },
+      logger: false,
+    });
+    await assert.rejects(
+      client.connect(),
+      (err: Error & { authenticationFailed?: boolean; serverResponseCode?: string }) => {
+        assert.ok(err.authenticationFailed || err.serverResponseCode === 'AUTHENTICATIONFAILED', err.message);
+        return true;
+      },
+    );
+  });
+});
