@@ -48,5 +48,6 @@ export async function traceMessage(nats: Nats, id: string): Promise<TrackedEvent
     if (m.seq >= last) break;
   }
   iter.stop();
-  return out;
+  // Stages publish concurrently: order by the time each event happened.
+  return out.sort((a, b) => a.at.localeCompare(b.at));
 }

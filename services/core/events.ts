@@ -25,8 +25,9 @@ export async function recordEvent(
   kind: EventKind,
   ev: Omit<MessageEvent, 'kind' | 'at' | 'traceId'>,
   dedupeKey?: string,
+  at = Date.now(),
 ): Promise<void> {
-  const event: MessageEvent = { ...ev, kind, at: Date.now(), traceId: currentTraceId() };
+  const event: MessageEvent = { ...ev, kind, at, traceId: currentTraceId() };
   try {
     await publish(nats, SUBJECTS.event(kind), encode(pb.MessageEvent, event), {
       stream: STREAMS.EVENTS,

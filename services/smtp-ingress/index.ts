@@ -223,14 +223,21 @@ export async function start(rt: Runtime): Promise<Service> {
           },
           'message accepted',
         );
-        await recordEvent(nats, log, 'received', {
+        await recordEvent(
+          nats,
+          log,
+          'received',
+          {
+            queueId,
+            messageId,
+            recipient: rcpts.map((r) => r.address).join(','),
+            service: 'smtp-ingress',
+            detail: `from ${session.remoteAddress} size ${stored.size}`,
+            mailFrom,
+          },
           queueId,
-          messageId,
-          recipient: rcpts.map((r) => r.address).join(','),
-          service: 'smtp-ingress',
-          detail: `from ${session.remoteAddress} size ${stored.size}`,
-          mailFrom,
-        });
+          Number(envelope.receivedAt),
+        );
         return queueId;
       },
     );

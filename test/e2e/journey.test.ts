@@ -7,19 +7,29 @@ import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
 import { promisify } from 'node:util';
-import { join } from 'node:path';
 import nodemailer from 'nodemailer';
 import { ImapFlow } from 'imapflow';
 import { SMTPServer } from 'smtp-server';
 import { freePort, startDns, startNats, startRedis, until, type Proc } from '../helpers/servers.ts';
-import { startServices, testConfig, type Ports } from '../helpers/postino.ts';
+import {
+  POSTINO,
+  spawnServices,
+  startServices,
+  testConfig,
+  type Ports,
+  type ServiceProcess,
+} from '../helpers/postino.ts';
 import type { Running } from '../../services/core/runtime.ts';
 import type { Config } from '../../services/core/config.ts';
 import { SERVICES } from '../../services/services.ts';
 import { CONSUMERS, STREAMS } from '../../services/core/nats.ts';
 
 const run = promisify(execFile);
-const ROOT = join(import.meta.dirname, '..', '..');
+
+async function inboxCount(client: ImapFlow): Promise<number> {
+  const status = await client.status('INBOX', { messages: true });
+  return status ? (status.messages ?? 0) : 0;
+}
 
 interface Sunk {
   from: string;
@@ -33,16 +43,15 @@ describe('the journey of a message', () => {
   let dns: Proc;
   let sink: SMTPServer;
   const sunk: Sunk[] = [];
-  let config: Config;
+  let env: Record<string, string>;
   let ports: Ports;
   let main: Running;
-  let router: Running;
+  /** The router runs as its own process (`postino run router`), so the test can stop it with SIGTERM. */
+  let router: ServiceProcess;
   let adminUrl: string;
 
   const postino = (...args: string[]) =>
-    run(process.execPath, [join(ROOT, 'bin', 'postino.ts'), ...args], {
-      env: { ...process.env, ADMIN_URL: adminUrl },
-    });
+    run(process.execPath, [POSTINO, ...args], { env: { ...process.env, ADMIN_URL: adminUrl } });
 
   const submit = (user: string, pass: string) =>
     nodemailer.createTransport({
@@ -81,7 +90,8 @@ describe('the journey of a message', () => {
       '--host-record=mx.remote.test,127.0.0.2',
       '--mx-host=nullmx.test,.,0',
     ]);
-    ({ config, ports } = await testConfig({
+    let config: Config;
+    ({ config, ports, env } = await testConfig({
       NATS_URL: nats.url,
       REDIS_URL: redis.url,
       DNS_SERVERS: dns.url,
@@ -91,7 +101,7 @@ describe('the journey of a message', () => {
       config,
       Object.keys(SERVICES).filter((s) => s !== 'router'),
     );
-    router = await startServices({ ...config, httpPort: 0 }, ['router']);
+    router = await spawnServices(env, ['router']);
     adminUrl = `http://127.0.0.1:${main.runtime.http.port}`;
     await postino('admin', 'domain', 'add', 'example.test');
     await postino('admin', 'user', 'add', 'alice@example.test', '--password', 'alice-password');
@@ -99,7 +109,7 @@ describe('the journey of a message', () => {
     await new Promise<void>((resolve, reject) => {
       const child = execFile(
         process.execPath,
-        [join(ROOT, 'bin', 'postino.ts'), 'admin', 'user', 'add', 'bob@example.test'],
+        [POSTINO, 'admin', 'user', 'add', 'bob@example.test'],
         { env: { ...process.env, ADMIN_URL: adminUrl } },
         (err) => (err ? reject(err) : resolve()),
       );
@@ -171,10 +181,7 @@ describe('the journey of a message', () => {
     let client = await connect();
     const lock = await client.getMailboxLock('INBOX');
     try {
-      await until(
-        'the message in the INBOX',
-        async () => (await client.status('INBOX', { messages: true })).messages === 1,
-      );
+      await until('the message in the INBOX', async () => (await inboxCount(client)) === 1);
       await client.mailboxOpen('INBOX');
       const msg = await client.fetchOne('*', { uid: true, flags: true, envelope: true, source: true });
       assert.ok(msg);
@@ -231,10 +238,7 @@ describe('the journey of a message', () => {
     });
     await client.connect();
     try {
-      await until(
-        "the bounce in alice's INBOX",
-        async () => (await client.status('INBOX', { messages: true })).messages === 1,
-      );
+      await until("the bounce in alice's INBOX", async () => (await inboxCount(client)) === 1);
       await client.mailboxOpen('INBOX');
       const msg = await client.fetchOne('*', { envelope: true, source: true });
       assert.ok(msg);
@@ -248,8 +252,9 @@ describe('the journey of a message', () => {
     }
   });
 
-  test('stopping the router after the 250 and starting it again loses nothing and duplicates nothing', async () => {
-    await router.stop();
+  test('stopping the router (SIGTERM) after the 250 and starting it again loses nothing and duplicates nothing', async () => {
+    // SIGTERM drains: the process exits 0 within its grace period.
+    assert.equal(await router.stop('SIGTERM'), 0);
     const info = await submit('alice@example.test', 'alice-password').sendMail({
       from: 'alice@example.test',
       to: 'bob@example.test',
@@ -257,7 +262,7 @@ describe('the journey of a message', () => {
       text: 'Patience.',
     });
     assert.match(info.response, /^250 /);
-    router = await startServices({ ...config, httpPort: 0 }, ['router']);
+    router = await spawnServices(env, ['router']);
     const rt = main.runtime;
     // Wait until every stage has drained: nothing pending or unacknowledged anywhere.
     await until('the pipeline to drain', async () => {
@@ -352,6 +357,76 @@ describe('the journey of a message', () => {
       client.connect(),
       (err: Error & { authenticationFailed?: boolean; serverResponseCode?: string }) => {
         assert.ok(err.authenticationFailed || err.serverResponseCode === 'AUTHENTICATIONFAILED', err.message);
+        return true;
+      },
+    );
+  });
+
+  test('one trace follows a message through every service, and `postino trace` shows its journey', async () => {
+    const info = await submit('alice@example.test', 'alice-password').sendMail({
+      from: 'alice@example.test',
+      to: 'bob@example.test',
+      subject: 'follow me',
+      text: 'Where am I?',
+    });
+    const queueId = /queued as ([0-9A-Z]+)/.exec(info.response)?.[1];
+    assert.ok(queueId);
+    const journey = await until('the message to be stored', async () => {
+      const { stdout } = await postino('trace', queueId);
+      return /\bstored\b/.test(stdout) ? stdout : null;
+    });
+    const lines = journey.trim().split('\n');
+    const kinds = lines.map((l) => l.split(/\s+/)[1]);
+    assert.deepEqual(kinds, ['received', 'routed', 'stored']);
+    const traces = new Set(lines.map((l) => /trace=([0-9a-f]{32})/.exec(l)?.[1]));
+    assert.equal(traces.size, 1, 'smtp-ingress, router (another process) and mailbox-store share one trace');
+    const [traceId] = traces;
+    assert.ok(traceId);
+    // The same trace id is in the stored message's Received header.
+    const client = new ImapFlow({
+      host: '127.0.0.1',
+      port: ports.imap,
+      secure: false,
+      auth: { user: 'bob@example.test', pass: 'bob-password' },
+      logger: false,
+    });
+    await client.connect();
+    try {
+      await client.mailboxOpen('INBOX');
+      const found = await client.search({ header: { subject: 'follow me' } }, { uid: true });
+      const uid = Array.isArray(found) ? found[0] : undefined;
+      assert.ok(uid);
+      const msg = await client.fetchOne(String(uid), { source: true }, { uid: true });
+      assert.ok(msg);
+      assert.match(
+        msg.source?.toString() ?? '',
+        new RegExp(`id ${queueId}\\r?\\n\\s+\\(trace ${traceId}\\)`),
+      );
+    } finally {
+      await client.logout();
+    }
+  });
+
+  test('every process answers /healthz, /readyz and /metrics', async () => {
+    for (const port of [main.runtime.http.port, router.httpPort]) {
+      assert.equal((await fetch(`http://127.0.0.1:${port}/healthz`)).status, 200);
+      assert.equal((await fetch(`http://127.0.0.1:${port}/readyz`)).status, 200);
+    }
+    const metrics = await (await fetch(`http://127.0.0.1:${main.runtime.http.port}/metrics`)).text();
+    assert.match(metrics, /^postino_smtp_messages_accepted_total\{port="submission"\} [1-9]/m);
+    assert.match(metrics, /^postino_mailbox_appended_total\{result="stored"\} [1-9]/m);
+    const routerMetrics = await (await fetch(`http://127.0.0.1:${router.httpPort}/metrics`)).text();
+    assert.match(routerMetrics, /^postino_recipients_routed_total\{destination="local"\} [1-9]/m);
+  });
+
+  test('a bad setting stops a service at start, naming the variable', async () => {
+    await assert.rejects(
+      run(process.execPath, [POSTINO, 'run', 'router'], {
+        env: { ...process.env, ...env, SMTP_PORT: 'twenty-five' },
+      }),
+      (err: Error & { code?: number; stderr?: string }) => {
+        assert.equal(err.code, 78);
+        assert.match(err.stderr ?? '', /SMTP_PORT: expected an integer, got "twenty-five"/);
         return true;
       },
     );

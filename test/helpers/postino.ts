@@ -1,8 +1,13 @@
-/** Starts Postino services in this process against the given real NATS and Redis, on free ports. */
+/** Starts Postino services against real NATS and Redis on free ports: in this process, or as `postino run` child processes. */
+import { spawn, type ChildProcess } from 'node:child_process';
+import { join } from 'node:path';
 import { loadConfig, type Config } from '../../services/core/config.ts';
 import { runServices, type Running } from '../../services/core/runtime.ts';
 import { SERVICES } from '../../services/services.ts';
-import { freePort } from './servers.ts';
+import { freePort, until } from './servers.ts';
+
+export const ROOT = join(import.meta.dirname, '..', '..');
+export const POSTINO = join(ROOT, 'bin', 'postino.ts');
 
 export interface Ports {
   smtp: number;
@@ -11,14 +16,16 @@ export interface Ports {
   pop3: number;
 }
 
-export async function testConfig(env: Record<string, string>): Promise<{ config: Config; ports: Ports }> {
+export async function testConfig(
+  env: Record<string, string>,
+): Promise<{ config: Config; ports: Ports; env: Record<string, string> }> {
   const ports: Ports = {
     smtp: await freePort(),
     submission: await freePort(),
     imap: await freePort(),
     pop3: await freePort(),
   };
-  const config = loadConfig({
+  const full: Record<string, string> = {
     POSTINO_HOSTNAME: 'mx.example.test',
     BIND_HOST: '127.0.0.1',
     HTTP_HOST: '127.0.0.1',
@@ -30,11 +37,43 @@ export async function testConfig(env: Record<string, string>): Promise<{ config:
     LOG_LEVEL: process.env.LOG_LEVEL ?? 'silent',
     SHUTDOWN_GRACE: '5s',
     ...env,
-  });
-  return { config, ports };
+  };
+  return { config: loadConfig(full), ports, env: full };
 }
 
 /** Runs the named services (default: all) in one runtime; `stop` drains them. */
 export async function startServices(config: Config, names = Object.keys(SERVICES)): Promise<Running> {
   return runServices(config, names, SERVICES);
+}
+
+export interface ServiceProcess {
+  child: ChildProcess;
+  httpPort: number;
+  /** Sends the signal and resolves with the exit code (null if killed by a signal). */
+  stop(signal?: NodeJS.Signals): Promise<number | null>;
+}
+
+/** `postino run <names>` as a separate process, ready when its /readyz answers 200. */
+export async function spawnServices(env: Record<string, string>, names: string[]): Promise<ServiceProcess> {
+  const httpPort = await freePort();
+  const child = spawn(process.execPath, [POSTINO, 'run', ...names], {
+    env: { ...process.env, ...env, HTTP_PORT: String(httpPort) },
+    stdio: ['ignore', 'ignore', 'pipe'],
+  });
+  let stderr = '';
+  child.stderr?.on('data', (c: Buffer) => (stderr += c.toString()));
+  const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
+  await until(`postino run ${names.join(' ')} to be ready`, async () => {
+    if (child.exitCode !== null) throw new Error(`exited with ${child.exitCode}: ${stderr}`);
+    const res = await fetch(`http://127.0.0.1:${httpPort}/readyz`).catch(() => null);
+    return res?.status === 200;
+  });
+  return {
+    child,
+    httpPort,
+    async stop(signal: NodeJS.Signals = 'SIGTERM') {
+      if (child.exitCode === null && child.signalCode === null) child.kill(signal);
+      return exited;
+    },
+  };
 }
