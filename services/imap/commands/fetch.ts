@@ -1,0 +1,218 @@
+/**
+ * FETCH and UID FETCH (RFC 9051 6.4.5, 6.4.9; BINARY from RFC 3516).
+ *
+ * Message metadata comes from storage in batches; bodies are parsed (and cached by the
+ * session) only for items that need the structure; a lone BODY[] / RFC822 streams the body
+ * from the blob store. A non-PEEK body section sets \Seen and reports the new FLAGS.
+ */
+import type { MessageMeta } from '../../core/mailbox-api.ts';
+import { bodyStructure } from '../body-structure.ts';
+import type { SessionContext } from '../context.ts';
+import { envelope } from '../envelope.ts';
+import {
+  bodyBytes,
+  decodeTransfer,
+  filterHeader,
+  findPart,
+  headerBytes,
+  transferEncoding,
+} from '../mime-tree.ts';
+import type { ParsedMessage } from '../mime-tree.ts';
+import type { FetchItem, Section } from '../parser.ts';
+import { Literal, StreamLiteral, atom, formatInternalDate, ok, responseLine } from '../response.ts';
+import type { ImapValue } from '../response.ts';
+import type { SelectedMailbox } from '../selected-mailbox.ts';
+import { SELECTED, isOutcome, resolveSet, selectedOf, userOf } from './common.ts';
+import type { CommandFamily } from './common.ts';
+
+/** Items that set \Seen when fetched (RFC 9051 6.4.5: BODY[...] without .PEEK, RFC822, RFC822.TEXT). */
+function setsSeen(item: FetchItem): boolean {
+  if (item.kind === 'section') return !item.peek;
+  return item.kind === 'attribute' && (item.name === 'RFC822' || item.name === 'RFC822.TEXT');
+}
+
+/** The whole message, untouched: can be streamed without parsing. */
+function isWholeMessage(item: FetchItem): boolean {
+  if (item.kind === 'attribute') return item.name === 'RFC822';
+  return (
+    item.kind === 'section' && item.section.part.length === 0 && item.section.text === null && !item.partial
+  );
+}
+
+function needsBody(item: FetchItem): boolean {
+  if (item.kind === 'attribute') {
+    return !['UID', 'FLAGS', 'INTERNALDATE', 'RFC822.SIZE'].includes(item.name);
+  }
+  return true;
+}
+
+/** Header field names echo as the client sent them: atoms, or quoted when they must be. */
+function fieldName(name: string): string {
+  return /^[!#$&'+\-.0-9A-Z^_`a-z|~]+$/.test(name) ? name : JSON.stringify(name);
+}
+
+/** `BODY[1.HEADER.FIELDS (SUBJECT)]<0>` as the response names it (RFC 9051 7.5.2). */
+function sectionLabel(item: Extract<FetchItem, { kind: 'section' }>): string {
+  const { part, text, fields } = item.section;
+  let spec = part.join('.');
+  if (text) spec += (spec ? '.' : '') + text;
+  if (fields.length > 0) spec += ` (${fields.map(fieldName).join(' ')})`;
+  const origin = item.partial ? `<${item.partial.start}>` : '';
+  return `${item.binary ? 'BINARY' : 'BODY'}[${spec}]${origin}`;
+}
+
+/** The octets a section names; empty when the part does not exist (RFC 9051 6.4.5). */
+function sectionBytes(msg: ParsedMessage, section: Section, binary: boolean): Buffer {
+  const node = findPart(msg.root, section.part);
+  if (!node) return Buffer.alloc(0);
+  if (section.text === null) {
+    if (section.part.length === 0) return msg.raw;
+    const body = bodyBytes(msg, node);
+    // RFC 3516 4.1: BINARY returns the part decoded from its transfer encoding.
+    return binary ? (decodeTransfer(body, transferEncoding(node)) ?? body) : body;
+  }
+  if (section.text === 'MIME') return headerBytes(msg, node);
+  // HEADER and TEXT of a part apply to the message a message/rfc822 part encapsulates.
+  const target = section.part.length === 0 ? msg.root : node.message;
+  if (!target) return Buffer.alloc(0);
+  switch (section.text) {
+    case 'HEADER':
+      return headerBytes(msg, target);
+    case 'TEXT':
+      return bodyBytes(msg, target);
+    case 'HEADER.FIELDS':
+      return filterHeader(target.headers, section.fields, false);
+    case 'HEADER.FIELDS.NOT':
+      return filterHeader(target.headers, section.fields, true);
+  }
+}
+
+function slice(data: Buffer, partial: { start: number; length: number } | null): Buffer {
+  if (!partial) return data;
+  return data.subarray(
+    Math.min(partial.start, data.length),
+    Math.min(partial.start + partial.length, data.length),
+  );
+}
+
+async function fetchValues(
+  ctx: SessionContext,
+  mailbox: SelectedMailbox,
+  meta: MessageMeta,
+  items: readonly FetchItem[],
+  flagsChanged: boolean,
+): Promise<ImapValue[]> {
+  const bodyItems = items.filter(needsBody);
+  const stream = bodyItems.length === 1 && isWholeMessage(bodyItems[0] as FetchItem);
+  const parsed = bodyItems.length > 0 && !stream ? await ctx.parsedMessage(meta) : null;
+  const values: ImapValue[] = [];
+  const whole = (): ImapValue =>
+    parsed ? new Literal(parsed.raw) : new StreamLiteral(meta.size, ctx.storage.openBody(meta.blob));
+  for (const item of items) {
+    if (item.kind === 'section') {
+      const label = atom(sectionLabel(item));
+      if (isWholeMessage(item)) {
+        values.push(label, whole());
+      } else {
+        const data = slice(sectionBytes(parsed as ParsedMessage, item.section, item.binary), item.partial);
+        values.push(label, new Literal(data, item.binary));
+      }
+      continue;
+    }
+    if (item.kind === 'binarySize') {
+      const data = sectionBytes(parsed as ParsedMessage, { part: item.part, text: null, fields: [] }, true);
+      values.push(atom(`BINARY.SIZE[${item.part.join('.')}]`), data.length);
+      continue;
+    }
+    values.push(atom(item.name));
+    switch (item.name) {
+      case 'UID':
+        values.push(meta.uid);
+        break;
+      case 'FLAGS':
+        values.push(mailbox.reportedFlags(meta.uid).map(atom));
+        break;
+      case 'INTERNALDATE':
+        values.push(formatInternalDate(meta.internalDate));
+        break;
+      case 'RFC822.SIZE':
+        values.push(meta.size);
+        break;
+      case 'ENVELOPE':
+        values.push(envelope((parsed as ParsedMessage).root.headers));
+        break;
+      case 'BODYSTRUCTURE':
+        values.push(bodyStructure(parsed as ParsedMessage, true));
+        break;
+      case 'BODY':
+        values.push(bodyStructure(parsed as ParsedMessage, false));
+        break;
+      case 'RFC822':
+        values.push(whole());
+        break;
+      case 'RFC822.HEADER':
+        values.push(new Literal(headerBytes(parsed as ParsedMessage, (parsed as ParsedMessage).root)));
+        break;
+      case 'RFC822.TEXT':
+        values.push(new Literal(bodyBytes(parsed as ParsedMessage, (parsed as ParsedMessage).root)));
+        break;
+    }
+  }
+  // RFC 9051 6.4.5: when fetching sets \Seen, the new flags are part of the response.
+  if (flagsChanged && !items.some((i) => i.kind === 'attribute' && i.name === 'FLAGS')) {
+    values.push(atom('FLAGS'), mailbox.reportedFlags(meta.uid).map(atom));
+  }
+  return values;
+}
+
+export const FETCH_COMMANDS: CommandFamily<'FETCH'> = {
+  FETCH: {
+    states: SELECTED,
+    async handle(ctx, command) {
+      const mailbox = selectedOf(ctx);
+      const user = userOf(ctx);
+      const uids = resolveSet(mailbox, command.args.set, command.uid);
+      if (isOutcome(uids)) return uids;
+      const items = [...command.args.items];
+      // RFC 9051 6.4.9: UID FETCH always returns the UID.
+      if (command.uid && !items.some((i) => i.kind === 'attribute' && i.name === 'UID')) {
+        items.unshift({ kind: 'attribute', name: 'UID' });
+      }
+      const markSeen = !mailbox.readOnly && items.some(setsSeen);
+      for (let i = 0; i < uids.length; i += ctx.limits.storageBatch) {
+        const batch = uids.slice(i, i + ctx.limits.storageBatch);
+        const { messages } = await ctx.storage.messages(user, mailbox.name, batch);
+        const metas = new Map(messages.map((m) => [m.uid, m]));
+        const seenNow = new Set<number>();
+        if (markSeen) {
+          const unseen = messages.filter((m) => !m.flags.includes('\\Seen')).map((m) => m.uid);
+          if (unseen.length > 0) {
+            const updated = await ctx.storage.storeFlags(
+              user,
+              mailbox.name,
+              unseen,
+              'add',
+              ['\\Seen'],
+              ctx.id,
+            );
+            for (const meta of updated) {
+              metas.set(meta.uid, meta);
+              seenNow.add(meta.uid);
+            }
+          }
+        }
+        for (const uid of batch) {
+          if (ctx.closed) return ok('FETCH aborted');
+          const meta = metas.get(uid);
+          const seq = mailbox.seqOf(uid);
+          // Expunged by another session and not yet reported: nothing to return (RFC 2180 4.1.2).
+          if (!meta || seq === 0) continue;
+          const changed = mailbox.setFlags(uid, meta.flags) || seenNow.has(uid);
+          const values = await fetchValues(ctx, mailbox, meta, items, changed);
+          await ctx.write(responseLine(`* ${seq} FETCH`, [values]));
+        }
+      }
+      return ok('FETCH completed');
+    },
+  },
+};

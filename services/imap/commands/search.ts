@@ -1,0 +1,176 @@
+/**
+ * SEARCH and UID SEARCH (RFC 9051 6.4.4, RFC 3501 6.4.4 result form `* SEARCH n...`).
+ *
+ * Flag, size, date, sequence and UID keys use metadata only; header, body and sent-date keys
+ * read and parse the message, lazily, once per message. String matching is a case-insensitive
+ * substring match on decoded text (RFC 2047 words in headers, transfer encoding and charset in
+ * bodies).
+ */
+import libmime from 'libmime';
+import type { MessageMeta } from '../../core/mailbox-api.ts';
+import type { SessionContext } from '../context.ts';
+import { bodyText, decodeCharset } from '../mime-tree.ts';
+import type { ParsedMessage } from '../mime-tree.ts';
+import type { SearchKey } from '../parser.ts';
+import { atom, no, ok } from '../response.ts';
+import type { SelectedMailbox } from '../selected-mailbox.ts';
+import { inSet } from '../sequence-set.ts';
+import { SELECTED, selectedOf, userOf } from './common.ts';
+import type { CommandFamily } from './common.ts';
+
+/** RFC 9051 6.4.4: the charsets a server must support. */
+const CHARSETS = new Set(['UTF-8', 'US-ASCII']);
+
+const DAY_MS = 86_400_000;
+const MONTHS = ['jan', 'feb', 'mar', 'apr', 'may', 'jun', 'jul', 'aug', 'sep', 'oct', 'nov', 'dec'];
+
+/** One message being tested, with what is loaded lazily. */
+class Candidate {
+  readonly seq: number;
+  readonly meta: MessageMeta;
+  readonly #ctx: SessionContext;
+  #parsed: Promise<ParsedMessage> | null = null;
+  #body: string | null = null;
+
+  constructor(ctx: SessionContext, seq: number, meta: MessageMeta) {
+    this.#ctx = ctx;
+    this.seq = seq;
+    this.meta = meta;
+  }
+
+  parsed(): Promise<ParsedMessage> {
+    this.#parsed ??= this.#ctx.parsedMessage(this.meta);
+    return this.#parsed;
+  }
+
+  async body(): Promise<string> {
+    this.#body ??= bodyText(await this.parsed()).toLowerCase();
+    return this.#body;
+  }
+
+  async headers(name: string): Promise<string[]> {
+    const lower = name.toLowerCase();
+    const msg = await this.parsed();
+    return msg.root.headers.filter((h) => h.name === lower).map((h) => decodeHeader(h.value));
+  }
+}
+
+/** RFC 2047 words decoded; 8-bit header bytes taken as UTF-8 (RFC 6532). */
+function decodeHeader(value: Buffer): string {
+  const text = decodeCharset(value, 'utf-8');
+  return libmime.decodeWords(text);
+}
+
+/** The calendar day of the Date header as written (RFC 9051 6.4.4: time and timezone disregarded). */
+function sentDay(value: string): number | null {
+  const m = /(\d{1,2})\s+([A-Za-z]{3})[a-z]*\s+(\d{2,4})/.exec(value);
+  if (m) {
+    const month = MONTHS.indexOf((m[2] as string).toLowerCase());
+    let year = Number(m[3]);
+    // RFC 5322 4.3: two-digit years below 50 are 20xx, others 19xx.
+    if (year < 100) year += year < 50 ? 2000 : 1900;
+    if (month >= 0) return Math.floor(Date.UTC(year, month, Number(m[1])) / DAY_MS);
+  }
+  const parsed = Date.parse(value);
+  return Number.isNaN(parsed) ? null : Math.floor(parsed / DAY_MS);
+}
+
+function compareDay(day: number, key: Extract<SearchKey, { op: 'date' }>): boolean {
+  switch (key.compare) {
+    case 'before':
+      return day < key.day;
+    case 'on':
+      return day === key.day;
+    case 'since':
+      return day >= key.day;
+  }
+}
+
+function hasFlag(flags: readonly string[], flag: string): boolean {
+  const lower = flag.toLowerCase();
+  return flags.some((f) => f.toLowerCase() === lower);
+}
+
+async function matches(key: SearchKey, m: Candidate, mailbox: SelectedMailbox): Promise<boolean> {
+  switch (key.op) {
+    case 'all':
+      return true;
+    case 'and':
+      for (const sub of key.keys) if (!(await matches(sub, m, mailbox))) return false;
+      return true;
+    case 'or':
+      return (await matches(key.left, m, mailbox)) || (await matches(key.right, m, mailbox));
+    case 'not':
+      return !(await matches(key.key, m, mailbox));
+    case 'flag':
+      return hasFlag(m.meta.flags, key.flag) === key.set;
+    case 'recent':
+      return mailbox.isRecent(m.meta.uid);
+    case 'new':
+      return mailbox.isRecent(m.meta.uid) && !hasFlag(m.meta.flags, '\\Seen');
+    case 'old':
+      return !mailbox.isRecent(m.meta.uid);
+    case 'seq':
+      return inSet(key.set, m.seq, mailbox.exists);
+    case 'uid':
+      return inSet(key.set, m.meta.uid, mailbox.maxUid);
+    case 'larger':
+      return m.meta.size > key.size;
+    case 'smaller':
+      return m.meta.size < key.size;
+    case 'date': {
+      if (key.field === 'internal') return compareDay(Math.floor(m.meta.internalDate / DAY_MS), key);
+      const dates = await m.headers('date');
+      const day = dates.length > 0 ? sentDay(dates[0] as string) : null;
+      return day !== null && compareDay(day, key);
+    }
+    case 'header': {
+      const values = await m.headers(key.name);
+      // RFC 9051 6.4.4: an empty string matches every message that has the field.
+      if (key.value === '') return values.length > 0;
+      const needle = key.value.toLowerCase();
+      return values.some((v) => v.toLowerCase().includes(needle));
+    }
+    case 'body':
+      return (await m.body()).includes(key.value.toLowerCase());
+    case 'text': {
+      const needle = key.value.toLowerCase();
+      const msg = await m.parsed();
+      const header = msg.root.headers.map((h) => `${h.name}: ${decodeHeader(h.value)}`).join('\n');
+      return header.toLowerCase().includes(needle) || (await m.body()).includes(needle);
+    }
+  }
+}
+
+export const SEARCH_COMMANDS: CommandFamily<'SEARCH'> = {
+  SEARCH: {
+    states: SELECTED,
+    async handle(ctx, command) {
+      const { charset, key } = command.args;
+      if (charset !== null && !CHARSETS.has(charset)) {
+        return no('Unsupported charset', `BADCHARSET (${[...CHARSETS].join(' ')})`);
+      }
+      const mailbox = selectedOf(ctx);
+      const user = userOf(ctx);
+      const found: number[] = [];
+      const uids = [...mailbox.uids];
+      for (let i = 0; i < uids.length; i += ctx.limits.storageBatch) {
+        const batch = uids.slice(i, i + ctx.limits.storageBatch);
+        const { messages } = await ctx.storage.messages(user, mailbox.name, batch);
+        for (const meta of messages) {
+          if (ctx.closed) return ok('SEARCH aborted');
+          const seq = mailbox.seqOf(meta.uid);
+          if (seq === 0) continue;
+          if (await matches(key, new Candidate(ctx, seq, meta), mailbox))
+            found.push(command.uid ? meta.uid : seq);
+        }
+      }
+      found.sort((a, b) => a - b);
+      await ctx.untagged(
+        'SEARCH',
+        found.map((n) => atom(String(n))),
+      );
+      return ok('SEARCH completed');
+    },
+  },
+};

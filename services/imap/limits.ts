@@ -1,0 +1,77 @@
+/**
+ * Every size limit and timeout of the IMAP front end, in one place, each with its reason.
+ * All are overridable per server through `createImapServer({ limits })`.
+ */
+export interface ImapLimits {
+  /** Longest command line (one segment between literals), in octets. */
+  maxLineBytes: number;
+  /** Largest literal a client may send (an APPEND message is one literal). */
+  maxLiteralBytes: number;
+  /** Most literals in one command line. */
+  maxLiterals: number;
+  /** Largest whole command: every line segment and literal combined. */
+  maxCommandBytes: number;
+  /** Commands parsed but not yet executed, before the session stops reading the socket. */
+  maxQueuedCommands: number;
+  /** Failed authentications on one connection before it is closed. */
+  maxAuthFailures: number;
+  /** Consecutive BAD commands before the connection is closed. */
+  maxBadCommands: number;
+  /** Inactivity before the autologout, reset by every command (IDLE included). */
+  idleTimeoutMs: number;
+  /** How long an unauthenticated connection may stay before it is closed. */
+  authTimeoutMs: number;
+  /** How long close() waits for sessions to say BYE before destroying their sockets. */
+  shutdownGraceMs: number;
+  /** Deepest MIME nesting parsed for BODYSTRUCTURE and body sections. */
+  maxMimeDepth: number;
+  /** Most MIME parts in one message that are parsed. */
+  maxMimeParts: number;
+  /** Parsed messages (ENVELOPE, BODYSTRUCTURE, bytes) kept per session. */
+  parsedMessageCache: number;
+  /** Largest total of message bytes cached per session. */
+  parsedMessageCacheBytes: number;
+  /** Messages whose metadata is fetched from storage in one call. */
+  storageBatch: number;
+}
+
+export const DEFAULT_LIMITS: Readonly<ImapLimits> = {
+  // RFC 7162 3 recommends clients keep lines under 8192 octets; UID sets of big mailboxes need more.
+  maxLineBytes: 64 * 1024,
+  // Matches the mailbox-store's message size cap; a bigger APPEND is answered NO [TOOBIG].
+  maxLiteralBytes: 50 * 1024 * 1024,
+  // No command we implement needs more than a few (APPEND: one; LOGIN: two); this stops floods.
+  maxLiterals: 32,
+  // One literal at its maximum plus the line segments around it.
+  maxCommandBytes: 50 * 1024 * 1024 + 256 * 1024,
+  // Pipelined commands are fine, an unbounded queue of them is not.
+  maxQueuedCommands: 64,
+  // Password guessing: three tries per connection, then reconnect (and be seen by rate limits).
+  maxAuthFailures: 3,
+  // A peer that keeps sending garbage is not an IMAP client.
+  maxBadCommands: 20,
+  // RFC 3501 5.4: the autologout timer must be at least 30 minutes.
+  idleTimeoutMs: 30 * 60 * 1000,
+  // Unauthenticated connections cost a socket and give nothing; RFC 3501 5.4 allows a shorter timer.
+  authTimeoutMs: 60 * 1000,
+  // Long enough to flush a BYE, short enough for a rolling restart.
+  shutdownGraceMs: 5000,
+  // Real mail nests a handful of levels; deeper is an attack on the recursive parser.
+  maxMimeDepth: 32,
+  // Bounds BODYSTRUCTURE output and parse time for messages built to explode.
+  maxMimeParts: 1000,
+  // FETCH of ENVELOPE then BODY[] of the same messages should not read bodies twice.
+  parsedMessageCache: 32,
+  // But the cache must not hold many large messages in memory per connection.
+  parsedMessageCacheBytes: 16 * 1024 * 1024,
+  // Keeps a FETCH 1:* of a large mailbox from asking storage for everything at once.
+  storageBatch: 500,
+};
+
+/** The defaults with the given overrides applied. */
+export function resolveLimits(overrides: Partial<ImapLimits> = {}): ImapLimits {
+  return { ...DEFAULT_LIMITS, ...overrides };
+}
+
+/** Deepest nesting of SEARCH keys (parentheses, NOT, OR): the parser recurses once per level. */
+export const MAX_SEARCH_NESTING = 64;

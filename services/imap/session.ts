@@ -1,0 +1,654 @@
+/**
+ * One IMAP session per connection: reads framed commands, checks each against the command
+ * table's allowed states, runs its handler and writes the tagged outcome. Every policy gate
+ * (state, BAD floods, limits, timeouts) is here; every storage exception stops here and
+ * becomes `NO [UNAVAILABLE]`.
+ *
+ * Output goes through one ordered write chain, so a `+` continuation or an untagged change
+ * can never land inside another response, and every write waits for the socket to drain.
+ */
+import { randomBytes } from 'node:crypto';
+import type net from 'node:net';
+import tls from 'node:tls';
+import type { Logger } from 'pino';
+import type { Authenticator, MailboxChange, MailboxClient, MessageMeta } from '../core/mailbox-api.ts';
+import { MailboxError } from '../core/mailbox-api.ts';
+import { COMMANDS } from './commands/index.ts';
+import type { CommandSpec } from './commands/common.ts';
+import { storageFailure } from './commands/common.ts';
+import type { SessionContext, SessionState } from './context.ts';
+import { ImapStream } from './imap-stream.ts';
+import type { Frame, Rejection } from './imap-stream.ts';
+import type { ImapLimits } from './limits.ts';
+import { parseMessage } from './mime-tree.ts';
+import type { ParsedMessage } from './mime-tree.ts';
+import { parseCommand } from './parser.ts';
+import type { Command, CommandName } from './parser.ts';
+import { atom, responseLine, statusLine } from './response.ts';
+import type { SelectedMailbox } from './selected-mailbox.ts';
+import type { ImapValue, Outcome, OutputPart, StreamLiteral } from './response.ts';
+
+export interface SessionOptions {
+  storage: MailboxClient;
+  auth: Authenticator;
+  logger: Logger;
+  hostname: string;
+  allowPlaintextAuth: boolean;
+  limits: ImapLimits;
+  /** TLS for STARTTLS; absent when STARTTLS is not offered. */
+  tls?: tls.SecureContext;
+}
+
+type Input = { kind: 'frame'; frame: Frame } | { kind: 'reject'; rejection: Rejection };
+
+/** Changes remembered so a SELECT can apply those that arrived while it loaded the mailbox. */
+const CHANGE_LOG_SIZE = 256;
+
+/** RFC 9051 7.5.1: FETCH, STORE and SEARCH must not report EXPUNGE; their UID forms may. */
+const NO_EXPUNGE_COMMANDS = new Set<CommandName>(['FETCH', 'STORE', 'SEARCH']);
+
+/** 127.0.0.0/8, ::1 and IPv4-mapped loopback. */
+export function isLoopback(address: string | undefined): boolean {
+  if (!address) return false;
+  return address === '::1' || address.startsWith('127.') || address.startsWith('::ffff:127.');
+}
+
+export class ImapSession implements SessionContext {
+  readonly id = `imap-${randomBytes(8).toString('hex')}`;
+  readonly storage: MailboxClient;
+  readonly auth: Authenticator;
+  readonly logger: Logger;
+  readonly limits: ImapLimits;
+  readonly hostname: string;
+
+  readonly #options: SessionOptions;
+  readonly #raw: net.Socket;
+  #socket: net.Socket;
+  #secure: boolean;
+  #state: SessionState = { kind: 'notAuthenticated' };
+  readonly #stream: ImapStream;
+  #input: Input[] = [];
+  #inputWaiter: ((input: Input | null) => void) | null = null;
+  #paused = false;
+  #closed = false;
+  #closing = false;
+  #writeChain: Promise<void> = Promise.resolve();
+  #timer: NodeJS.Timeout | null = null;
+  #unwatch: (() => void) | null = null;
+  /** One promise shared by everyone waiting for the next change (IDLE). */
+  #nextChange: { promise: Promise<void>; resolve: () => void } | null = null;
+  #changeLog: MailboxChange[] = [];
+  #changeCount = 0;
+  readonly #cache = new Map<string, ParsedMessage>();
+  #cacheBytes = 0;
+  #authFailures = 0;
+  #badCommands = 0;
+  readonly #closedPromise: Promise<void>;
+  #resolveClosed: () => void = () => undefined;
+
+  constructor(socket: net.Socket, options: SessionOptions) {
+    this.#options = options;
+    this.storage = options.storage;
+    this.auth = options.auth;
+    this.limits = options.limits;
+    this.hostname = options.hostname;
+    this.#raw = socket;
+    this.#socket = socket;
+    this.#secure = socket instanceof tls.TLSSocket;
+    this.logger = options.logger.child({ session: this.id, remote: socket.remoteAddress });
+    this.#closedPromise = new Promise((resolve) => {
+      this.#resolveClosed = resolve;
+    });
+    this.#stream = new ImapStream(options.limits, {
+      frame: (frame) => this.#enqueue({ kind: 'frame', frame }),
+      reject: (rejection) => this.#enqueue({ kind: 'reject', rejection }),
+      continueLiteral: () => {
+        void this.write([Buffer.from('+ Ready for literal data\r\n')]);
+      },
+      fatal: (reason) => {
+        this.logger.info({ reason }, 'closing: unframeable input');
+        void this.write([statusLine('*', 'BYE', reason)]).then(() => this.#destroy());
+      },
+    });
+  }
+
+  /** Greets the client and serves it until the connection ends. */
+  start(): void {
+    this.#attach(this.#socket);
+    this.#raw.on('close', () => this.#onClosed());
+    this.#resetTimer();
+    void this.#run();
+  }
+
+  /** Resolves once the connection is closed. */
+  get done(): Promise<void> {
+    return this.#closedPromise;
+  }
+
+  get state(): SessionState {
+    return this.#state;
+  }
+
+  get closed(): boolean {
+    return this.#closed;
+  }
+
+  get secure(): boolean {
+    return this.#secure;
+  }
+
+  get tlsAvailable(): boolean {
+    return this.#options.tls !== undefined && !this.#secure;
+  }
+
+  setState(next: SessionState): void {
+    if (next.kind !== this.#state.kind) this.logger.debug({ from: this.#state.kind, to: next.kind }, 'state');
+    this.#state = next;
+    this.#resetTimer();
+  }
+
+  plaintextAuthAllowed(): boolean {
+    return this.#secure || this.#options.allowPlaintextAuth || isLoopback(this.#raw.remoteAddress);
+  }
+
+  capabilities(): string[] {
+    const caps = ['IMAP4rev1'];
+    if (this.#state.kind === 'notAuthenticated') {
+      if (this.tlsAvailable) caps.push('STARTTLS');
+      // RFC 9051 6.2.3: LOGINDISABLED when password logins are refused on this connection.
+      if (this.plaintextAuthAllowed()) caps.push('AUTH=PLAIN', 'AUTH=LOGIN');
+      else caps.push('LOGINDISABLED');
+      caps.push('SASL-IR');
+    }
+    caps.push('LITERAL+', 'ID', 'IDLE', 'NAMESPACE', 'UIDPLUS', 'MOVE', 'UNSELECT', 'ENABLE');
+    caps.push('SPECIAL-USE', 'CHILDREN');
+    return caps;
+  }
+
+  /** Tells the client the server is going away and closes (server shutdown). */
+  async shutdown(): Promise<void> {
+    if (this.#closed) return;
+    // A client that stopped reading would hold the BYE (and the shutdown) forever.
+    const timer = setTimeout(() => this.#destroy(), this.limits.shutdownGraceMs);
+    void this.done.then(() => clearTimeout(timer));
+    await this.write([statusLine('*', 'BYE', 'Server shutting down')]);
+    await this.close();
+  }
+
+  // -------------------------------------------------------------------------------------------
+  // Input
+
+  #attach(socket: net.Socket): void {
+    socket.on('data', (chunk: Buffer) => {
+      if (socket === this.#socket) this.#stream.push(chunk);
+    });
+    socket.on('error', (error) => {
+      this.logger.debug({ err: error }, 'socket error');
+      this.#destroy();
+    });
+  }
+
+  #enqueue(input: Input): void {
+    if (this.#inputWaiter) {
+      const waiter = this.#inputWaiter;
+      this.#inputWaiter = null;
+      waiter(input);
+      return;
+    }
+    this.#input.push(input);
+    if (this.#input.length >= this.limits.maxQueuedCommands && !this.#paused) {
+      // Pipelining is fine; an unbounded backlog is not: stop reading until it drains.
+      this.#paused = true;
+      this.#socket.pause();
+    }
+  }
+
+  #nextInput(): Promise<Input | null> {
+    const next = this.#input.shift();
+    if (this.#paused && this.#input.length < this.limits.maxQueuedCommands) {
+      this.#paused = false;
+      this.#socket.resume();
+    }
+    if (next) {
+      this.#resetTimer();
+      return Promise.resolve(next);
+    }
+    if (this.#closed) return Promise.resolve(null);
+    return new Promise((resolve) => {
+      this.#inputWaiter = (input) => {
+        if (input) this.#resetTimer();
+        resolve(input);
+      };
+    });
+  }
+
+  async readLine(): Promise<Buffer | null> {
+    const input = await this.#nextInput();
+    if (!input) return null;
+    // A line over the limits is no valid answer to anything.
+    if (input.kind === 'reject') return Buffer.from('*');
+    return Buffer.concat(input.frame.segments);
+  }
+
+  // -------------------------------------------------------------------------------------------
+  // Command loop
+
+  async #run(): Promise<void> {
+    try {
+      const greeting = `${this.hostname} Postino IMAP4rev1 ready`;
+      await this.write([statusLine('*', 'OK', greeting, `CAPABILITY ${this.capabilities().join(' ')}`)]);
+      while (this.#state.kind !== 'logout') {
+        const input = await this.#nextInput();
+        if (!input) break;
+        await this.#handle(input);
+      }
+    } catch (error) {
+      this.logger.error({ err: error }, 'session failed');
+      this.#destroy();
+    }
+  }
+
+  async #handle(input: Input): Promise<void> {
+    if (input.kind === 'reject') {
+      await this.#rejected(input.rejection);
+      return;
+    }
+    const parsed = parseCommand(input.frame);
+    if (!parsed.ok) {
+      await this.#bad(parsed.tag, parsed.text);
+      return;
+    }
+    const command = parsed.command;
+    const spec = COMMANDS[command.name] as CommandSpec<CommandName>;
+    if (!spec.states.includes(this.#state.kind)) {
+      await this.#bad(command.tag, this.#wrongState(command.name, spec));
+      return;
+    }
+    let outcome: Outcome;
+    try {
+      outcome = await spec.handle(this, command as never);
+    } catch (error) {
+      outcome = storageFailure(this, error);
+    }
+    if (outcome.status === 'BAD') {
+      await this.#bad(command.tag, outcome.text, outcome.code);
+      return;
+    }
+    this.#badCommands = 0;
+    if (command.name !== 'LOGOUT' && command.name !== 'IDLE') {
+      await this.syncSelected({ expunge: !(NO_EXPUNGE_COMMANDS.has(command.name) && !command.uid) });
+    }
+    await this.write([statusLine(command.tag, outcome.status, outcome.text, outcome.code)]);
+    this.logger.debug({ command: describe(command), status: outcome.status }, 'command');
+    if (outcome.after) await outcome.after();
+  }
+
+  #wrongState(name: CommandName, spec: CommandSpec<CommandName>): string {
+    const current = this.#state.kind;
+    if (spec.states.includes('selected') && current === 'notAuthenticated')
+      return `${name} needs authentication`;
+    if (spec.states.includes('selected') && current === 'authenticated')
+      return `${name} needs a selected mailbox`;
+    return `${name} is not allowed now`;
+  }
+
+  async #bad(tag: string | null, text: string, code?: string): Promise<void> {
+    await this.write([statusLine(tag ?? '*', 'BAD', text, code)]);
+    if (++this.#badCommands >= this.limits.maxBadCommands) {
+      await this.write([statusLine('*', 'BYE', 'Too many invalid commands')]);
+      await this.close();
+    }
+  }
+
+  async #rejected(rejection: Rejection): Promise<void> {
+    switch (rejection.reason) {
+      case 'literalTooBig':
+        // RFC 7889: an APPEND over the size limit is answered NO [TOOBIG].
+        if (rejection.command === 'APPEND' && rejection.tag) {
+          await this.write([statusLine(rejection.tag, 'NO', 'Message too large', 'TOOBIG')]);
+          return;
+        }
+        await this.#bad(rejection.tag, 'Literal too large', 'TOOBIG');
+        return;
+      case 'lineTooLong':
+        await this.#bad(rejection.tag, 'Command line too long');
+        return;
+      case 'tooManyLiterals':
+        await this.#bad(rejection.tag, 'Too many literals');
+        return;
+      case 'commandTooBig':
+        await this.#bad(rejection.tag, 'Command too large', 'TOOBIG');
+        return;
+    }
+  }
+
+  // -------------------------------------------------------------------------------------------
+  // Output
+
+  write(parts: OutputPart[]): Promise<void> {
+    const run = this.#writeChain.then(() => this.#writeNow(parts));
+    this.#writeChain = run.catch(() => undefined);
+    return run;
+  }
+
+  async untagged(prefix: string, values: readonly ImapValue[] = []): Promise<void> {
+    await this.write(responseLine(`* ${prefix}`, values));
+  }
+
+  async continuation(text: string): Promise<void> {
+    await this.write([Buffer.from(`+ ${text}\r\n`, 'latin1')]);
+  }
+
+  async #writeNow(parts: OutputPart[]): Promise<void> {
+    for (const part of parts) {
+      if (this.#closed || this.#socket.destroyed) return;
+      if (Buffer.isBuffer(part)) {
+        if (!this.#socket.write(part)) await this.#drain();
+      } else {
+        await this.#writeStream(part);
+      }
+    }
+  }
+
+  /** Streams a literal body; its announced size must be exact or the connection is lost. */
+  async #writeStream(part: StreamLiteral): Promise<void> {
+    let sent = 0;
+    try {
+      for await (const chunk of part.source) {
+        if (this.#closed || this.#socket.destroyed) return;
+        const bytes = Buffer.from(chunk.buffer, chunk.byteOffset, chunk.byteLength);
+        const take = bytes.subarray(0, part.size - sent);
+        sent += take.length;
+        if (take.length > 0 && !this.#socket.write(take)) await this.#drain();
+        if (sent >= part.size) break;
+      }
+    } catch (error) {
+      // The literal is announced and half sent: the connection cannot be brought back in step.
+      this.logger.error({ err: error }, 'reading a body failed while streaming it');
+      this.#destroy();
+      throw error;
+    }
+    if (sent !== part.size) {
+      this.logger.error({ expected: part.size, sent }, 'body shorter than its stored size');
+      this.#destroy();
+      throw new Error('Message body does not match its size');
+    }
+  }
+
+  #drain(): Promise<void> {
+    const socket = this.#socket;
+    if (socket.destroyed) return Promise.resolve();
+    return new Promise((resolve) => {
+      const done = (): void => {
+        socket.off('drain', done);
+        socket.off('close', done);
+        resolve();
+      };
+      socket.on('drain', done);
+      socket.on('close', done);
+    });
+  }
+
+  // -------------------------------------------------------------------------------------------
+  // Lifecycle
+
+  #resetTimer(): void {
+    if (this.#timer) clearTimeout(this.#timer);
+    if (this.#closed) return;
+    // RFC 9051 5.4: at least 30 minutes once authenticated; before that a shorter wait is allowed.
+    const timeout =
+      this.#state.kind === 'notAuthenticated'
+        ? Math.min(this.limits.authTimeoutMs, this.limits.idleTimeoutMs)
+        : this.limits.idleTimeoutMs;
+    this.#timer = setTimeout(() => {
+      this.logger.info('autologout');
+      void this.write([statusLine('*', 'BYE', 'Autologout; idle for too long')]).then(() => this.close());
+    }, timeout);
+  }
+
+  async close(): Promise<void> {
+    if (this.#closing) return;
+    this.#closing = true;
+    await this.#writeChain;
+    this.#socket.end();
+    // A peer that does not close its side is cut off after the grace period.
+    const timer = setTimeout(() => this.#destroy(), this.limits.shutdownGraceMs);
+    timer.unref();
+  }
+
+  #destroy(): void {
+    this.#socket.destroy();
+    this.#raw.destroy();
+  }
+
+  #onClosed(): void {
+    if (this.#closed) return;
+    this.#closed = true;
+    if (this.#timer) clearTimeout(this.#timer);
+    this.#timer = null;
+    if (this.#unwatch) {
+      this.#unwatch();
+      this.#unwatch = null;
+    }
+    this.setState({ kind: 'logout' });
+    this.#cache.clear();
+    this.#input = [];
+    const waiter = this.#inputWaiter;
+    this.#inputWaiter = null;
+    waiter?.(null);
+    this.#wakeChangeWaiters();
+    this.#resolveClosed();
+  }
+
+  async startTls(): Promise<void> {
+    const context = this.#options.tls;
+    if (!context) return;
+    // RFC 9051 6.2.1: anything the client sent after STARTTLS in plaintext is discarded.
+    this.#stream.reset();
+    this.#input = [];
+    const secure = new tls.TLSSocket(this.#raw, { isServer: true, secureContext: context });
+    this.#socket = secure;
+    this.#attach(secure);
+    await new Promise<void>((resolve) => {
+      const done = (): void => {
+        secure.off('secure', done);
+        secure.off('close', done);
+        resolve();
+      };
+      secure.on('secure', done);
+      secure.on('close', done);
+    });
+    if (!this.#closed) {
+      this.#secure = true;
+      this.logger.debug('TLS established');
+    }
+  }
+
+  // -------------------------------------------------------------------------------------------
+  // Authentication and changes
+
+  authFailed(): boolean {
+    this.#authFailures++;
+    return this.#authFailures >= this.limits.maxAuthFailures;
+  }
+
+  async loggedIn(user: string): Promise<void> {
+    this.#unwatch = await this.storage.watch(user, (change) => this.#onChange(change));
+    if (this.#closed) {
+      this.#unwatch();
+      this.#unwatch = null;
+      return;
+    }
+    this.setState({ kind: 'authenticated', user });
+    this.logger.info({ user }, 'logged in');
+  }
+
+  #onChange(change: MailboxChange): void {
+    this.#changeCount++;
+    this.#changeLog.push(change);
+    if (this.#changeLog.length > CHANGE_LOG_SIZE) this.#changeLog.shift();
+    if (this.#apply(change)) this.#wakeChangeWaiters();
+  }
+
+  /** Records a change for the selected mailbox; true if it concerns it. */
+  #apply(change: MailboxChange): boolean {
+    const state = this.#state;
+    if (state.kind !== 'selected' || change.folder !== state.mailbox.name) return false;
+    const mailbox = state.mailbox;
+    // This session reported its own flag changes and expunges already.
+    const own = change.origin === this.id;
+    switch (change.kind) {
+      case 'append':
+        mailbox.appendPending = true;
+        break;
+      case 'flags':
+        if (own) return false;
+        for (const uid of change.uids) if (mailbox.has(uid)) mailbox.flagsPending.add(uid);
+        break;
+      case 'expunge':
+        if (own) return false;
+        for (const uid of change.uids) if (mailbox.has(uid)) mailbox.expungePending.add(uid);
+        break;
+      case 'folder':
+        mailbox.folderChanged = true;
+        break;
+    }
+    return true;
+  }
+
+  /** A position in the change log, to replay what arrives during a SELECT. */
+  changeMark(): number {
+    return this.#changeCount;
+  }
+
+  /** Applies the changes received since `mark` to the (newly) selected mailbox. */
+  replayChanges(mark: number): void {
+    const missed = this.#changeCount - mark;
+    if (this.#state.kind === 'selected' && missed > this.#changeLog.length) {
+      this.#state.mailbox.appendPending = true;
+    }
+    for (const change of this.#changeLog.slice(Math.max(0, this.#changeLog.length - missed))) {
+      this.#apply(change);
+    }
+  }
+
+  nextChange(): Promise<void> {
+    if (this.#closed) return Promise.resolve();
+    if (!this.#nextChange) {
+      let resolve: () => void = () => undefined;
+      const promise = new Promise<void>((r) => {
+        resolve = r;
+      });
+      this.#nextChange = { promise, resolve };
+    }
+    return this.#nextChange.promise;
+  }
+
+  #wakeChangeWaiters(): void {
+    const next = this.#nextChange;
+    this.#nextChange = null;
+    next?.resolve();
+  }
+
+  async syncSelected(options: { expunge: boolean; appends?: boolean }): Promise<void> {
+    const state = this.#state;
+    if (state.kind !== 'selected' || this.#closed) return;
+    const { user, mailbox } = state;
+    try {
+      if (mailbox.folderChanged) {
+        mailbox.folderChanged = false;
+        const info = await this.storage.status(user, mailbox.name);
+        if (info.uidValidity !== mailbox.uidValidity)
+          throw new MailboxError('NONEXISTENT', 'Mailbox replaced');
+      }
+      if (options.expunge && mailbox.expungePending.size > 0) {
+        for (const uid of [...mailbox.expungePending].sort((a, b) => a - b)) {
+          const seq = mailbox.remove(uid);
+          if (seq > 0) await this.untagged(`${seq} EXPUNGE`);
+        }
+      }
+      if (mailbox.appendPending || options.appends) {
+        mailbox.appendPending = false;
+        await this.#syncAppends(user, mailbox);
+      }
+      if (mailbox.flagsPending.size > 0) {
+        const uids = [...mailbox.flagsPending].sort((a, b) => a - b);
+        mailbox.flagsPending.clear();
+        for (let i = 0; i < uids.length; i += this.limits.storageBatch) {
+          const batch = uids.slice(i, i + this.limits.storageBatch);
+          const { messages } = await this.storage.messages(user, mailbox.name, batch);
+          for (const meta of messages) {
+            if (!mailbox.setFlags(meta.uid, meta.flags)) continue;
+            const seq = mailbox.seqOf(meta.uid);
+            await this.untagged(`${seq} FETCH`, [
+              [atom('UID'), meta.uid, atom('FLAGS'), mailbox.reportedFlags(meta.uid).map(atom)],
+            ]);
+          }
+        }
+      }
+    } catch (error) {
+      if (error instanceof MailboxError && error.code === 'NONEXISTENT') {
+        // RFC 9051 7.1.5: the selected mailbox is gone; the session cannot go on with it.
+        await this.write([statusLine('*', 'BYE', 'Selected mailbox was deleted or renamed')]);
+        await this.close();
+        return;
+      }
+      // Reported on a later command instead.
+      mailbox.appendPending = true;
+      this.logger.warn({ err: error }, 'could not report mailbox changes');
+    }
+  }
+
+  async #syncAppends(user: string, mailbox: SelectedMailbox): Promise<void> {
+    const info = await this.storage.status(user, mailbox.name);
+    const from = mailbox.maxUid + 1;
+    const to = info.uidNext - 1;
+    if (to < from) return;
+    let added = 0;
+    if (to - from < this.limits.storageBatch * 20) {
+      for (let start = from; start <= to; start += this.limits.storageBatch) {
+        const end = Math.min(to, start + this.limits.storageBatch - 1);
+        const uids = Array.from({ length: end - start + 1 }, (_, i) => start + i);
+        const { messages } = await this.storage.messages(user, mailbox.name, uids);
+        added += mailbox.add(messages);
+      }
+    } else {
+      const { messages } = await this.storage.messages(user, mailbox.name);
+      added += mailbox.add(messages.filter((m) => m.uid >= from));
+    }
+    if (added > 0) {
+      await this.untagged(`${mailbox.exists} EXISTS`);
+      await this.untagged(`${mailbox.recentCount} RECENT`);
+    }
+  }
+
+  // -------------------------------------------------------------------------------------------
+  // Message cache
+
+  async parsedMessage(meta: MessageMeta): Promise<ParsedMessage> {
+    const cached = this.#cache.get(meta.blob);
+    if (cached) {
+      this.#cache.delete(meta.blob);
+      this.#cache.set(meta.blob, cached);
+      return cached;
+    }
+    const raw = await this.storage.readBody(meta.blob);
+    const parsed = parseMessage(raw, this.limits);
+    this.#cache.set(meta.blob, parsed);
+    this.#cacheBytes += raw.length;
+    while (
+      this.#cache.size > this.limits.parsedMessageCache ||
+      (this.#cacheBytes > this.limits.parsedMessageCacheBytes && this.#cache.size > 1)
+    ) {
+      const [oldest, value] = this.#cache.entries().next().value as [string, ParsedMessage];
+      this.#cache.delete(oldest);
+      this.#cacheBytes -= value.raw.length;
+    }
+    return parsed;
+  }
+}
+
+/** A command for the log, without secrets or message bodies. */
+function describe(command: Command): string {
+  return `${command.tag} ${command.uid ? 'UID ' : ''}${command.name}`;
+}
