@@ -16,8 +16,7 @@ export async function start(rt: Runtime): Promise<Service> {
     allowPlaintextAuth: rt.config.allowPlaintextAuth,
     idleTimeoutMs: rt.config.imapIdleTimeout,
   });
-  const port = await server.listen(rt.config.imapPort, rt.config.bindHost);
-  log.info({ port }, 'imap listening');
+  await server.listen(rt.config.imapPort, rt.config.bindHost);
   open.reset();
   const sampler = setInterval(() => open.set(server.sessions()), 5000);
   sampler.unref();

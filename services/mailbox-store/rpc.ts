@@ -107,7 +107,7 @@ function handlers(store: MailboxStore): Record<string, (data: Uint8Array) => Pro
     store: async (d) => {
       const q = decode(pb.StoreFlagsRequest, d);
       try {
-        const r = await store.storeFlags(q.user, q.folder, q.uids, q.op as FlagOp, q.flags);
+        const r = await store.storeFlags(q.user, q.folder, q.uids, q.op as FlagOp, q.flags, q.origin);
         return encode(pb.StoreFlagsReply, { messages: r });
       } catch (err) {
         return encode(pb.StoreFlagsReply, { error: errorOut(err) });
@@ -116,7 +116,9 @@ function handlers(store: MailboxStore): Record<string, (data: Uint8Array) => Pro
     expunge: async (d) => {
       const q = decode(pb.ExpungeRequest, d);
       try {
-        return encode(pb.ExpungeReply, { expunged: await store.expunge(q.user, q.folder, q.uids, q.force) });
+        return encode(pb.ExpungeReply, {
+          expunged: await store.expunge(q.user, q.folder, q.uids, q.force, q.origin),
+        });
       } catch (err) {
         return encode(pb.ExpungeReply, { error: errorOut(err) });
       }
@@ -131,6 +133,7 @@ function handlers(store: MailboxStore): Record<string, (data: Uint8Array) => Pro
           q.flags,
           Number(q.internalDate) || Date.now(),
           q.idempotencyKey,
+          q.origin,
         );
         return encode(pb.AppendReply, { uid: r.uid, uidValidity: r.uidValidity });
       } catch (err) {
@@ -140,7 +143,7 @@ function handlers(store: MailboxStore): Record<string, (data: Uint8Array) => Pro
     copy: async (d) => {
       const q = decode(pb.CopyRequest, d);
       try {
-        const r = await store.copy(q.user, q.folder, q.uids, q.target, q.move);
+        const r = await store.copy(q.user, q.folder, q.uids, q.target, q.move, q.origin);
         return encode(pb.CopyReply, r);
       } catch (err) {
         return encode(pb.CopyReply, { error: errorOut(err) });
@@ -263,20 +266,21 @@ export class MailboxRpcClient implements MailboxClient {
     uids: number[],
     op: FlagOp,
     flags: string[],
+    origin = '',
   ): Promise<MessageMeta[]> {
     const r = await this.#call(
       'store',
-      encode(pb.StoreFlagsRequest, { user, folder, uids, op, flags }),
+      encode(pb.StoreFlagsRequest, { user, folder, uids, op, flags, origin }),
       pb.StoreFlagsReply,
     );
     check(r.error);
     return r.messages.map(metaIn);
   }
 
-  async expunge(user: string, folder: string, uids: number[], force = false): Promise<number[]> {
+  async expunge(user: string, folder: string, uids: number[], force = false, origin = ''): Promise<number[]> {
     const r = await this.#call(
       'expunge',
-      encode(pb.ExpungeRequest, { user, folder, uids, force }),
+      encode(pb.ExpungeRequest, { user, folder, uids, force, origin }),
       pb.ExpungeReply,
     );
     check(r.error);
@@ -289,21 +293,22 @@ export class MailboxRpcClient implements MailboxClient {
     body: Buffer,
     flags: string[],
     internalDate = Date.now(),
+    origin = '',
   ): Promise<{ uid: number; uidValidity: number }> {
     const blob = await this.#blobs.put([body]);
     const r = await this.#call(
       'append',
-      encode(pb.AppendRequest, { user, folder, blob: blob.id, size: blob.size, flags, internalDate }),
+      encode(pb.AppendRequest, { user, folder, blob: blob.id, size: blob.size, flags, internalDate, origin }),
       pb.AppendReply,
     );
     check(r.error);
     return { uid: r.uid, uidValidity: r.uidValidity };
   }
 
-  async copy(user: string, folder: string, uids: number[], target: string, move: boolean) {
+  async copy(user: string, folder: string, uids: number[], target: string, move: boolean, origin = '') {
     const r = await this.#call(
       'copy',
-      encode(pb.CopyRequest, { user, folder, uids, target, move }),
+      encode(pb.CopyRequest, { user, folder, uids, target, move, origin }),
       pb.CopyReply,
     );
     check(r.error);

@@ -145,7 +145,7 @@ return { uid, tonumber(redis.call('HGET', K .. ':f:' .. fid, 'uidvalidity')), 1 
 
 /**
  * ARGV: uidvalidity, folder, op (add|remove|replace), flags (space separated), uid...
- * Returns {modseq, {uid, flags, modseq}...} for every existing message among the uids.
+ * Returns {modseq, {uid, flags, modseq, size, idate, blob}...} for every existing message among the uids.
  */
 export const STORE_FLAGS = `${COMMON}
 ensure(ARGV[1])
@@ -187,7 +187,8 @@ for i = 5, #ARGV do
       if was and not now then redis.call('HINCRBY', fk, 'unseen', 1) end
       if now and not was then redis.call('HINCRBY', fk, 'unseen', -1) end
     end
-    out[#out + 1] = { uid, new, mmod }
+    local m = redis.call('HMGET', mk, 'size', 'idate', 'blob')
+    out[#out + 1] = { uid, new, mmod, m[1], m[2], m[3] }
   end
 end
 return { modseq, out }

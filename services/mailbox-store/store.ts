@@ -198,13 +198,13 @@ export class MailboxStore implements MailboxClient {
       ...uids,
     );
     const out = (rows as Reply).map((row) => {
-      const [uid, f, m] = (row as Reply).map(String);
+      const [uid, f, m, size, idate, blob] = (row as Reply).map(String);
       return {
         uid: Number(uid),
         flags: splitFlags(f ?? ''),
-        size: 0,
-        internalDate: 0,
-        blob: '',
+        size: Number(size),
+        internalDate: Number(idate),
+        blob: blob ?? '',
         modseq: Number(m),
       };
     });

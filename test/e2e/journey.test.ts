@@ -196,15 +196,25 @@ describe('the journey of a message', () => {
     await client.logout();
 
     client = await connect();
+    let uid: number;
     try {
       await client.mailboxOpen('INBOX');
       const again = await client.fetchOne('*', { uid: true, flags: true, envelope: true });
       assert.ok(again);
+      uid = again.uid;
       assert.equal(again.envelope?.subject, 'over IMAP');
       assert.ok(again.flags?.has('\\Seen'), 'the \\Seen flag survives logout');
     } finally {
       await client.logout();
     }
+    // curl as a second IMAP client: a plain UID FETCH of BODY[] streams the whole message.
+    const { stdout: body } = await curl(
+      '-u',
+      'bob@example.test:bob-password',
+      `imap://127.0.0.1:${ports.imap}/INBOX;UID=${uid}`,
+    );
+    assert.match(body, /Subject: over IMAP/);
+    assert.match(body, /Hello again, Bob\./);
   });
 
   test('a message to a remote domain goes to the MX that DNS names', async () => {

@@ -77,6 +77,8 @@ test('flags change atomically, keep counters and raise MODSEQ; \\Recent is never
   assert.equal(before.unseen, 1);
   const [m] = await store.storeFlags(user, 'INBOX', [uid], 'add', ['\\Seen', '\\Flagged']);
   assert.deepEqual(m?.flags, ['$Label1', '\\Seen', '\\Flagged']);
+  // The reply is the whole message as it is now, not only its flags.
+  assert.ok(m && m.size > 0 && m.blob.startsWith('sha256:') && m.internalDate > 0);
   const mid = await store.status(user, 'INBOX');
   assert.equal(mid.unseen, 0);
   assert.ok(mid.highestModseq > before.highestModseq);
