@@ -62,6 +62,9 @@ describe('the journey of a message', () => {
       auth: { user, pass },
     });
 
+  const imapClient = (user: string, pass: string) =>
+    new ImapFlow({ host: '127.0.0.1', port: ports.imap, secure: false, auth: { user, pass }, logger: false });
+
   const curl = (...args: string[]) => run('curl', ['-sS', '--max-time', '20', ...args]);
 
   before(async () => {
@@ -168,13 +171,7 @@ describe('the journey of a message', () => {
       text: 'Hello again, Bob.',
     });
     const connect = async () => {
-      const client = new ImapFlow({
-        host: '127.0.0.1',
-        port: ports.imap,
-        secure: false,
-        auth: { user: 'bob@example.test', pass: 'bob-password' },
-        logger: false,
-      });
+      const client = imapClient('bob@example.test', 'bob-password');
       await client.connect();
       return client;
     };
@@ -239,13 +236,7 @@ describe('the journey of a message', () => {
       subject: 'into the void',
       text: 'This cannot be delivered.',
     });
-    const client = new ImapFlow({
-      host: '127.0.0.1',
-      port: ports.imap,
-      secure: false,
-      auth: { user: 'alice@example.test', pass: 'alice-password' },
-      logger: false,
-    });
+    const client = imapClient('alice@example.test', 'alice-password');
     await client.connect();
     try {
       await until("the bounce in alice's INBOX", async () => (await inboxCount(client)) === 1);
@@ -283,13 +274,7 @@ describe('the journey of a message', () => {
       const local = await rt.nats.jsm.streams.info(STREAMS.LOCAL);
       return local.state.messages === 0;
     });
-    const client = new ImapFlow({
-      host: '127.0.0.1',
-      port: ports.imap,
-      secure: false,
-      auth: { user: 'bob@example.test', pass: 'bob-password' },
-      logger: false,
-    });
+    const client = imapClient('bob@example.test', 'bob-password');
     await client.connect();
     try {
       await client.mailboxOpen('INBOX');
@@ -356,13 +341,7 @@ describe('the journey of a message', () => {
       curl('-u', 'bob@example.test:wrong-password', `pop3://127.0.0.1:${ports.pop3}/`),
       /Login denied|67/,
     );
-    const client = new ImapFlow({
-      host: '127.0.0.1',
-      port: ports.imap,
-      secure: false,
-      auth: { user: 'bob@example.test', pass: 'wrong-password' },
-      logger: false,
-    });
+    const client = imapClient('bob@example.test', 'wrong-password');
     await assert.rejects(
       client.connect(),
       (err: Error & { authenticationFailed?: boolean; serverResponseCode?: string }) => {
@@ -393,13 +372,7 @@ describe('the journey of a message', () => {
     const [traceId] = traces;
     assert.ok(traceId);
     // The same trace id is in the stored message's Received header.
-    const client = new ImapFlow({
-      host: '127.0.0.1',
-      port: ports.imap,
-      secure: false,
-      auth: { user: 'bob@example.test', pass: 'bob-password' },
-      logger: false,
-    });
+    const client = imapClient('bob@example.test', 'bob-password');
     await client.connect();
     try {
       await client.mailboxOpen('INBOX');
