@@ -163,6 +163,18 @@ export const schema = {
   ),
   imapPort: setting('IMAP_PORT', port, 1143, 'IMAP port (143 in production)'),
   pop3Port: setting('POP3_PORT', port, 1110, 'POP3 port (110 in production)'),
+  tlsCertFile: setting(
+    'TLS_CERT_FILE',
+    str,
+    '',
+    'PEM certificate chain for every TLS port (reloaded on change)',
+  ),
+  tlsKeyFile: setting(
+    'TLS_KEY_FILE',
+    str,
+    '',
+    'PEM private key of TLS_CERT_FILE (default: a generated self-signed pair)',
+  ),
   allowPlaintextAuth: setting(
     'ALLOW_PLAINTEXT_AUTH',
     bool,

@@ -13,6 +13,7 @@ import { connectRedis } from './redis.ts';
 import { BlobStore } from './blobs.ts';
 import { Directory } from './directory.ts';
 import { Health, startHttp, type HttpServer } from './http.ts';
+import { TlsProvider } from './tls.ts';
 
 /** Everything a service is given at start. */
 export interface Runtime {
@@ -24,6 +25,8 @@ export interface Runtime {
   directory: Directory;
   health: Health;
   http: HttpServer;
+  /** Certificate and key of every TLS port, reloaded when the files change. */
+  tls: TlsProvider;
   /** Name of this instance (lease owner, logs). */
   node: string;
 }
@@ -52,7 +55,17 @@ export async function startRuntime(config: Config, names: string[]): Promise<Run
   health.add('nats', () => (nats.nc.isClosed() ? 'closed' : nats.nc.isDraining() ? 'draining' : null));
   health.add('redis', () => (redis.status === 'ready' ? null : redis.status));
   const http = await startHttp(config.httpHost, config.httpPort, health);
+  const tls = await TlsProvider.load(
+    {
+      certFile: config.tlsCertFile,
+      keyFile: config.tlsKeyFile,
+      hostname: config.hostname,
+      dataDir: config.dataDir,
+    },
+    logger,
+  );
   return {
+    tls,
     config,
     logger,
     nats,
@@ -92,6 +105,7 @@ async function stopAll(rt: Runtime, started: { name: string; svc: Service }[]): 
     await svc.stop().catch((err: unknown) => rt.logger.error({ err, service: name }, 'stop failed'));
   }
   await rt.http.close();
+  rt.tls.close();
   await rt.nats.nc.drain().catch(() => rt.nats.nc.close());
   rt.redis.disconnect();
   await stopTelemetry();

@@ -1,5 +1,7 @@
 /** Starts Postino services against real NATS and Redis on free ports: in this process, or as `postino run` child processes. */
 import { spawn, type ChildProcess } from 'node:child_process';
+import { mkdtempSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { loadConfig, type Config } from '../../services/core/config.ts';
 import { runServices, type Running } from '../../services/core/runtime.ts';
@@ -36,6 +38,7 @@ export async function testConfig(
     POP3_PORT: String(ports.pop3),
     LOG_LEVEL: process.env.LOG_LEVEL ?? 'silent',
     SHUTDOWN_GRACE: '5s',
+    POSTINO_DATA_DIR: mkdtempSync(join(tmpdir(), 'postino-data-')),
     ...env,
   };
   return { config: loadConfig(full), ports, env: full };
