@@ -19,6 +19,9 @@ const USAGE = `usage:
   postino up
   postino run <service>...        services: ${SERVICE_NAMES.join(', ')}
   postino admin domain add|remove <domain> | list
+  postino admin domain catch-all <domain> <address|->
+  postino admin domain alias <alias-domain> <domain>
+  postino admin alias add <address> <target>... | remove <address> | list [<domain>]
   postino admin user add <address> [--password <password>] | remove <address> | passwd <address> | list [<domain>]
   postino trace <queue-id|message-id>
   postino config`;
@@ -74,6 +77,22 @@ async function admin(args: string[]): Promise<void> {
       );
     if (verb === 'remove')
       return void (await api('DELETE', `/api/domains/${enc(name)}`), console.log(`removed domain ${name}`));
+  }
+  if (what === 'alias') {
+    if (verb === 'list') {
+      const r = (await api('GET', `/api/aliases${name ? `?domain=${enc(name)}` : ''}`)) as {
+        aliases: { alias: string; targets: string[] }[];
+      };
+      for (const a of r.aliases) console.log(`${a.alias} -> ${a.targets.join(', ')}`);
+      return;
+    }
+    if (!name) fail(USAGE, 2);
+    if (verb === 'add' && rest.length > 0) {
+      await api('POST', '/api/aliases', { alias: name, targets: rest });
+      return void console.log(`added alias ${name} -> ${rest.join(', ')}`);
+    }
+    if (verb === 'remove')
+      return void (await api('DELETE', `/api/aliases/${enc(name)}`), console.log(`removed alias ${name}`));
   }
   if (what === 'user') {
     if (verb === 'list') {

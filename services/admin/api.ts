@@ -7,6 +7,11 @@
  *   POST   /api/users          {address, password}
  *   PUT    /api/users/<address>/password   {password}
  *   DELETE /api/users/<address>
+ *   GET    /api/aliases[?domain=d]         list aliases with their targets
+ *   POST   /api/aliases        {alias, targets[]}
+ *   DELETE /api/aliases/<address>
+ *   PUT    /api/domains/<name>/catch-all  {target}   ('' clears it)
+ *   POST   /api/domains/<name>/aliases    {target}   make <name> a domain alias of target
  *   GET    /api/trace/<queue-id|message-id> a message's journey from the EVENTS stream
  * Requests need `Authorization: Bearer <ADMIN_TOKEN>`; with no token configured only loopback clients are served.
  */
@@ -63,6 +68,7 @@ const STATUS_OF: Record<DirectoryError['code'], number> = {
   NOT_FOUND: 404,
   INVALID: 400,
   NOT_EMPTY: 409,
+  LOOP: 422,
 };
 
 export function adminRoute(directory: Directory, nats: Nats, token: string, logger: Logger): Route {
@@ -90,6 +96,41 @@ export function adminRoute(directory: Directory, nats: Nats, token: string, logg
       if (resource === 'domains' && id && method === 'DELETE') {
         await directory.removeDomain(id);
         logger.info({ domain: id }, 'domain removed');
+        return (json(res, 200, { removed: id }), true);
+      }
+      if (resource === 'domains' && id && sub === 'catch-all' && method === 'PUT') {
+        const body = await readJson(req);
+        const target = typeof body.target === 'string' ? body.target : '';
+        await directory.setCatchAll(id, target);
+        logger.info({ domain: id, target }, 'catch-all set');
+        return (json(res, 200, { domain: id, catchAll: target }), true);
+      }
+      if (resource === 'domains' && id && sub === 'aliases' && method === 'POST') {
+        const target = str(await readJson(req), 'target');
+        await directory.addDomainAlias(id, target);
+        logger.info({ domain: id, target }, 'domain alias added');
+        return (json(res, 201, { domain: id, aliasOf: target }), true);
+      }
+      if (resource === 'aliases' && !id && method === 'GET') {
+        return (
+          json(res, 200, {
+            aliases: await directory.listAliases(url.searchParams.get('domain') ?? undefined),
+          }),
+          true
+        );
+      }
+      if (resource === 'aliases' && !id && method === 'POST') {
+        const body = await readJson(req);
+        const targets = Array.isArray(body.targets)
+          ? body.targets.filter((t): t is string => typeof t === 'string')
+          : [];
+        const alias = await directory.addAlias(str(body, 'alias'), targets);
+        logger.info({ alias, targets }, 'alias added');
+        return (json(res, 201, { alias, targets }), true);
+      }
+      if (resource === 'aliases' && id && method === 'DELETE') {
+        await directory.removeAlias(id);
+        logger.info({ alias: id }, 'alias removed');
         return (json(res, 200, { removed: id }), true);
       }
       if (resource === 'users' && !id && method === 'GET') {

@@ -7,7 +7,13 @@
  *   P dir:domain:<d>         HASH catchAll, createdAt
  *   P dir:users:<d>          SET of the domain's user addresses
  *   P dir:user:<address>     HASH password (scrypt), createdAt, quota, disabled
- *   P dir:alias:<address>    SET of target addresses
+ *   P dir:alias:<address>    SET of target addresses (local users, other aliases, or external: forwarding)
+ *   P dir:aliases:<d>        SET of the domain's alias addresses
+ *   P dir:domalias:<d>       STRING target domain of a domain alias (mail for x@d goes to x@target)
+ *
+ * Recipient expansion (resolveRecipient) applies, in order: domain alias, exact user, alias
+ * (recursively, each address once, loops and depth bounded), plus-addressing (user+tag@), and the
+ * domain's catch-all.
  */
 import type { Redis } from 'ioredis';
 import type { Authenticator } from './mailbox-api.ts';
@@ -21,8 +27,19 @@ export interface UserRecord {
   disabled: boolean;
 }
 
+/** Where one recipient's mail goes: local mailboxes and external addresses (forwarding). */
+export interface Expansion {
+  users: string[];
+  external: string[];
+}
+
+/** Alias chains deeper than this are treated as a loop (Postfix's virtual_alias_recursion_limit is 1000; real chains are short). */
+const MAX_ALIAS_DEPTH = 20;
+/** One recipient may expand to at most this many addresses (Postfix's virtual_alias_expansion_limit). */
+const MAX_EXPANSION = 1000;
+
 export class DirectoryError extends Error {
-  readonly code: 'EXISTS' | 'NOT_FOUND' | 'INVALID' | 'NOT_EMPTY';
+  readonly code: 'EXISTS' | 'NOT_FOUND' | 'INVALID' | 'NOT_EMPTY' | 'LOOP';
   constructor(code: DirectoryError['code'], message: string) {
     super(message);
     this.name = 'DirectoryError';
@@ -32,6 +49,10 @@ export class DirectoryError extends Error {
 
 const DOMAIN_RE = /^(?=.{1,253}$)([a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z0-9-]{2,63}$/;
 const LOCAL_RE = /^[a-z0-9!#$%&'*+/=?^_`{|}~.-]{1,64}$/;
+
+function domainOfAddr(a: string): string {
+  return parseAddress(a)?.domain ?? '';
+}
 
 export function validDomain(domain: string): boolean {
   return DOMAIN_RE.test(domain);
@@ -146,6 +167,136 @@ export class Directory implements Authenticator {
       if (await this.#redis.hexists(this.#k('user', base), 'password')) return base;
     }
     return null;
+  }
+
+  /** Adds an alias (or adds targets to it): an address of a hosted domain that delivers to the targets. */
+  async addAlias(alias: string, targets: string[]): Promise<string> {
+    const addr = canonicalAddress(alias);
+    const p = parseAddress(addr);
+    if (!p || !LOCAL_RE.test(p.local))
+      throw new DirectoryError('INVALID', `not a valid address: ${JSON.stringify(alias)}`);
+    if (!(await this.isLocalDomain(p.domain)))
+      throw new DirectoryError('NOT_FOUND', `domain ${p.domain} is not hosted here`);
+    if (await this.#redis.hexists(this.#k('user', addr), 'password')) {
+      throw new DirectoryError('EXISTS', `${addr} is a user; an alias cannot have the same address`);
+    }
+    const clean = targets.map((t) => t.trim()).filter(Boolean);
+    if (clean.length === 0 || clean.some((t) => !parseAddress(t))) {
+      throw new DirectoryError('INVALID', 'an alias needs one or more target addresses');
+    }
+    await this.#redis
+      .multi()
+      .sadd(this.#k('alias', addr), ...clean.map(canonicalAddress))
+      .sadd(this.#k('aliases', p.domain), addr)
+      .exec();
+    // Refuse what would loop back to itself with no mailbox at the end.
+    const exp = await this.resolveRecipient(addr).catch(async (err: unknown) => {
+      await this.removeAlias(addr);
+      throw err;
+    });
+    if (exp && exp.users.length === 0 && exp.external.length === 0) {
+      await this.removeAlias(addr);
+      throw new DirectoryError('LOOP', `alias ${addr} leads to no mailbox`);
+    }
+    return addr;
+  }
+
+  async removeAlias(alias: string): Promise<void> {
+    const addr = canonicalAddress(alias);
+    const p = parseAddress(addr);
+    const removed = await this.#redis.del(this.#k('alias', addr));
+    if (p) await this.#redis.srem(this.#k('aliases', p.domain), addr);
+    if (!removed) throw new DirectoryError('NOT_FOUND', `no alias ${addr}`);
+  }
+
+  async listAliases(domain?: string): Promise<{ alias: string; targets: string[] }[]> {
+    const domains = domain ? [domain.toLowerCase()] : await this.listDomains();
+    const out: { alias: string; targets: string[] }[] = [];
+    for (const d of domains) {
+      for (const a of (await this.#redis.smembers(this.#k('aliases', d))).sort()) {
+        out.push({ alias: a, targets: (await this.#redis.smembers(this.#k('alias', a))).sort() });
+      }
+    }
+    return out;
+  }
+
+  /** Sets (or with '' clears) the catch-all of a hosted domain: where mail to unknown local parts goes. */
+  async setCatchAll(domain: string, target: string): Promise<void> {
+    const d = domain.trim().toLowerCase();
+    if (!(await this.isLocalDomain(d))) throw new DirectoryError('NOT_FOUND', `no domain ${d}`);
+    if (target && !parseAddress(target))
+      throw new DirectoryError('INVALID', `not a valid address: ${JSON.stringify(target)}`);
+    if (target) await this.#redis.hset(this.#k('domain', d), 'catchAll', canonicalAddress(target));
+    else await this.#redis.hdel(this.#k('domain', d), 'catchAll');
+  }
+
+  /** Makes `alias` a domain alias of the hosted domain `target`: x@alias is delivered as x@target. */
+  async addDomainAlias(alias: string, target: string): Promise<void> {
+    const a = alias.trim().toLowerCase();
+    const t = target.trim().toLowerCase();
+    if (!validDomain(a))
+      throw new DirectoryError('INVALID', `not a valid domain name: ${JSON.stringify(alias)}`);
+    if (!(await this.isLocalDomain(t))) throw new DirectoryError('NOT_FOUND', `no domain ${t}`);
+    if ((await this.#redis.scard(this.#k('users', a))) > 0)
+      throw new DirectoryError('NOT_EMPTY', `domain ${a} has users`);
+    await this.#redis.multi().sadd(this.#k('domains'), a).set(this.#k('domalias', a), t).exec();
+  }
+
+  /**
+   * Expands a recipient of a hosted domain into local mailboxes and external addresses.
+   * Returns null when the address does not exist here (550 5.1.1 at RCPT).
+   * Throws DirectoryError('LOOP') when aliases loop or nest too deep.
+   */
+  async resolveRecipient(address: string): Promise<Expansion | null> {
+    const users = new Set<string>();
+    const external = new Set<string>();
+    const seen = new Set<string>();
+    let found = false;
+    const visit = async (addr: string, depth: number): Promise<void> => {
+      if (depth > MAX_ALIAS_DEPTH)
+        throw new DirectoryError('LOOP', `alias chain of ${address} is too deep (a loop?)`);
+      if (users.size + external.size > MAX_EXPANSION)
+        throw new DirectoryError('LOOP', `${address} expands to too many addresses`);
+      let a = canonicalAddress(addr);
+      const p = parseAddress(a);
+      if (!p) return;
+      const target = await this.#redis.get(this.#k('domalias', p.domain));
+      if (target) a = `${p.local}@${target}`;
+      // Each address is expanded once: a second visit is a loop or a duplicate, and adds nothing.
+      if (seen.has(a)) return;
+      seen.add(a);
+      if (!(await this.isLocalDomain(domainOfAddr(a)))) {
+        external.add(a);
+        found = true;
+        return;
+      }
+      if (await this.#redis.hexists(this.#k('user', a), 'password')) {
+        users.add(a);
+        found = true;
+        return;
+      }
+      const targets = await this.#redis.smembers(this.#k('alias', a));
+      if (targets.length > 0) {
+        found = true;
+        for (const t of targets) await visit(t, depth + 1);
+        return;
+      }
+      const user = await this.resolveUser(a);
+      if (user) {
+        users.add(user);
+        found = true;
+        return;
+      }
+      if (depth === 0) {
+        const catchAll = await this.#redis.hget(this.#k('domain', domainOfAddr(a)), 'catchAll');
+        if (catchAll) {
+          found = true;
+          await visit(catchAll, depth + 1);
+        }
+      }
+    };
+    await visit(address, 0);
+    return found ? { users: [...users], external: [...external] } : null;
   }
 
   async authenticate(login: string, password: string): Promise<string | null> {

@@ -17,6 +17,7 @@ import {
 import { recordEvent } from '../core/events.ts';
 import { counter } from '../core/metrics.ts';
 import { domainOf } from '../core/address.ts';
+import { DirectoryError, type Expansion } from '../core/directory.ts';
 import { MxResolver } from '../core/mx.ts';
 import { sendBounce, type Failure } from '../core/bounce.ts';
 import { SpanKind, withSpan } from '../core/telemetry.ts';
@@ -43,8 +44,15 @@ export async function start(rt: Runtime): Promise<Service> {
         const address = r.address ?? '';
         const domain = domainOf(address);
         if (await directory.isLocalDomain(domain)) {
-          const user = await directory.resolveUser(address);
-          if (!user) {
+          let expansion: Expansion | null;
+          try {
+            expansion = await directory.resolveRecipient(address);
+          } catch (err) {
+            if (!(err instanceof DirectoryError && err.code === 'LOOP')) throw err;
+            failures.push({ recipient: r, status: '5.4.6', diagnostic: `550 5.4.6 ${err.message}` });
+            continue;
+          }
+          if (!expansion) {
             failures.push({
               recipient: r,
               status: '5.1.1',
@@ -52,20 +60,31 @@ export async function start(rt: Runtime): Promise<Service> {
             });
             continue;
           }
-          // Each mailbox gets one copy, however many of its addresses were named.
-          if (seen.has(user)) continue;
-          seen.add(user);
-          locals.push({
-            queueId: env.queueId,
-            user,
-            originalRecipient: address,
-            folder: 'INBOX',
-            body: env.body,
-            mailFrom: env.mailFrom,
-            receivedAt: env.receivedAt,
-            messageId: env.messageId,
-            idempotencyKey: `${env.queueId}:${user}`,
-          });
+          for (const user of expansion.users) {
+            // Each mailbox gets one copy, however many of its addresses were named.
+            if (seen.has(user)) continue;
+            seen.add(user);
+            locals.push({
+              queueId: env.queueId,
+              user,
+              originalRecipient: address,
+              folder: 'INBOX',
+              body: env.body,
+              mailFrom: env.mailFrom,
+              receivedAt: env.receivedAt,
+              messageId: env.messageId,
+              idempotencyKey: `${env.queueId}:${user}`,
+            });
+          }
+          // Forwarding: an alias that points outside goes out like any remote recipient.
+          for (const ext of expansion.external) {
+            if (seen.has(ext)) continue;
+            seen.add(ext);
+            const d = domainOf(ext);
+            const list = remote.get(d) ?? [];
+            list.push({ address: ext, dsn: r.dsn });
+            remote.set(d, list);
+          }
         } else {
           const list = remote.get(domain) ?? [];
           list.push(r);

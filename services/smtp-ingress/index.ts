@@ -12,6 +12,7 @@ import { recordEvent } from '../core/events.ts';
 import { counter, gauge } from '../core/metrics.ts';
 import { SpanKind, currentTraceId, withSpan } from '../core/telemetry.ts';
 import { domainOf } from '../core/address.ts';
+import { DirectoryError } from '../core/directory.ts';
 import { isLoopback } from '../core/net.ts';
 import { REPLIES, SmtpReply } from './replies.ts';
 import { useOwnEnhancedCodes } from './enhanced-codes.ts';
@@ -106,11 +107,14 @@ export async function start(rt: Runtime): Promise<Service> {
                 return cb(reject(mode, 'relay_denied', REPLIES.relayDenied(address.address)));
               return cb();
             }
-            const user = await directory.resolveUser(address.address);
-            if (!user) return cb(reject(mode, 'unknown_user', REPLIES.unknownUser(address.address)));
+            const expansion = await directory.resolveRecipient(address.address);
+            if (!expansion) return cb(reject(mode, 'unknown_user', REPLIES.unknownUser(address.address)));
             cb();
           })
           .catch((err: unknown) => {
+            if (err instanceof DirectoryError && err.code === 'LOOP') {
+              return cb(reject(mode, 'alias_loop', REPLIES.aliasLoop(address.address)));
+            }
             log.error({ err }, 'recipient lookup failed');
             cb(reject(mode, 'temp_failure', REPLIES.tempFailure()));
           });

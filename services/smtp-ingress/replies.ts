@@ -26,6 +26,8 @@ export const REPLIES = {
   tooBig: () => new SmtpReply(552, '5.3.4', 'Message size exceeds fixed maximum message size'),
   tempFailure: () => new SmtpReply(451, '4.3.0', 'Temporary failure, please try again later'),
   badAddress: (addr: string) => new SmtpReply(553, '5.1.3', `<${addr}>: Bad address syntax`),
+  aliasLoop: (addr: string) =>
+    new SmtpReply(550, '5.4.6', `<${addr}>: Recipient address rejected: alias loop`),
   loop: () => new SmtpReply(554, '5.4.6', 'Too many hops: mail forwarding loop detected'),
   nullSenderForbidden: () => new SmtpReply(553, '5.7.1', 'Null sender not allowed on submission'),
 } as const;
