@@ -129,6 +129,7 @@ async function trace(id: string | undefined): Promise<void> {
       queueId: string;
       recipient: string;
       service: string;
+      node: string;
       detail: string;
       traceId: string;
     }[];
@@ -136,7 +137,7 @@ async function trace(id: string | undefined): Promise<void> {
   if (r.events.length === 0) fail(`no events for ${id}`);
   for (const e of r.events) {
     console.log(
-      `${e.at}  ${e.kind.padEnd(9)} ${e.queueId.padEnd(18)} ${e.service.padEnd(13)} ${e.recipient}  ${e.detail}  trace=${e.traceId}`,
+      `${e.at}  ${e.kind.padEnd(9)} ${e.queueId.padEnd(18)} ${e.service.padEnd(13)} ${e.recipient}  ${e.detail}  node=${e.node} trace=${e.traceId}`,
     );
   }
 }

@@ -13,6 +13,7 @@ export interface TrackedEvent {
   detail: string;
   traceId: string;
   mailFrom: string;
+  node: string;
 }
 
 /** Scans the EVENTS stream (bounded by its retention) and returns the matching events in order. */
@@ -43,6 +44,7 @@ export async function traceMessage(nats: Nats, id: string): Promise<TrackedEvent
         detail: e.detail,
         traceId: e.traceId,
         mailFrom: e.mailFrom,
+        node: e.node,
       });
     }
     if (m.seq >= last) break;

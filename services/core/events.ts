@@ -15,6 +15,13 @@ export type EventKind =
   | 'fetched'
   | 'expunged';
 
+let eventNode = '';
+
+/** Names the replica in every event this process records. */
+export function setEventNode(node: string): void {
+  eventNode = node;
+}
+
 /**
  * Records an event. Tracking must never hold mail back: a failed publish is logged, not thrown.
  * The msgId makes a redelivered stage's event a duplicate that JetStream drops.
@@ -27,7 +34,7 @@ export async function recordEvent(
   dedupeKey?: string,
   at = Date.now(),
 ): Promise<void> {
-  const event: MessageEvent = { ...ev, kind, at, traceId: currentTraceId() };
+  const event: MessageEvent = { ...ev, kind, at, traceId: currentTraceId(), node: eventNode };
   try {
     await publish(nats, SUBJECTS.event(kind), encode(pb.MessageEvent, event), {
       stream: STREAMS.EVENTS,

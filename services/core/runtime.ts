@@ -14,6 +14,8 @@ import { BlobStore } from './blobs.ts';
 import { Directory } from './directory.ts';
 import { Health, startHttp, type HttpServer } from './http.ts';
 import { TlsProvider } from './tls.ts';
+import { registerQueueMetrics } from './queue-metrics.ts';
+import { setEventNode } from './events.ts';
 
 /** Everything a service is given at start. */
 export interface Runtime {
@@ -51,6 +53,8 @@ export async function startRuntime(config: Config, names: string[]): Promise<Run
   await provision(nats, config.natsReplicas);
   const redis = await connectRedis(config.redisUrl, logger);
   const blobs = await BlobStore.open(nats, config.natsReplicas);
+  registerQueueMetrics(nats);
+  setEventNode(node);
   const health = new Health();
   health.add('nats', () => (nats.nc.isClosed() ? 'closed' : nats.nc.isDraining() ? 'draining' : null));
   health.add('redis', () => (redis.status === 'ready' ? null : redis.status));

@@ -6,6 +6,8 @@
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
 import { promisify } from 'node:util';
 import nodemailer from 'nodemailer';
 import { ImapFlow } from 'imapflow';
@@ -62,8 +64,16 @@ describe('the journey of a message', () => {
       auth: { user, pass },
     });
 
+  /** imapflow upgrades with STARTTLS when offered: it trusts the cluster's generated certificate. */
   const imapClient = (user: string, pass: string) =>
-    new ImapFlow({ host: '127.0.0.1', port: ports.imap, secure: false, auth: { user, pass }, logger: false });
+    new ImapFlow({
+      host: '127.0.0.1',
+      port: ports.imap,
+      secure: false,
+      auth: { user, pass },
+      logger: false,
+      tls: { ca: readFileSync(join(env.POSTINO_DATA_DIR ?? '', 'tls', 'cert.pem')) },
+    });
 
   const curl = (...args: string[]) => run('curl', ['-sS', '--max-time', '20', ...args]);
 
@@ -398,6 +408,10 @@ describe('the journey of a message', () => {
     const metrics = await (await fetch(`http://127.0.0.1:${main.runtime.http.port}/metrics`)).text();
     assert.match(metrics, /^postino_smtp_messages_accepted_total\{port="submission"\} [1-9]/m);
     assert.match(metrics, /^postino_mailbox_appended_total\{result="stored"\} [1-9]/m);
+    // Queue depth per stage and the blob store's size are read from JetStream at each scrape.
+    assert.match(metrics, /^postino_queue_depth\{stream="INGRESS",consumer="router",state="pending"\} 0$/m);
+    assert.match(metrics, /^postino_queue_oldest_age_seconds\{stream="OUTBOUND"\} \d/m);
+    assert.match(metrics, /^postino_blob_store_bytes [1-9]\d*$/m);
     const routerMetrics = await (await fetch(`http://127.0.0.1:${router.httpPort}/metrics`)).text();
     assert.match(routerMetrics, /^postino_recipients_routed_total\{destination="local"\} [1-9]/m);
   });

@@ -1,0 +1,56 @@
+/**
+ * Queue metrics read from JetStream on each scrape: how much work waits at each stage and for how
+ * long, and how much the blob store holds. Read, not counted, so every replica reports the same
+ * truth and a restarted replica starts right.
+ */
+import client from 'prom-client';
+import { BLOB_BUCKET } from './blobs.ts';
+import { CONSUMERS, type Nats } from './nats.ts';
+import { registry } from './metrics.ts';
+
+let registered = false;
+
+/** Registers the gauges once per process; each scrape asks JetStream for consumer and stream info. */
+export function registerQueueMetrics(nats: Nats): void {
+  if (registered) return;
+  registered = true;
+  new client.Gauge({
+    name: 'postino_queue_depth',
+    help: 'Messages waiting for a stage: not yet delivered to it plus delivered and not yet acknowledged',
+    labelNames: ['stream', 'consumer', 'state'],
+    registers: [registry],
+    async collect() {
+      this.reset();
+      for (const c of Object.values(CONSUMERS)) {
+        const info = await nats.jsm.consumers.info(c.stream, c.durable).catch(() => null);
+        if (!info) continue;
+        this.set({ stream: c.stream, consumer: c.durable, state: 'pending' }, info.num_pending);
+        this.set({ stream: c.stream, consumer: c.durable, state: 'unacked' }, info.num_ack_pending);
+      }
+    },
+  });
+  new client.Gauge({
+    name: 'postino_queue_oldest_age_seconds',
+    help: 'Age of the oldest message still in a work-queue stream (0 when empty)',
+    labelNames: ['stream'],
+    registers: [registry],
+    async collect() {
+      this.reset();
+      for (const c of Object.values(CONSUMERS)) {
+        const info = await nats.jsm.streams.info(c.stream).catch(() => null);
+        if (!info) continue;
+        const first = info.state.messages > 0 ? Date.parse(info.state.first_ts) : NaN;
+        this.set({ stream: c.stream }, Number.isFinite(first) ? Math.max(0, (Date.now() - first) / 1000) : 0);
+      }
+    },
+  });
+  new client.Gauge({
+    name: 'postino_blob_store_bytes',
+    help: 'Bytes held by the blob store (the JetStream object store bucket, including chunk overhead)',
+    registers: [registry],
+    async collect() {
+      const info = await nats.jsm.streams.info(`OBJ_${BLOB_BUCKET}`).catch(() => null);
+      this.set(info?.state.bytes ?? 0);
+    },
+  });
+}
