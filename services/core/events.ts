@@ -3,6 +3,13 @@ import type { Logger } from 'pino';
 import { pb, encode, type MessageEvent } from './codec.ts';
 import { publish, STREAMS, SUBJECTS, type Nats } from './nats.ts';
 import { currentTraceId } from './telemetry.ts';
+import { counter } from './metrics.ts';
+
+const events = counter(
+  'postino_message_events_total',
+  'Message lifecycle events recorded, by kind (received, routed, stored, delivered, deferred, bounced...)',
+  ['kind'],
+);
 
 export type EventKind =
   | 'received'
@@ -35,6 +42,7 @@ export async function recordEvent(
   at = Date.now(),
 ): Promise<void> {
   const event: MessageEvent = { ...ev, kind, at, traceId: currentTraceId(), node: eventNode };
+  events.inc({ kind });
   try {
     await publish(nats, SUBJECTS.event(kind), encode(pb.MessageEvent, event), {
       stream: STREAMS.EVENTS,

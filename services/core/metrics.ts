@@ -2,7 +2,7 @@
 import client from 'prom-client';
 
 export const registry = new client.Registry();
-client.collectDefaultMetrics({ register: registry, prefix: 'postino_process_' });
+client.collectDefaultMetrics({ register: registry, prefix: 'postino_' });
 
 const cache = new Map<string, unknown>();
 

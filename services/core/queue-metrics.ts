@@ -7,6 +7,7 @@ import client from 'prom-client';
 import { BLOB_BUCKET } from './blobs.ts';
 import { CONSUMERS, type Nats } from './nats.ts';
 import { registry } from './metrics.ts';
+import type { Health } from './http.ts';
 
 let registered = false;
 
@@ -51,6 +52,26 @@ export function registerQueueMetrics(nats: Nats): void {
     async collect() {
       const info = await nats.jsm.streams.info(`OBJ_${BLOB_BUCKET}`).catch(() => null);
       this.set(info?.state.bytes ?? 0);
+    },
+  });
+}
+
+let dependencyRegistered = false;
+
+/** postino_dependency_up{dependency="nats"|"redis"}: 1 while this process reaches it (its readiness checks). */
+export function registerDependencyMetric(health: Health): void {
+  if (dependencyRegistered) return;
+  dependencyRegistered = true;
+  new client.Gauge({
+    name: 'postino_dependency_up',
+    help: 'Whether this process reaches a dependency (1) or not (0)',
+    labelNames: ['dependency'],
+    registers: [registry],
+    collect() {
+      const problems = health.problems();
+      for (const dependency of ['nats', 'redis']) {
+        this.set({ dependency }, problems.some((p) => p.startsWith(`${dependency}:`)) ? 0 : 1);
+      }
     },
   });
 }

@@ -14,7 +14,7 @@ import { BlobStore } from './blobs.ts';
 import { Directory } from './directory.ts';
 import { Health, startHttp, type HttpServer } from './http.ts';
 import { TlsProvider } from './tls.ts';
-import { registerQueueMetrics } from './queue-metrics.ts';
+import { registerDependencyMetric, registerQueueMetrics } from './queue-metrics.ts';
 import { setEventNode } from './events.ts';
 
 /** Everything a service is given at start. */
@@ -58,6 +58,7 @@ export async function startRuntime(config: Config, names: string[]): Promise<Run
   const health = new Health();
   health.add('nats', () => (nats.nc.isClosed() ? 'closed' : nats.nc.isDraining() ? 'draining' : null));
   health.add('redis', () => (redis.status === 'ready' ? null : redis.status));
+  registerDependencyMetric(health);
   const http = await startHttp(config.httpHost, config.httpPort, health);
   const tls = await TlsProvider.load(
     {

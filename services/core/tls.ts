@@ -12,6 +12,14 @@ import { EventEmitter } from 'node:events';
 import { chmodSync, existsSync, mkdirSync, readFileSync, unwatchFile, watchFile } from 'node:fs';
 import { join } from 'node:path';
 import { createSecureContext, type SecureContext, type SecureContextOptions } from 'node:tls';
+import { X509Certificate } from 'node:crypto';
+import { gauge } from './metrics.ts';
+
+const certExpiry = gauge(
+  'postino_tls_certificate_expiry_timestamp_seconds',
+  'When the served TLS certificate expires (Unix seconds)',
+  ['subject'],
+);
 import type { Logger } from 'pino';
 import { execFile } from 'node:child_process';
 import { promisify } from 'node:util';
@@ -53,6 +61,7 @@ export class TlsProvider extends EventEmitter {
     this.#logger = logger;
     this.#options = TlsProvider.#read(files);
     this.#context = createSecureContext(this.#options);
+    exportExpiry(this.#options);
   }
 
   static #read(files: TlsFiles): SecureContextOptions {
@@ -102,6 +111,7 @@ export class TlsProvider extends EventEmitter {
         const context = createSecureContext(next);
         this.#options = next;
         this.#context = context;
+        exportExpiry(next);
         this.#logger.info({ cert: this.#files.certFile }, 'TLS certificate reloaded');
         this.emit('change', context);
       } catch (err) {
@@ -123,6 +133,20 @@ export class TlsProvider extends EventEmitter {
     unwatchFile(this.#files.certFile);
     unwatchFile(this.#files.keyFile);
     this.removeAllListeners();
+  }
+}
+
+function exportExpiry(options: SecureContextOptions): void {
+  try {
+    const cert = new X509Certificate(options.cert as Buffer);
+    certExpiry.reset();
+    certExpiry.set(
+      { subject: cert.subject.replace(/\n/g, ', ') },
+      Math.floor(Date.parse(cert.validTo) / 1000),
+    );
+  } catch {
+    // A chain the X509 parser cannot read still serves; only the metric is missing.
+    certExpiry.reset();
   }
 }
 

@@ -1,0 +1,246 @@
+/**
+ * Dashboards and alert rules are checked against what the services really expose: a real
+ * Prometheus (Debian's package) scrapes a running cluster while mail flows, and every query of
+ * every dashboard panel and every alert rule is evaluated there. promtool checks the rules and
+ * runs their unit tests.
+ */
+import { after, before, describe, test } from 'node:test';
+import assert from 'node:assert/strict';
+import { execFile, spawn, type ChildProcess } from 'node:child_process';
+import { mkdtempSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { promisify } from 'node:util';
+import nodemailer from 'nodemailer';
+import { SMTPServer } from 'smtp-server';
+import { parse } from 'yaml';
+import { freePort, startDns, startNats, startRedis, until, type Proc } from '../helpers/servers.ts';
+import { ROOT, spawnServices, testConfig, type Ports, type ServiceProcess } from '../helpers/postino.ts';
+
+const run = promisify(execFile);
+const FILES = join(ROOT, 'charts', 'postino', 'files');
+const RULES = join(FILES, 'rules', 'postino-alerts.yaml');
+
+interface Dashboard {
+  title: string;
+  panels: { title: string; targets: { expr: string }[] }[];
+}
+
+function dashboards(): Dashboard[] {
+  const dir = join(FILES, 'dashboards');
+  return readdirSync(dir)
+    .filter((f) => f.endsWith('.json'))
+    .map((f) => JSON.parse(readFileSync(join(dir, f), 'utf8')) as Dashboard);
+}
+
+function ruleExprs(): { alert: string; expr: string }[] {
+  const doc = parse(readFileSync(RULES, 'utf8')) as {
+    groups: { rules: { alert: string; expr: string }[] }[];
+  };
+  return doc.groups.flatMap((g) => g.rules.map((r) => ({ alert: r.alert, expr: r.expr })));
+}
+
+/** The metric names an expression reads. */
+function metricsOf(expr: string): string[] {
+  return [...new Set(expr.match(/\bpostino_[a-z0-9_]+/g) ?? [])];
+}
+
+describe('dashboards and alert rules', () => {
+  let nats: Proc;
+  let redis: Proc;
+  let dns: Proc;
+  let sink: SMTPServer;
+  let greylist: SMTPServer;
+  let main: ServiceProcess;
+  let router: ServiceProcess;
+  let prometheus: ChildProcess;
+  let promUrl: string;
+  let ports: Ports;
+
+  const query = async (
+    q: string,
+  ): Promise<{ status: string; error?: string; data?: { result: unknown[] } }> => {
+    const res = await fetch(`${promUrl}/api/v1/query?query=${encodeURIComponent(q)}`);
+    return (await res.json()) as { status: string; error?: string; data?: { result: unknown[] } };
+  };
+
+  before(async () => {
+    [nats, redis] = await Promise.all([startNats(), startRedis()]);
+    const sinkPort = await freePort('127.0.0.4');
+    sink = new SMTPServer({
+      authOptional: true,
+      disabledCommands: ['STARTTLS'],
+      logger: false,
+      onData: (s, _x, cb) => s.on('end', () => cb()).resume(),
+    });
+    await new Promise<void>((resolve) => sink.listen(sinkPort, '127.0.0.4', () => resolve()));
+    // down.test's MX answers 451 to every recipient: its mail is deferred (a failed attempt, a retry).
+    greylist = new SMTPServer({
+      authOptional: true,
+      disabledCommands: ['STARTTLS'],
+      logger: false,
+      onRcptTo: (_a, _s, cb) =>
+        cb(Object.assign(new Error('4.7.1 Greylisted, try again later'), { responseCode: 451 })),
+    });
+    await new Promise<void>((resolve) => greylist.listen(sinkPort, '127.0.0.5', () => resolve()));
+    dns = await startDns([
+      '--mx-host=down.test,mx.down.test,10',
+      '--host-record=mx.down.test,127.0.0.5',
+      '--mx-host=remote.test,mx.remote.test,10',
+      '--host-record=mx.remote.test,127.0.0.4',
+      '--mx-host=nullmx.test,.,0',
+    ]);
+    const cfg = await testConfig({
+      NATS_URL: nats.url,
+      REDIS_URL: redis.url,
+      DNS_SERVERS: dns.url,
+      DELIVERY_SMTP_PORT: String(sinkPort),
+    });
+    ports = cfg.ports;
+    main = await spawnServices(cfg.env, [
+      'mailbox-store',
+      'delivery',
+      'admin',
+      'imap',
+      'pop3',
+      'smtp-ingress',
+    ]);
+    router = await spawnServices(cfg.env, ['router']);
+
+    const promPort = await freePort();
+    promUrl = `http://127.0.0.1:${promPort}`;
+    const dir = mkdtempSync(join(tmpdir(), 'postino-prom-'));
+    writeFileSync(
+      join(dir, 'prometheus.yml'),
+      [
+        'global: { scrape_interval: 1s, evaluation_interval: 1s }',
+        `rule_files: ["${RULES}"]`,
+        'scrape_configs:',
+        `  - job_name: postino-main`,
+        `    static_configs: [{ targets: ["127.0.0.1:${main.httpPort}"] }]`,
+        `  - job_name: postino-router`,
+        `    static_configs: [{ targets: ["127.0.0.1:${router.httpPort}"] }]`,
+      ].join('\n'),
+    );
+    prometheus = spawn(
+      'prometheus',
+      [
+        `--config.file=${join(dir, 'prometheus.yml')}`,
+        `--storage.tsdb.path=${join(dir, 'data')}`,
+        `--web.listen-address=127.0.0.1:${promPort}`,
+      ],
+      { stdio: 'ignore' },
+    );
+    await until(
+      'prometheus to be ready',
+      async () => (await fetch(`${promUrl}/-/ready`).catch(() => null))?.ok,
+    );
+
+    // Mail flows: local, remote, bounced, a refused recipient, a failed login, a POP3 session.
+    const api = (path: string, body: unknown) =>
+      fetch(`http://127.0.0.1:${main.httpPort}${path}`, { method: 'POST', body: JSON.stringify(body) });
+    await api('/api/domains', { name: 'example.test' });
+    await api('/api/users', { address: 'alice@example.test', password: 'alice-password' });
+    await api('/api/users', { address: 'bob@example.test', password: 'bob-password' });
+    const submission = (pass: string) =>
+      nodemailer.createTransport({
+        host: '127.0.0.1',
+        port: ports.submission,
+        secure: false,
+        ignoreTLS: true,
+        auth: { user: 'alice@example.test', pass },
+      });
+    const traffic = async () => {
+      const t = submission('alice-password');
+      for (const to of ['bob@example.test', 'someone@remote.test', 'nobody@nullmx.test', 'later@down.test']) {
+        await t.sendMail({ from: 'alice@example.test', to, subject: 'watched', text: 'x' });
+      }
+      await assert.rejects(t.sendMail({ from: 'alice@example.test', to: 'ghost@example.test', text: 'x' }));
+      await assert.rejects(
+        submission('wrong').sendMail({ from: 'alice@example.test', to: 'bob@example.test', text: 'x' }),
+      );
+      await run('curl', ['-sS', '-u', 'bob@example.test:bob-password', `pop3://127.0.0.1:${ports.pop3}/`]);
+    };
+    const has = async (q: string) => ((await query(q)).data?.result.length ?? 0) > 0;
+    // A counter's first sample already holds its first increments, so rate() only sees what comes
+    // after a scrape: send the traffic once, let Prometheus see every series, then send it again.
+    await traffic();
+    await until('every series scraped', () =>
+      has(
+        'sum(postino_message_events_total{kind="bounced"}) and sum(postino_message_events_total{kind="delivered"}) and sum(postino_mailbox_rpc_seconds_count) and sum(postino_auth_failures_total) and sum(postino_message_events_total{kind="deferred"})',
+      ),
+    );
+    await traffic();
+    for (const q of [
+      'sum(rate(postino_mailbox_rpc_seconds_count[5m])) > 0',
+      'sum(rate(postino_auth_failures_total[5m])) > 0',
+      'sum(rate(postino_message_events_total{kind="bounced"}[5m])) > 0',
+      'sum(rate(postino_message_events_total{kind="delivered"}[5m])) > 0',
+      'sum(rate(postino_message_events_total{kind="deferred"}[5m])) > 0',
+    ]) {
+      await until(`Prometheus to see ${q}`, () => has(q));
+    }
+  });
+
+  after(async () => {
+    prometheus?.kill('SIGKILL');
+    await Promise.all([main?.stop(), router?.stop()]);
+    sink?.close();
+    greylist?.close();
+    await Promise.all([nats?.cleanup(), redis?.cleanup(), dns?.cleanup()]);
+  });
+
+  test('promtool accepts the rules and their unit tests pass', async () => {
+    const check = await run('promtool', ['check', 'rules', RULES]);
+    assert.match(check.stdout, /SUCCESS: \d+ rules found/);
+    const unit = await run('promtool', ['test', 'rules', 'postino-alerts.test.yaml'], {
+      cwd: join(FILES, 'rules'),
+    });
+    assert.match(unit.stdout, /SUCCESS/);
+  });
+
+  test('every dashboard panel query returns data from the running services', async () => {
+    const problems: string[] = [];
+    for (const d of dashboards()) {
+      for (const p of d.panels) {
+        for (const t of p.targets) {
+          const r = await query(t.expr);
+          if (r.status !== 'success') problems.push(`${d.title} / ${p.title}: ${r.error}`);
+          else if ((r.data?.result.length ?? 0) === 0)
+            problems.push(`${d.title} / ${p.title}: no data for ${t.expr}`);
+        }
+      }
+    }
+    assert.deepEqual(problems, []);
+  });
+
+  test('every alert rule evaluates, and reads only metrics the services expose', async () => {
+    const problems: string[] = [];
+    for (const { alert, expr } of ruleExprs()) {
+      const r = await query(expr);
+      if (r.status !== 'success') problems.push(`${alert}: ${r.error}`);
+      for (const m of metricsOf(expr)) {
+        const s = await query(`count(${m})`);
+        if ((s.data?.result.length ?? 0) === 0) problems.push(`${alert}: no series ${m}`);
+      }
+    }
+    assert.deepEqual(problems, []);
+    const rules = (await (await fetch(`${promUrl}/api/v1/rules`)).json()) as {
+      data: { groups: { rules: { health: string; name: string; lastError?: string }[] }[] };
+    };
+    const unhealthy = rules.data.groups
+      .flatMap((g) => g.rules)
+      .filter((r) => r.health !== 'ok' && r.health !== 'unknown');
+    assert.deepEqual(unhealthy, []);
+  });
+
+  test('a healthy cluster fires no alert', async () => {
+    const alerts = (await (await fetch(`${promUrl}/api/v1/alerts`)).json()) as {
+      data: { alerts: { labels: { alertname: string }; state: string }[] };
+    };
+    const firing = alerts.data.alerts.filter(
+      (a) => a.state === 'firing' && a.labels.alertname !== 'PostinoCertificateExpiring',
+    );
+    assert.deepEqual(firing, []);
+  });
+});
