@@ -15,7 +15,14 @@ import nodemailer from 'nodemailer';
 import { SMTPServer } from 'smtp-server';
 import { parse } from 'yaml';
 import { freePort, startDns, startNats, startRedis, until, type Proc } from '../helpers/servers.ts';
-import { ROOT, spawnServices, testConfig, type Ports, type ServiceProcess } from '../helpers/postino.ts';
+import {
+  POSTINO,
+  ROOT,
+  spawnServices,
+  testConfig,
+  type Ports,
+  type ServiceProcess,
+} from '../helpers/postino.ts';
 
 const run = promisify(execFile);
 const FILES = join(ROOT, 'charts', 'postino', 'files');
@@ -56,6 +63,8 @@ describe('dashboards and alert rules', () => {
   let prometheus: ChildProcess;
   let promUrl: string;
   let ports: Ports;
+  /** The queue id of the last message sent to each recipient. */
+  const queueIds = new Map<string, string>();
 
   const query = async (
     q: string,
@@ -153,7 +162,8 @@ describe('dashboards and alert rules', () => {
     const traffic = async () => {
       const t = submission('alice-password');
       for (const to of ['bob@example.test', 'someone@remote.test', 'nobody@nullmx.test', 'later@down.test']) {
-        await t.sendMail({ from: 'alice@example.test', to, subject: 'watched', text: 'x' });
+        const info = await t.sendMail({ from: 'alice@example.test', to, subject: 'watched', text: 'x' });
+        queueIds.set(to, /queued as ([0-9A-Z]+)/.exec(info.response)?.[1] ?? '');
       }
       await assert.rejects(t.sendMail({ from: 'alice@example.test', to: 'ghost@example.test', text: 'x' }));
       await assert.rejects(
@@ -242,5 +252,26 @@ describe('dashboards and alert rules', () => {
       (a) => a.state === 'firing' && a.labels.alertname !== 'PostinoCertificateExpiring',
     );
     assert.deepEqual(firing, []);
+  });
+
+  test('`postino trace` shows the hops of a delivered, a deferred and a bounced message', async () => {
+    const trace = async (to: string) => {
+      const { stdout } = await run(process.execPath, [POSTINO, 'trace', queueIds.get(to) ?? '?'], {
+        env: { ...process.env, ADMIN_URL: `http://127.0.0.1:${main.httpPort}` },
+      });
+      return stdout
+        .trim()
+        .split('\n')
+        .map((l) => ({ kind: l.split(/\s+/)[1], line: l }));
+    };
+    const kinds = async (to: string) => (await trace(to)).map((h) => h.kind);
+    assert.deepEqual(await kinds('someone@remote.test'), ['received', 'routed', 'delivered']);
+    const deferred = await trace('later@down.test');
+    assert.deepEqual(deferred.map((h) => h.kind).slice(0, 3), ['received', 'routed', 'deferred']);
+    assert.match(deferred[2]?.line ?? '', /451 4\.7\.1 Greylisted/);
+    assert.match(deferred[2]?.line ?? '', /node=\S+ trace=[0-9a-f]{32}/);
+    const bounced = await kinds('nobody@nullmx.test');
+    // The router bounces at once (null MX); the bounce is followed too: routed back and filed for alice.
+    assert.deepEqual(bounced, ['received', 'bounced', 'routed', 'stored']);
   });
 });
