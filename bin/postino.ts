@@ -8,22 +8,28 @@
  *   postino admin user add <address> [--password <p>]   (else the password is read from stdin)
  *   postino admin user remove|passwd <address> | list [<domain>]
  *   postino trace <queue-id|message-id>
+ *   postino queue list [<domain>] | retry|hold|release|delete <queue-id[:domain]> | --domain <domain>
  *   postino config                   the environment variables and their defaults
  */
 import { ConfigError, configTable, loadConfig } from '../services/core/config.ts';
 
 /** Service names, in start order (services/services.ts holds their start functions, loaded only to serve). */
 const SERVICE_NAMES = ['mailbox-store', 'router', 'delivery', 'admin', 'imap', 'pop3', 'smtp-ingress'];
+/** Started only by `postino run` (services/services.ts OPTIONAL_SERVICES), never by `postino up`. */
+const OPTIONAL_SERVICE_NAMES = ['operator'];
 
 const USAGE = `usage:
   postino up
-  postino run <service>...        services: ${SERVICE_NAMES.join(', ')}
+  postino run <service>...        services: ${SERVICE_NAMES.join(', ')}, ${OPTIONAL_SERVICE_NAMES.join(', ')}
   postino admin domain add|remove <domain> | list
   postino admin domain catch-all <domain> <address|->
   postino admin domain alias <alias-domain> <domain>
   postino admin alias add <address> <target>... | remove <address> | list [<domain>]
   postino admin user add <address> [--password <password>] | remove <address> | passwd <address> | list [<domain>]
+  postino admin dkim generate <domain> [--selector <selector>] | show <domain>
   postino trace <queue-id|message-id>
+  postino queue list [<domain>]
+  postino queue retry|hold|release|delete <queue-id>[:<domain>] | --domain <domain>
   postino config`;
 
 function fail(message: string, code = 1): never {
@@ -94,6 +100,16 @@ async function admin(args: string[]): Promise<void> {
     if (verb === 'remove')
       return void (await api('DELETE', `/api/aliases/${enc(name)}`), console.log(`removed alias ${name}`));
   }
+  if (what === 'dkim' && name && (verb === 'generate' || verb === 'show')) {
+    // DKIM key of a hosted domain: prints the DNS TXT record to publish (services/admin/dkim.ts).
+    const i = rest.indexOf('--selector');
+    const r = (
+      verb === 'generate'
+        ? await api('POST', `/api/domains/${enc(name)}/dkim`, i >= 0 ? { selector: rest[i + 1] } : {})
+        : await api('GET', `/api/domains/${enc(name)}/dkim`)
+    ) as { name: string; strings: string[] };
+    return void console.log(`${r.name}. IN TXT ${r.strings.map((x) => `"${x}"`).join(' ')}`);
+  }
   if (what === 'user') {
     if (verb === 'list') {
       const r = (await api('GET', `/api/users${name ? `?domain=${enc(name)}` : ''}`)) as {
@@ -142,24 +158,64 @@ async function trace(id: string | undefined): Promise<void> {
   }
 }
 
+/** Queue control: deferred and held messages, per message or per destination domain. */
+async function queue(args: string[]): Promise<void> {
+  const [verb, target, value] = args;
+  if (verb === 'list') {
+    const r = (await api('GET', `/api/queue${target ? `?domain=${encodeURIComponent(target)}` : ''}`)) as {
+      entries: {
+        id: string;
+        state: string;
+        attempts: number;
+        nextAttempt: string | null;
+        mailFrom: string;
+        recipients: string[];
+        lastError: string;
+      }[];
+    };
+    for (const e of r.entries) {
+      console.log(
+        `${e.id.padEnd(32)} ${e.state.padEnd(8)} attempts=${e.attempts} next=${e.nextAttempt ?? '-'} from=<${e.mailFrom}> to=${e.recipients.join(',')}\n    ${e.lastError}`,
+      );
+    }
+    return;
+  }
+  if (!verb || !['retry', 'hold', 'release', 'delete'].includes(verb) || !target) fail(USAGE, 2);
+  const body =
+    target === '--domain'
+      ? { domain: value ?? fail(USAGE, 2) }
+      : target.includes(':')
+        ? { id: target }
+        : { queueId: target };
+  const r = (await api('POST', `/api/queue/${verb}`, body)) as { changed: number };
+  console.log(`${verb}: ${r.changed} queue ${r.changed === 1 ? 'entry' : 'entries'}`);
+}
+
 async function serve(names: string[], embedded: boolean): Promise<void> {
   const config = loadConfig();
-  const [{ runServices, stopOnSignals }, { ensureBackends }, { createLogger }, { SERVICES }] =
-    await Promise.all([
-      import('../services/core/runtime.ts'),
-      import('../services/core/embedded.ts'),
-      import('../services/core/log.ts'),
-      import('../services/services.ts'),
-    ]);
+  const [
+    { runServices, stopOnSignals },
+    { ensureBackends },
+    { createLogger },
+    { SERVICES, OPTIONAL_SERVICES },
+  ] = await Promise.all([
+    import('../services/core/runtime.ts'),
+    import('../services/core/embedded.ts'),
+    import('../services/core/log.ts'),
+    import('../services/services.ts'),
+  ]);
   const logger = createLogger(config.logLevel, { services: 'postino' });
   const backends = embedded
     ? await ensureBackends(config.natsUrl, config.redisUrl, config.dataDir, logger)
     : undefined;
-  const running = await runServices(config, names, SERVICES).catch(async (err: unknown) => {
-    await backends?.stop();
-    throw err;
-  });
-  stopOnSignals(running, config.shutdownGrace, async () => backends?.stop());
+  const startup = runServices(config, names, { ...SERVICES, ...OPTIONAL_SERVICES }).catch(
+    async (err: unknown) => {
+      await backends?.stop();
+      throw err;
+    },
+  );
+  stopOnSignals(startup, config.shutdownGrace, async () => backends?.stop());
+  const running = await startup;
   if (embedded) {
     const c = config;
     process.stderr.write(
@@ -182,14 +238,19 @@ async function main(argv: string[]): Promise<void> {
     case 'run': {
       if (args.length === 0) fail(USAGE, 2);
       for (const n of args)
-        if (!SERVICE_NAMES.includes(n))
-          fail(`unknown service ${n}; services: ${SERVICE_NAMES.join(', ')}`, 2);
+        if (!SERVICE_NAMES.includes(n) && !OPTIONAL_SERVICE_NAMES.includes(n))
+          fail(
+            `unknown service ${n}; services: ${[...SERVICE_NAMES, ...OPTIONAL_SERVICE_NAMES].join(', ')}`,
+            2,
+          );
       return serve(args, false);
     }
     case 'admin':
       return admin(args);
     case 'trace':
       return trace(args[0]);
+    case 'queue':
+      return queue(args);
     case 'config':
       return void console.log(configTable());
     default:

@@ -18,3 +18,11 @@ export const SERVICES: Record<string, ServiceStart> = {
   pop3,
   'smtp-ingress': smtpIngress,
 };
+
+/**
+ * Services started only by name (`postino run operator`), never by `postino up`: the operator needs
+ * a Kubernetes API. Loaded on demand, so other processes do not load @kubernetes/client-node.
+ */
+export const OPTIONAL_SERVICES: Record<string, ServiceStart> = {
+  operator: async (rt) => (await import('./operator/index.ts')).start(rt),
+};

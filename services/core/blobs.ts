@@ -3,7 +3,12 @@
  * on disk, replicated with the streams, never only in Redis memory. A body is stored once under
  * its SHA-256, however many envelopes and mailboxes refer to it.
  */
-import { createHash } from 'node:crypto';
+import { createHash, randomUUID } from 'node:crypto';
+import { createReadStream } from 'node:fs';
+import { open as openFile, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { Readable } from 'node:stream';
 import { Objm, type ObjectStore } from '@nats-io/obj';
 import { StorageType } from '@nats-io/jetstream';
 import type { Nats } from './nats.ts';
@@ -21,6 +26,7 @@ const putSeconds = histogram('postino_blob_put_seconds', 'Time to store a body i
 
 export class BlobStore {
   readonly #store: ObjectStore;
+  #touch: ((id: string) => Promise<void>) | undefined;
 
   private constructor(store: ObjectStore) {
     this.#store = store;
@@ -31,6 +37,15 @@ export class BlobStore {
     const objm = new Objm(nats.js);
     const store = await objm.create(BLOB_BUCKET, { storage: StorageType.File, replicas });
     return new BlobStore(store);
+  }
+
+  /**
+   * Installs the hook called before a put relies on a body that may already be stored (the
+   * reference collector's "touch", services/mailbox-store/blob-refs.ts): it waits while that body
+   * is being deleted and keeps it from being deleted for a grace period.
+   */
+  onPut(touch: (id: string) => Promise<void>): void {
+    this.#touch = touch;
   }
 
   static idOf(data: Uint8Array | Uint8Array[]): string {
@@ -53,6 +68,7 @@ export class BlobStore {
     const id = BlobStore.idOf(chunks);
     const size = chunks.reduce((n, c) => n + c.byteLength, 0);
     const name = BlobStore.#name(id);
+    await this.#touch?.(id);
     const existing = await this.#store.info(name);
     if (!existing || existing.deleted || existing.size !== size) {
       let i = 0;
@@ -67,6 +83,45 @@ export class BlobStore {
     }
     end();
     return { id, size };
+  }
+
+  /**
+   * Stores a body that arrives as a stream (a large APPEND literal), never holding it whole: the
+   * chunks are hashed and spooled to a temporary file as they come (the name of a content-addressed
+   * object is known only at the end), then copied from the file into the object store in the
+   * store's chunks. Only one chunk is in memory at a time.
+   */
+  async putStream(source: AsyncIterable<Uint8Array>, spoolDir = tmpdir()): Promise<BlobInfo> {
+    const end = putSeconds.startTimer();
+    const path = join(spoolDir, `postino-blob-${randomUUID()}`);
+    const file = await openFile(path, 'wx', 0o600);
+    try {
+      const h = createHash('sha256');
+      let size = 0;
+      try {
+        for await (const chunk of source) {
+          h.update(chunk);
+          size += chunk.byteLength;
+          await file.write(chunk);
+        }
+      } finally {
+        await file.close();
+      }
+      const id = `sha256:${h.digest('hex')}`;
+      const name = BlobStore.#name(id);
+      await this.#touch?.(id);
+      const existing = await this.#store.info(name);
+      if (!existing || existing.deleted || existing.size !== size) {
+        const rs = Readable.toWeb(
+          createReadStream(path, { highWaterMark: 128 * 1024 }),
+        ) as ReadableStream<Uint8Array>;
+        await this.#store.put({ name }, rs);
+      }
+      end();
+      return { id, size };
+    } finally {
+      await rm(path, { force: true });
+    }
   }
 
   async has(id: string): Promise<boolean> {
@@ -93,7 +148,11 @@ export class BlobStore {
     return Buffer.concat(chunks);
   }
 
+  /** Deletes a body; deleting one that is not there is not an error (the collector may retry). */
   async delete(id: string): Promise<void> {
-    await this.#store.delete(BlobStore.#name(id));
+    const name = BlobStore.#name(id);
+    const info = await this.#store.info(name);
+    if (!info || info.deleted) return;
+    await this.#store.delete(name);
   }
 }

@@ -20,6 +20,13 @@ export interface Failure {
   remoteMta?: string;
 }
 
+/**
+ * The three kinds of DSN (RFC 3464 2.3.3 Action): a failure (bounce), a delay warning
+ * ("delayed", the message is still being retried) and a success report ("relayed": handed to a
+ * server that was not asked to report further, RFC 3461 5.2.2).
+ */
+export type DsnKind = 'failed' | 'delayed' | 'relayed';
+
 export interface BounceSource {
   queueId: string;
   mailFrom: string;
@@ -34,11 +41,32 @@ export interface BounceSource {
 /** Bodies up to this size are returned whole (RET=FULL); larger ones only by their headers. */
 const RETURN_FULL_LIMIT = 1024 * 1024;
 
-function wantsFailureNotice(r: Recipient): boolean {
-  const notify = r.dsn?.notify ?? [];
-  // RFC 3461 4.1: without NOTIFY the default is FAILURE (and DELAY at the server's discretion).
-  return notify.length === 0 || notify.map((n) => n.toUpperCase()).includes('FAILURE');
+/** RFC 3461 4.1: NOTIFY=NEVER asks for nothing; without NOTIFY, FAILURE (and DELAY at our discretion: yes). */
+export function wantsNotice(r: Recipient, kind: DsnKind): boolean {
+  const notify = (r.dsn?.notify ?? []).map((n) => n.toUpperCase());
+  if (notify.includes('NEVER')) return false;
+  const word = kind === 'failed' ? 'FAILURE' : kind === 'delayed' ? 'DELAY' : 'SUCCESS';
+  if (notify.length === 0) return kind !== 'relayed';
+  return notify.includes(word);
 }
+
+const TEXT: Record<DsnKind, { subject: string; human: string }> = {
+  failed: {
+    subject: 'Undelivered Mail Returned to Sender',
+    human: `I'm sorry to have to inform you that your message could not
+be delivered to one or more recipients. It's attached below.`,
+  },
+  delayed: {
+    subject: 'Delayed Mail (still being retried)',
+    human: `Your message could not be delivered yet to one or more recipients.
+It will be retried until it is too old; you need not send it again.`,
+  },
+  relayed: {
+    subject: 'Successful Mail Delivery Report',
+    human: `Your message was successfully handed over to the destination
+server of one or more recipients, as you asked.`,
+  },
+};
 
 function headerBlock(body: Buffer): Buffer {
   const text = body.toString('latin1');
@@ -54,15 +82,18 @@ export function buildDsn(
   failures: Failure[],
   original: Buffer,
   now = new Date(),
+  kind: DsnKind = 'failed',
+  retryUntil = 0,
 ): { text: Buffer; messageId: string } {
   const boundary = `=_postino_${randomBytes(12).toString('hex')}`;
-  const messageId = `<${source.queueId}.bounce.${randomBytes(4).toString('hex')}@${hostname}>`;
-  const full = source.dsnRet.toUpperCase() !== 'HDRS' && original.length <= RETURN_FULL_LIMIT;
+  const messageId = `<${source.queueId}.${kind === 'failed' ? 'bounce' : kind}.${randomBytes(4).toString('hex')}@${hostname}>`;
+  // RFC 3461 4.3: RET governs failure reports; delay and success reports carry the headers only.
+  const full =
+    kind === 'failed' && source.dsnRet.toUpperCase() !== 'HDRS' && original.length <= RETURN_FULL_LIMIT;
   const lines = failures.map((f) => `<${f.recipient.address}>: ${f.diagnostic}`).join('\n');
   const human = `This is the mail system at host ${hostname}.
 
-I'm sorry to have to inform you that your message could not
-be delivered to one or more recipients. It's attached below.
+${TEXT[kind].human}
 
 ${lines}
 `;
@@ -70,9 +101,12 @@ ${lines}
     .map((f) => {
       const out = [`Final-Recipient: rfc822; ${f.recipient.address}`];
       if (f.recipient.dsn?.orcpt) out.push(`Original-Recipient: ${f.recipient.dsn.orcpt}`);
-      out.push('Action: failed', `Status: ${f.status}`);
+      out.push(`Action: ${kind}`, `Status: ${f.status}`);
       if (f.remoteMta) out.push(`Remote-MTA: dns; ${f.remoteMta}`);
       out.push(`Diagnostic-Code: smtp; ${f.diagnostic.replace(/[\r\n]+/g, ' ')}`);
+      // RFC 3464 2.3.9: a delayed report says until when the message is retried.
+      if (kind === 'delayed' && retryUntil > 0)
+        out.push(`Will-Retry-Until: ${rfc5322Date(new Date(retryUntil))}`);
       return out.join('\n');
     })
     .join('\n\n');
@@ -81,7 +115,7 @@ ${lines}
   perMessage.push(`Arrival-Date: ${new Date(source.receivedAt).toUTCString().replace('GMT', '+0000')}`);
   const head = crlf(`From: Mail Delivery System <MAILER-DAEMON@${hostname}>
 To: <${source.mailFrom}>
-Subject: Undelivered Mail Returned to Sender
+Subject: ${TEXT[kind].subject}
 Date: ${now.toUTCString().replace('GMT', '+0000')}
 Message-ID: ${messageId}
 Auto-Submitted: auto-replied
@@ -128,23 +162,40 @@ export interface BounceDeps {
   hostname: string;
 }
 
+const rfc5322Date = (d: Date) => d.toUTCString().replace('GMT', '+0000');
+
 /** Sends one DSN for the failed recipients that asked for one; resolves once it is durable on INGRESS. */
 export async function sendBounce(deps: BounceDeps, source: BounceSource, failures: Failure[]): Promise<void> {
-  const wanted = failures.filter((f) => wantsFailureNotice(f.recipient));
+  return sendDsn(deps, source, failures, 'failed');
+}
+
+/**
+ * Sends one DSN of the given kind for the recipients whose NOTIFY asks for it (RFC 3461 4.1),
+ * never to the null reverse path (RFC 5321 6.1 / RFC 3464 2: no DSN about a DSN).
+ */
+export async function sendDsn(
+  deps: BounceDeps,
+  source: BounceSource,
+  failures: Failure[],
+  kind: DsnKind,
+  retryUntil = 0,
+): Promise<void> {
+  const wanted = failures.filter((f) => wantsNotice(f.recipient, kind));
   if (wanted.length === 0) return;
   if (!source.mailFrom || source.isBounce) {
     deps.logger.warn(
-      { queueId: source.queueId, failures: wanted.length },
-      'not bouncing a message with a null sender',
+      { queueId: source.queueId, failures: wanted.length, kind },
+      'no DSN for a message with a null sender',
     );
     return;
   }
   const original = await deps.blobs
     .read(source.body.id)
     .catch(() => Buffer.from('(original message no longer available)\r\n'));
-  const dsn = buildDsn(deps.hostname, source, wanted, original);
+  const dsn = buildDsn(deps.hostname, source, wanted, original, new Date(), kind, retryUntil);
   const stored = await deps.blobs.put([dsn.text]);
-  const bounceId = `${source.queueId}B${createHashShort(wanted.map((f) => f.recipient.address).join(','))}`;
+  const letter = kind === 'failed' ? 'B' : kind === 'delayed' ? 'W' : 'S';
+  const bounceId = `${source.queueId}${letter}${createHashShort(wanted.map((f) => f.recipient.address).join(','))}`;
   const envelope: Envelope = {
     queueId: bounceId,
     mailFrom: '',
@@ -161,6 +212,7 @@ export async function sendBounce(deps: BounceDeps, source: BounceSource, failure
     msgId: bounceId,
   });
   for (const f of wanted) {
+    if (kind !== 'failed') continue;
     await recordEvent(deps.nats, deps.logger, 'bounced', {
       queueId: source.queueId,
       messageId: source.messageId,

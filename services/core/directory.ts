@@ -90,11 +90,60 @@ export class Directory implements Authenticator {
     if ((await this.#redis.scard(this.#k('users', domain))) > 0) {
       throw new DirectoryError('NOT_EMPTY', `domain ${domain} still has users; remove them first`);
     }
-    await this.#redis.multi().srem(this.#k('domains'), domain).del(this.#k('domain', domain)).exec();
+    // One key at a time (not MULTI): directory keys live in different Redis Cluster slots.
+    await this.#redis.srem(this.#k('domains'), domain);
+    await this.#redis.del(this.#k('domain', domain));
+    await this.#redis.del(this.#k('domalias', domain));
   }
 
   async listDomains(): Promise<string[]> {
     return (await this.#redis.smembers(this.#k('domains'))).sort();
+  }
+
+  /**
+   * A user's quota limits (RFC 9208): the user's own (user HASH `quota` octets, `quotaMessages`),
+   * else the domain's default (domain HASH `quotaBytes`, `quotaMessages`); 0 means none.
+   */
+  async quotaOf(address: string): Promise<{ bytes: number; messages: number }> {
+    const addr = canonicalAddress(address);
+    const [ub, um] = await this.#redis.hmget(this.#k('user', addr), 'quota', 'quotaMessages');
+    const [db, dm] = await this.#redis.hmget(
+      this.#k('domain', domainOfAddr(addr)),
+      'quotaBytes',
+      'quotaMessages',
+    );
+    return { bytes: Number(ub) || Number(db) || 0, messages: Number(um) || Number(dm) || 0 };
+  }
+
+  /** A domain's default limits for its users (0: none). */
+  async domainQuota(domain: string): Promise<{ bytes: number; messages: number }> {
+    const [b, m] = await this.#redis.hmget(
+      this.#k('domain', domain.toLowerCase()),
+      'quotaBytes',
+      'quotaMessages',
+    );
+    return { bytes: Number(b) || 0, messages: Number(m) || 0 };
+  }
+
+  /** Sets a user's own limits (0: fall back to the domain's default). */
+  async setUserQuota(address: string, limits: { bytes: number; messages: number }): Promise<void> {
+    const addr = canonicalAddress(address);
+    if (!(await this.#redis.exists(this.#k('user', addr))))
+      throw new DirectoryError('NOT_FOUND', `no user ${addr}`);
+    await this.#redis.hset(this.#k('user', addr), {
+      quota: String(limits.bytes),
+      quotaMessages: String(limits.messages),
+    });
+  }
+
+  /** Sets a domain's default limits for its users (0: none). */
+  async setDomainQuota(domain: string, limits: { bytes: number; messages: number }): Promise<void> {
+    const d = domain.toLowerCase();
+    if (!(await this.isLocalDomain(d))) throw new DirectoryError('NOT_FOUND', `no domain ${d}`);
+    await this.#redis.hset(this.#k('domain', d), {
+      quotaBytes: String(limits.bytes),
+      quotaMessages: String(limits.messages),
+    });
   }
 
   async isLocalDomain(domain: string): Promise<boolean> {
@@ -309,5 +358,29 @@ export class Directory implements Authenticator {
     }
     const ok = await verifyPassword(password, stored);
     return ok && h[1] !== '1' ? addr : null;
+  }
+
+  /** Stores the DKIM signing key of a hosted domain (P dir:dkim:<d> HASH selector, privateKey, publicKey, createdAt). */
+  async setDkimKey(
+    domain: string,
+    key: { selector: string; privateKey: string; publicKey: string },
+  ): Promise<void> {
+    const d = domain.trim().toLowerCase();
+    if (!(await this.isLocalDomain(d))) throw new DirectoryError('NOT_FOUND', `no domain ${d}`);
+    await this.#redis.hset(this.#k('dkim', d), { ...key, createdAt: String(Date.now()) });
+  }
+
+  /** The DKIM signing key of a hosted domain, or null when it has none. */
+  async getDkimKey(
+    domain: string,
+  ): Promise<{ selector: string; privateKey: string; publicKey: string; createdAt: number } | null> {
+    const h = await this.#redis.hgetall(this.#k('dkim', domain.trim().toLowerCase()));
+    if (!h.selector || !h.privateKey || !h.publicKey) return null;
+    return {
+      selector: h.selector,
+      privateKey: h.privateKey,
+      publicKey: h.publicKey,
+      createdAt: Number(h.createdAt ?? 0),
+    };
   }
 }

@@ -18,7 +18,11 @@ export class RedisMaildropLock implements MaildropLock {
   readonly #leaseMs: number;
   readonly #logger: Logger;
 
+  /** `leaseMs`: how long a lock outlives a holder that stopped renewing it (POP3_LOCK_LEASE). */
   constructor(redis: Redis, prefix: string, logger: Logger, leaseMs = 30_000) {
+    if (!Number.isSafeInteger(leaseMs) || leaseMs < 100) {
+      throw new RangeError(`maildrop lock lease must be at least 100 ms, got ${String(leaseMs)}`);
+    }
     this.#redis = redis;
     this.#prefix = prefix;
     this.#leaseMs = leaseMs;
@@ -30,14 +34,17 @@ export class RedisMaildropLock implements MaildropLock {
     const token = randomBytes(16).toString('hex');
     const ok = await this.#redis.set(key, token, 'PX', this.#leaseMs, 'NX');
     if (ok !== 'OK') return null;
-    const timer = setInterval(() => {
-      this.#redis.eval(RENEW, 1, key, token, this.#leaseMs).then(
-        (r) => {
-          if (r === 0) this.#logger.warn({ user }, 'maildrop lease lost');
-        },
-        (err: unknown) => this.#logger.warn({ err, user }, 'maildrop lease renewal failed'),
-      );
-    }, this.#leaseMs / 3);
+    const timer = setInterval(
+      () => {
+        this.#redis.eval(RENEW, 1, key, token, this.#leaseMs).then(
+          (r) => {
+            if (r === 0) this.#logger.warn({ user }, 'maildrop lease lost');
+          },
+          (err: unknown) => this.#logger.warn({ err, user }, 'maildrop lease renewal failed'),
+        );
+      },
+      Math.floor(this.#leaseMs / 3),
+    );
     timer.unref();
     let released = false;
     return async () => {

@@ -107,6 +107,44 @@ export interface MailboxClient {
   readBody(blob: string): Promise<Buffer>;
   /** Subscribes to the user's changes on every node; returns the function that unsubscribes. */
   watch(user: string, onChange: (change: MailboxChange) => void): Promise<() => void>;
+  /** CONDSTORE (RFC 7162 3.1.4.1 CHANGEDSINCE): messages whose MODSEQ > modseq, ascending UID; restricted to `uids` if given. */
+  changedSince(user: string, folder: string, modseq: number, uids?: number[]): Promise<MessageMeta[]>;
+  /** QRESYNC (RFC 7162 3.2.5): UIDs expunged with a MODSEQ > modseq, ascending; null when the journal was trimmed past modseq. */
+  expungedSince(user: string, folder: string, modseq: number): Promise<number[] | null>;
+  /** STORE with UNCHANGEDSINCE (RFC 7162 3.1.3): messages whose MODSEQ > unchangedSince are left alone and listed in `failed`. */
+  storeFlagsIf(
+    user: string,
+    folder: string,
+    uids: number[],
+    op: FlagOp,
+    flags: string[],
+    unchangedSince: number,
+    origin?: string,
+  ): Promise<{ messages: MessageMeta[]; failed: number[] }>;
+  /** QUOTA (RFC 9208): usage and limits of the user's storage (octets) and message count; a limit of 0 means none. */
+  quota(
+    user: string,
+  ): Promise<{ storageUsed: number; storageLimit: number; messagesUsed: number; messagesLimit: number }>;
+  /**
+   * One page of the messages with UIDs first..last, ascending, at most `limit` (the store caps it at
+   * 1,000): walk a big folder page by page (next first = last UID returned + 1) with bounded memory.
+   */
+  messageRange(
+    user: string,
+    folder: string,
+    first: number,
+    last: number,
+    limit?: number,
+  ): Promise<{ folder: FolderInfo; messages: MessageMeta[] }>;
+  /** APPEND of a large literal, streamed to the blob store without holding it whole. */
+  appendStream(
+    user: string,
+    folder: string,
+    body: AsyncIterable<Uint8Array>,
+    flags: string[],
+    internalDate?: number,
+    origin?: string,
+  ): Promise<{ uid: number; uidValidity: number }>;
 }
 
 /** Checks a user's password. Returns the canonical user address, or null if the credentials are wrong. */

@@ -47,8 +47,16 @@ export const CONSUMERS = {
     filter: 'mail.local.>',
     ackWaitMs: 60_000,
   },
-  delivery: { stream: STREAMS.OUTBOUND, durable: 'delivery', filter: 'mail.outbound.>', ackWaitMs: 120_000 },
+  // OUTBOUND has no shared consumer: one durable per partition (`delivery-<n>` on
+  // mail.outbound.<n>), consumed only by the replica holding the partition's lease (services/delivery).
 } as const;
+
+/** The durable consumer of one OUTBOUND partition (work-queue streams forbid overlapping filters). */
+export const outboundConsumer = (partition: number) => ({
+  stream: STREAMS.OUTBOUND,
+  durable: `delivery-${partition}`,
+  filter: SUBJECTS.outbound(partition),
+});
 
 export type ConsumerName = keyof typeof CONSUMERS;
 

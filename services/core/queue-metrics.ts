@@ -5,7 +5,10 @@
  */
 import client from 'prom-client';
 import { BLOB_BUCKET } from './blobs.ts';
-import { CONSUMERS, type Nats } from './nats.ts';
+import { STREAMS, type Nats } from './nats.ts';
+
+/** The streams whose messages are work waiting for a stage. */
+const WORK_QUEUES = [STREAMS.INGRESS, STREAMS.LOCAL, STREAMS.OUTBOUND];
 import { registry } from './metrics.ts';
 import type { Health } from './http.ts';
 
@@ -17,16 +20,29 @@ export function registerQueueMetrics(nats: Nats): void {
   registered = true;
   new client.Gauge({
     name: 'postino_queue_depth',
-    help: 'Messages waiting for a stage: not yet delivered to it plus delivered and not yet acknowledged',
+    help: 'Messages waiting for a stage: not yet delivered to it (pending) plus delivered and not yet acknowledged (unacked)',
     labelNames: ['stream', 'consumer', 'state'],
     registers: [registry],
     async collect() {
       this.reset();
-      for (const c of Object.values(CONSUMERS)) {
-        const info = await nats.jsm.consumers.info(c.stream, c.durable).catch(() => null);
-        if (!info) continue;
-        this.set({ stream: c.stream, consumer: c.durable, state: 'pending' }, info.num_pending);
-        this.set({ stream: c.stream, consumer: c.durable, state: 'unacked' }, info.num_ack_pending);
+      for (const stream of WORK_QUEUES) {
+        // Per-partition consumers (delivery-0, delivery-1...) are summed under their stage's name.
+        const sums = new Map<string, { pending: number; unacked: number }>();
+        try {
+          for await (const info of nats.jsm.consumers.list(stream)) {
+            const stage = info.name.replace(/-\d+$/, '');
+            const sum = sums.get(stage) ?? { pending: 0, unacked: 0 };
+            sum.pending += info.num_pending;
+            sum.unacked += info.num_ack_pending;
+            sums.set(stage, sum);
+          }
+        } catch {
+          continue;
+        }
+        for (const [consumer, sum] of sums) {
+          this.set({ stream, consumer, state: 'pending' }, sum.pending);
+          this.set({ stream, consumer, state: 'unacked' }, sum.unacked);
+        }
       }
     },
   });
@@ -37,11 +53,11 @@ export function registerQueueMetrics(nats: Nats): void {
     registers: [registry],
     async collect() {
       this.reset();
-      for (const c of Object.values(CONSUMERS)) {
-        const info = await nats.jsm.streams.info(c.stream).catch(() => null);
+      for (const stream of WORK_QUEUES) {
+        const info = await nats.jsm.streams.info(stream).catch(() => null);
         if (!info) continue;
         const first = info.state.messages > 0 ? Date.parse(info.state.first_ts) : NaN;
-        this.set({ stream: c.stream }, Number.isFinite(first) ? Math.max(0, (Date.now() - first) / 1000) : 0);
+        this.set({ stream }, Number.isFinite(first) ? Math.max(0, (Date.now() - first) / 1000) : 0);
       }
     },
   });

@@ -90,6 +90,9 @@ export async function runServices(
 ): Promise<Running> {
   const rt = await startRuntime(config, names);
   const started: { name: string; svc: Service }[] = [];
+  // Not ready (readiness probe) until every service of this process has started.
+  let starting = true;
+  rt.health.add('startup', () => (starting ? 'starting services' : null));
   try {
     for (const name of names) {
       const start = table[name];
@@ -101,6 +104,7 @@ export async function runServices(
     await stopAll(rt, started);
     throw err;
   }
+  starting = false;
   return { runtime: rt, stop: () => stopAll(rt, started) };
 }
 
@@ -116,22 +120,34 @@ async function stopAll(rt: Runtime, started: { name: string; svc: Service }[]): 
   await stopTelemetry();
 }
 
-/** Stops on SIGTERM/SIGINT; exits non-zero if draining overruns the grace period. */
-export function stopOnSignals(running: Running, graceMs: number, onStopped?: () => Promise<void>): void {
+/**
+ * Stops on SIGTERM/SIGINT; exits non-zero if draining overruns the grace period. Installed before
+ * start-up finishes, so a signal that arrives while services are starting still drains them.
+ */
+export function stopOnSignals(
+  running: Promise<Running>,
+  graceMs: number,
+  onStopped?: () => Promise<void>,
+): void {
   let stopping = false;
   const handler = (signal: string) => {
     if (stopping) return;
     stopping = true;
-    running.runtime.logger.info({ signal, graceMs }, 'stopping');
     const timer = setTimeout(() => {
-      running.runtime.logger.error(
-        'grace period over; exiting with work in flight (JetStream will redeliver it)',
+      process.stderr.write(
+        'postino: grace period over; exiting with work in flight (JetStream will redeliver it)\n',
       );
       process.exit(1);
     }, graceMs);
     timer.unref();
     void running
-      .stop()
+      .then(
+        (r) => {
+          r.runtime.logger.info({ signal, graceMs }, 'stopping');
+          return r.stop();
+        },
+        () => undefined,
+      )
       .then(() => onStopped?.())
       .then(() => process.exit(0));
   };

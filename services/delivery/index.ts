@@ -1,19 +1,29 @@
 /**
- * delivery: hands OUTBOUND entries to the destination domain's MX hosts over SMTP, in preference
- * order. Recipients answered 2xx are recorded as delivered (so a redelivered entry never sends
- * twice), 5xx are bounced to the sender, 4xx and unreachable hosts are retried on the retry
- * schedule until the message expires, then bounced.
+ * delivery: hands OUTBOUND entries to the destination domain's MX hosts (or the smarthost).
+ *
+ * Destinations are spread over PARTITIONS; each replica holds some partitions through leases in
+ * NATS KV (leases.ts) and, for each, reads that partition's durable consumer (partition-consumer.ts)
+ * and runs one destination actor per domain (actor.ts). Recipients answered 2xx are recorded as
+ * delivered under the lease's fencing token (so a redelivered entry, or a stale former holder,
+ * never sends twice); 5xx are bounced; 4xx and unreachable hosts are deferred to the retry
+ * schedule in the deferred queue (queue-store.ts) until the message expires, then bounced.
  */
+import type { JsMsg } from '@nats-io/jetstream';
 import type { Runtime, Service } from '../core/runtime.ts';
-import { consume, publish, STREAMS, SUBJECTS } from '../core/nats.ts';
+import { publish, STREAMS, SUBJECTS } from '../core/nats.ts';
 import { pb, decode, encode, type OutboundDelivery, type Recipient } from '../core/codec.ts';
 import { recordEvent } from '../core/events.ts';
 import { counter, histogram } from '../core/metrics.ts';
-import { MxResolver } from '../core/mx.ts';
-import { sendBounce, type Failure } from '../core/bounce.ts';
+import { CachedMxResolver, MxResolver } from '../core/mx.ts';
+import { sendDsn, type BounceSource, type Failure } from '../core/bounce.ts';
 import { SpanKind, withSpan } from '../core/telemetry.ts';
-import { partitionOf } from '../core/partition.ts';
-import { attempt } from './smtp-client.ts';
+import { DestinationActor } from './actor.ts';
+import { deliveryLimits } from './limits.ts';
+import { PartitionLeases, type Lease } from './leases.ts';
+import { consumePartition, ensurePartitionConsumer, type PartitionOutcome } from './partition-consumer.ts';
+import { QueueStore } from './queue-store.ts';
+import { parsePolicies, parseSmarthost, policyFor } from './policy.ts';
+import type { Endpoint } from './smtp-client.ts';
 
 const attempts = counter('postino_delivery_attempts_total', 'SMTP delivery attempts by result', ['result']);
 const remoteLatency = histogram(
@@ -23,189 +33,270 @@ const remoteLatency = histogram(
   [0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 3600, 86400],
 );
 
-/** How long a delivered-recipients record is kept: longer than any redelivery of the entry. */
-const DELIVERED_TTL_S = 7 * 86_400;
+/** Deferred entries republished per partition per scan. */
+const SCAN_BATCH = 500;
+/** How often due deferred entries are looked for. */
+const SCAN_MS = 1000;
+
+interface PartitionState {
+  lease: Lease;
+  actors: Map<string, DestinationActor>;
+  done: Promise<void>;
+}
 
 export async function start(rt: Runtime): Promise<Service> {
   const { nats, config, blobs, redis } = rt;
   const log = rt.logger.child({ service: 'delivery' });
-  const mx = new MxResolver(config.dnsServers);
+  const limits = deliveryLimits(config);
+  const mx = new CachedMxResolver(new MxResolver(config.dnsServers), redis, config.redisPrefix);
+  const queue = new QueueStore(redis, config.redisPrefix);
   const helo = config.deliveryHelo || config.hostname;
+  const policies = parsePolicies(config.deliveryPolicy);
+  const smarthost = parseSmarthost(config.deliverySmarthost);
+  const partitions = new Map<number, PartitionState>();
+  const bounceDeps = { nats, blobs, logger: log, hostname: config.hostname };
 
-  const consumer = consume(nats, {
-    name: 'delivery',
-    logger: log,
-    concurrency: 16,
-    handler: async (msg) => {
-      const d = decode(pb.OutboundDelivery, msg.data);
-      const now = Date.now();
-      if (Number(d.notBefore) > now) return { retryInMs: Number(d.notBefore) - now, reason: 'scheduled' };
+  // The single shared consumer of earlier versions overlaps the partition consumers: remove it.
+  await nats.jsm.consumers.delete(STREAMS.OUTBOUND, 'delivery').catch(() => undefined);
 
-      const doneKey = `${config.redisPrefix}dlv:${d.queueId}:${d.domain}`;
-      const done = new Set(await redis.smembers(doneKey));
-      let pending: Recipient[] = d.recipients.filter((r) => !done.has(r.address ?? ''));
-      if (pending.length === 0) return { ack: true };
+  const actorFor = (st: PartitionState, domain: string): DestinationActor => {
+    let a = st.actors.get(domain);
+    if (!a) {
+      a = new DestinationActor(domain, limits, helo, log);
+      st.actors.set(domain, a);
+    }
+    return a;
+  };
 
-      const failures: Failure[] = [];
-      let lastError = d.lastError;
-      let hosts = d.mx;
-      if (hosts.length === 0) {
-        const res = await mx.resolve(d.domain);
-        if (res.kind === 'permanent') {
-          for (const r of pending) failures.push({ recipient: r, status: res.code, diagnostic: res.reason });
-          pending = [];
-        } else if (res.kind === 'temporary') {
-          lastError = res.reason;
-        } else hosts = res.hosts;
-      }
+  const endpointsFor = (domain: string, hosts: OutboundDelivery['mx']): Endpoint[] => {
+    const policy = policyFor(policies, domain);
+    if (policy.smarthost && smarthost) return [smarthost];
+    const tls = policy.verifyTls ? 'verify' : policy.requireTls ? 'required' : 'opportunistic';
+    return (hosts ?? []).flatMap((h) =>
+      (h.addresses ?? []).map((address) => ({
+        address,
+        port: config.deliveryPort,
+        host: h.host ?? '',
+        secure: false,
+        tls,
+      })),
+    ) as Endpoint[];
+  };
 
-      outer: for (const host of hosts) {
-        for (const address of host.addresses ?? []) {
-          if (pending.length === 0) break outer;
-          const result = await withSpan(
-            `smtp deliver ${d.domain}`,
-            {
-              kind: SpanKind.CLIENT,
-              attributes: {
-                'server.address': host.host ?? '',
-                'network.peer.address': address,
-                'server.port': config.deliveryPort,
-              },
-            },
-            () =>
-              attempt({
-                address,
-                port: config.deliveryPort,
-                host: host.host ?? '',
-                helo,
-                timeoutMs: config.deliveryTimeout,
+  const handler = async (msg: JsMsg, lease: Lease): Promise<PartitionOutcome> => {
+    const d = decode(pb.OutboundDelivery, msg.data);
+    const id = `${d.queueId}:${d.domain}`;
+    const st = partitions.get(lease.partition);
+    if (!st || st.lease !== lease) return { nakMs: 0 };
+    const check = await queue.check(id, d.attempts, d.generation);
+    log.debug({ id, partition: lease.partition, check, attempts: d.attempts }, 'outbound entry');
+    if (check !== 'current') return { ack: true };
+
+    const done = await queue.delivered(lease.partition, id);
+    let pending: Recipient[] = d.recipients.filter((r) => !done.has(r.address ?? ''));
+    const failures: Failure[] = [];
+    const successes: Failure[] = [];
+    let lastError = d.lastError;
+    let countsAsAttempt = true;
+    let nextAt = 0;
+    const now = Date.now();
+
+    const policy = policyFor(policies, d.domain);
+    let hosts = d.mx;
+    if (pending.length > 0 && !(policy.smarthost && smarthost) && (hosts.length === 0 || d.attempts > 0)) {
+      // A retry looks the MX up again (through the shared cache): the domain may have moved.
+      const res = await withSpan(
+        `dns MX ${d.domain}`,
+        { kind: SpanKind.CLIENT, attributes: { 'dns.question.name': d.domain } },
+        () => mx.resolve(d.domain),
+      );
+      if (res.kind === 'permanent') {
+        for (const r of pending) failures.push({ recipient: r, status: res.code, diagnostic: res.reason });
+        pending = [];
+      } else if (res.kind === 'temporary') {
+        lastError = res.reason;
+        hosts = [];
+      } else hosts = res.hosts;
+    }
+    const endpoints = pending.length > 0 ? endpointsFor(d.domain, hosts) : [];
+
+    if (pending.length > 0 && endpoints.length > 0) {
+      if (!lease.valid() || !(await queue.fence(lease.partition, lease.token))) return { nakMs: 0 };
+      const actor = actorFor(st, d.domain);
+      log.debug({ id, endpoints: endpoints.length }, 'handing to the destination actor');
+      const out = await withSpan(
+        `smtp deliver ${d.domain}`,
+        { kind: SpanKind.CLIENT, attributes: { 'server.address': d.domain } },
+        (span) =>
+          actor
+            .deliver({
+              endpoints,
+              signal: lease.signal,
+              tx: {
                 mailFrom: d.mailFrom,
-                recipients: pending.map((r) => ({
-                  address: r.address ?? '',
-                  notify: r.dsn?.notify ?? [],
-                  orcpt: r.dsn?.orcpt ?? '',
-                })),
+                recipients: pending.map((r) => ({ address: r.address ?? '' })),
                 dsnRet: d.dsnRet,
                 dsnEnvid: d.dsnEnvid,
                 size: Number(d.body?.size ?? 0),
                 body: () => blobs.open(d.body?.id ?? ''),
                 eightBit: true,
-              }),
-          );
-          if (result.kind === 'unreachable') {
-            attempts.inc({ result: 'unreachable' });
-            lastError = `${host.host}[${address}]: ${result.reply}`;
-            log.info(
-              { queueId: d.queueId, host: host.host, address, reply: result.reply },
-              'remote host unreachable',
-            );
-            continue;
-          }
-          if (result.kind === 'refused') {
-            attempts.inc({ result: result.permanent ? 'refused' : 'deferred' });
-            lastError = `host ${host.host}[${address}] said: ${result.reply}`;
-            if (result.permanent) {
-              for (const r of pending)
-                failures.push({
-                  recipient: r,
-                  status: result.code,
-                  diagnostic: result.reply,
-                  remoteMta: host.host ?? '',
-                });
-              pending = [];
-              break outer;
-            }
-            continue;
-          }
-          const byAddress = new Map(pending.map((r) => [r.address ?? '', r]));
-          const still: Recipient[] = [];
-          for (const rr of result.recipients) {
-            const r = byAddress.get(rr.address) ?? { address: rr.address };
-            if (rr.status === 'delivered') {
-              attempts.inc({ result: 'delivered' });
-              await redis.multi().sadd(doneKey, rr.address).expire(doneKey, DELIVERED_TTL_S).exec();
-              remoteLatency.observe((Date.now() - Number(d.receivedAt)) / 1000);
-              log.info(
-                { queueId: d.queueId, rcpt: rr.address, host: host.host, reply: rr.reply },
-                'delivered',
-              );
-              await recordEvent(
-                nats,
-                log,
-                'delivered',
-                {
-                  queueId: d.queueId,
-                  messageId: d.messageId,
-                  recipient: rr.address,
-                  service: 'delivery',
-                  detail: `${host.host}[${address}]: ${rr.reply}`,
-                  mailFrom: d.mailFrom,
-                },
-                `${d.queueId}:${rr.address}`,
-              );
-            } else if (rr.status === 'permanent') {
-              attempts.inc({ result: 'rejected' });
-              failures.push({
-                recipient: r,
-                status: rr.code,
-                diagnostic: rr.reply,
-                remoteMta: host.host ?? '',
-              });
-            } else {
-              attempts.inc({ result: 'deferred' });
-              lastError = `host ${host.host}[${address}] said: ${rr.reply}`;
-              still.push(r);
-            }
-          }
-          // A 4xx to RCPT is the recipient's domain speaking (greylisting, full mailbox): retry later, not elsewhere.
-          pending = still;
-          break outer;
-        }
-      }
-
-      const source = {
-        queueId: d.queueId,
-        mailFrom: d.mailFrom,
-        messageId: d.messageId,
-        receivedAt: Number(d.receivedAt),
-        dsnRet: d.dsnRet,
-        dsnEnvid: d.dsnEnvid,
-        body: { id: d.body?.id ?? '', size: Number(d.body?.size ?? 0) },
-        isBounce: d.isBounce,
-      };
-      if (pending.length > 0) {
-        const age = Date.now() - Number(d.receivedAt);
-        if (age >= config.deliveryExpiry) {
-          // RFC 3464: a message that could not be delivered in time fails with 4.4.7.
+                smtputf8: d.smtputf8,
+              },
+            })
+            .then((res) => {
+              // The MX host and address that answered (OpenTelemetry network/server attributes).
+              if ('endpoint' in res && res.endpoint) {
+                span.setAttribute('server.address', res.endpoint.host);
+                span.setAttribute('network.peer.address', res.endpoint.address);
+                span.setAttribute('server.port', res.endpoint.port);
+              }
+              return res;
+            }),
+      );
+      log.debug({ id, outcome: out.kind }, 'destination actor answered');
+      if (out.kind === 'aborted') return { nakMs: 0 };
+      if (out.kind === 'suspended' || out.kind === 'busy') {
+        // Not an attempt: the domain is paused or saturated; wait outside the consumer.
+        countsAsAttempt = false;
+        attempts.inc({ result: out.kind });
+        if (out.kind === 'suspended') {
+          lastError = out.reason;
+          nextAt = out.until;
+        } else nextAt = now + limits.busyRetryMs;
+      } else if (out.kind === 'unreachable') {
+        attempts.inc({ result: 'unreachable' });
+        lastError = out.reply;
+      } else if (out.kind === 'refused') {
+        const where = out.endpoint ? `host ${out.endpoint.host}[${out.endpoint.address}] said: ` : '';
+        lastError = `${where}${out.reply}`;
+        attempts.inc({ result: out.permanent ? 'refused' : 'deferred' });
+        if (out.permanent) {
           for (const r of pending)
             failures.push({
               recipient: r,
-              status: '4.4.7',
-              diagnostic: `delivery time expired; last error: ${lastError}`,
+              status: out.code,
+              diagnostic: out.reply,
+              remoteMta: out.endpoint?.host,
             });
-        } else {
-          const n = d.attempts + 1;
-          const schedule = config.deliveryRetries;
-          const delay = schedule[Math.min(n - 1, schedule.length - 1)] ?? 3_600_000;
-          const retry: OutboundDelivery = {
-            ...d,
-            recipients: pending,
-            attempts: n,
-            lastError,
-            notBefore: Date.now() + delay,
-            mx: hosts,
-          };
-          await publish(
-            nats,
-            SUBJECTS.outbound(partitionOf(d.domain, config.partitions)),
-            encode(pb.OutboundDelivery, retry),
-            {
-              stream: STREAMS.OUTBOUND,
-              msgId: `${d.queueId}:${d.domain}:${n}`,
-            },
+          pending = [];
+        }
+      } else {
+        const ep = out.endpoint;
+        const byAddress = new Map(pending.map((r) => [(r.address ?? '').toLowerCase(), r]));
+        const still: Recipient[] = [];
+        for (const rr of out.recipients) {
+          const r = byAddress.get(rr.address.toLowerCase()) ?? { address: rr.address };
+          if (rr.status === 'delivered') {
+            if (!(await queue.markDelivered(lease.partition, lease.token, id, r.address ?? rr.address))) {
+              log.warn({ partition: lease.partition }, 'fenced: a newer holder owns this partition');
+              return { nakMs: 0 };
+            }
+            attempts.inc({ result: 'delivered' });
+            remoteLatency.observe((Date.now() - Number(d.receivedAt)) / 1000);
+            successes.push({ recipient: r, status: '2.0.0', diagnostic: rr.reply, remoteMta: ep?.host });
+            await recordEvent(
+              nats,
+              log,
+              'delivered',
+              {
+                queueId: d.queueId,
+                messageId: d.messageId,
+                recipient: rr.address,
+                service: 'delivery',
+                detail: `${ep?.host}[${ep?.address}]: ${rr.reply}`,
+                mailFrom: d.mailFrom,
+              },
+              `${d.queueId}:${rr.address}`,
+            );
+          } else if (rr.status === 'permanent') {
+            attempts.inc({ result: 'rejected' });
+            failures.push({ recipient: r, status: rr.code, diagnostic: rr.reply, remoteMta: ep?.host });
+          } else {
+            attempts.inc({ result: 'deferred' });
+            lastError = `host ${ep?.host}[${ep?.address}] said: ${rr.reply}`;
+            still.push(r);
+          }
+        }
+        // A 4xx to RCPT is the recipient's domain speaking (greylisting, full mailbox): retry later, not elsewhere.
+        pending = still;
+      }
+    } else if (pending.length > 0 && !lastError) {
+      lastError = `no MX host of ${d.domain} to try`;
+    }
+
+    const source: BounceSource = {
+      queueId: d.queueId,
+      mailFrom: d.mailFrom,
+      messageId: d.messageId,
+      receivedAt: Number(d.receivedAt),
+      dsnRet: d.dsnRet,
+      dsnEnvid: d.dsnEnvid,
+      body: { id: d.body?.id ?? '', size: Number(d.body?.size ?? 0) },
+      isBounce: d.isBounce,
+    };
+    if (!lease.valid()) return { nakMs: 0 };
+    if (successes.length > 0) await sendDsn(bounceDeps, source, successes, 'relayed');
+
+    if (pending.length > 0) {
+      const age = Date.now() - Number(d.receivedAt);
+      if (age >= config.deliveryExpiry) {
+        // RFC 3464 / RFC 3463: a message that could not be delivered in time fails with 4.4.7.
+        for (const r of pending)
+          failures.push({
+            recipient: r,
+            status: '4.4.7',
+            diagnostic: `delivery time expired; last error: ${lastError}`,
+          });
+        pending = [];
+      } else {
+        const n = d.attempts + (countsAsAttempt ? 1 : 0);
+        const schedule = config.deliveryRetries;
+        const delay = schedule[Math.min(Math.max(n, 1) - 1, schedule.length - 1)] ?? 3_600_000;
+        const at = nextAt || Date.now() + delay;
+        let warned = d.delayWarned;
+        if (!warned && limits.delayWarningMs > 0 && age >= limits.delayWarningMs) {
+          warned = true;
+          await sendDsn(
+            bounceDeps,
+            source,
+            pending.map((r) => ({
+              recipient: r,
+              status: lastError.match(/\b4\.\d{1,3}\.\d{1,3}\b/)?.[0] ?? '4.0.0',
+              diagnostic: lastError,
+            })),
+            'delayed',
+            Number(d.receivedAt) + config.deliveryExpiry,
           );
+        }
+        const retry: OutboundDelivery = {
+          ...d,
+          recipients: pending,
+          attempts: n,
+          lastError,
+          mx: hosts,
+          notBefore: at,
+          delayWarned: warned,
+          firstAttemptAt: Number(d.firstAttemptAt) || now,
+        };
+        await queue.defer(
+          {
+            id,
+            queueId: d.queueId,
+            domain: d.domain,
+            partition: lease.partition,
+            mailFrom: d.mailFrom,
+            recipients: pending.map((r) => r.address ?? ''),
+            attempts: n,
+            generation: d.generation,
+            nextAttempt: at,
+            lastError,
+            receivedAt: Number(d.receivedAt),
+          },
+          encode(pb.OutboundDelivery, retry),
+        );
+        if (countsAsAttempt) {
           log.info(
-            { queueId: d.queueId, domain: d.domain, attempt: n, delayMs: delay, lastError },
+            { queueId: d.queueId, domain: d.domain, attempt: n, nextAt: at, lastError },
             'delivery deferred',
           );
           for (const r of pending) {
@@ -214,19 +305,98 @@ export async function start(rt: Runtime): Promise<Service> {
               messageId: d.messageId,
               recipient: r.address,
               service: 'delivery',
-              detail: `attempt ${n}: ${lastError}; next in ${Math.round(delay / 1000)}s`,
+              detail: `attempt ${n}: ${lastError}; next at ${new Date(at).toISOString()}`,
               mailFrom: d.mailFrom,
             });
           }
         }
       }
-      if (failures.length > 0) {
-        log.info({ queueId: d.queueId, failed: failures.map((f) => f.recipient.address) }, 'bouncing');
-        await sendBounce({ nats, blobs, logger: log, hostname: config.hostname }, source, failures);
+    }
+    if (failures.length > 0) {
+      log.info({ queueId: d.queueId, failed: failures.map((f) => f.recipient.address) }, 'bouncing');
+      await sendDsn(bounceDeps, source, failures, 'failed');
+    }
+    if (pending.length === 0) await queue.remove(id);
+    return { ack: true };
+  };
+
+  // The queue manager's scan: deferred entries that are due go back to their partition's subject.
+  const scan = async (): Promise<void> => {
+    for (const [p, st] of partitions) {
+      if (!st.lease.valid()) continue;
+      for (const id of await queue.due(p, Date.now(), SCAN_BATCH)) {
+        if (!st.lease.valid()) break;
+        const rec = await queue.data(id);
+        if (!rec) {
+          await queue.remove(id);
+          continue;
+        }
+        const d = decode(pb.OutboundDelivery, rec.data);
+        d.attempts = rec.attempts;
+        d.generation = rec.generation;
+        d.notBefore = 0;
+        await publish(nats, SUBJECTS.outbound(p), encode(pb.OutboundDelivery, d), {
+          stream: STREAMS.OUTBOUND,
+          msgId: `${id}:${rec.attempts}:${rec.generation}`,
+        });
+        await queue.markQueued(p, id, rec.attempts, rec.generation);
       }
-      return { ack: true };
+    }
+  };
+  let scanning: Promise<void> | undefined;
+  const scanTimer = setInterval(() => {
+    if (scanning) return;
+    scanning = scan()
+      .catch((err: unknown) => log.warn({ err }, 'deferred queue scan failed'))
+      .finally(() => (scanning = undefined));
+  }, SCAN_MS);
+
+  // Forget actors that hold nothing, so memory follows the active destinations.
+  const sweepTimer = setInterval(() => {
+    for (const st of partitions.values())
+      for (const [domain, a] of st.actors) if (a.idle) st.actors.delete(domain);
+  }, 30_000);
+
+  const leases = await PartitionLeases.open(nats, {
+    node: rt.node,
+    partitions: config.partitions,
+    leaseMs: limits.leaseMs,
+    renewMs: limits.renewMs,
+    safetyMs: limits.leaseSafetyMs,
+    replicas: config.natsReplicas,
+    logger: log,
+    onAcquired(lease) {
+      const st: PartitionState = { lease, actors: new Map(), done: Promise.resolve() };
+      partitions.set(lease.partition, st);
+      st.done = ensurePartitionConsumer(nats, lease.partition, limits.partitionInFlight, limits.ackWaitMs)
+        .then(
+          () =>
+            consumePartition(nats, lease, {
+              logger: log,
+              maxMessages: 64,
+              ackWaitMs: limits.ackWaitMs,
+              handler,
+            }).done,
+        )
+        .catch((err: unknown) => log.error({ err, partition: lease.partition }, 'partition consumer failed'));
+    },
+    async onLost(partition) {
+      const st = partitions.get(partition);
+      if (!st) return;
+      partitions.delete(partition);
+      // Stop acting at once: drop the domain's connections; unfinished messages are naked.
+      for (const a of st.actors.values()) a.close();
+      await st.done;
     },
   });
+  leases.start();
 
-  return { stop: () => consumer.stop() };
+  return {
+    async stop() {
+      clearInterval(scanTimer);
+      clearInterval(sweepTimer);
+      await scanning;
+      await leases.stop();
+    },
+  };
 }

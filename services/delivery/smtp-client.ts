@@ -1,33 +1,43 @@
 /**
- * One SMTP transaction to one remote address, with a result per recipient. Uses nodemailer's
- * SMTP connection: EHLO, STARTTLS whenever offered (opportunistic, as RFC 3207 allows MTAs),
- * MAIL FROM with DSN parameters, RCPT per recipient, DATA streamed from the blob store.
+ * One SMTP client session to a remote MX (or the smarthost), on nodemailer's SMTP connection,
+ * kept open for several transactions: EHLO, STARTTLS whenever offered (RFC 3207; required and
+ * verified when the domain's policy says so), AUTH for a smarthost (RFC 4954), then per message
+ * MAIL FROM with DSN parameters (RFC 3461), RCPT per recipient, DATA streamed from the blob store,
+ * and RSET (RFC 5321 4.1.1.5) before the session is reused.
  */
 import { Readable } from 'node:stream';
 import SMTPConnection from 'nodemailer/lib/smtp-connection';
 
-export interface AttemptInput {
+/** Where and how to connect. */
+export interface Endpoint {
   address: string;
   port: number;
-  /** MX host name: TLS SNI and Remote-MTA in bounces. */
+  /** MX host name: TLS SNI, certificate name and Remote-MTA in bounces. */
   host: string;
-  helo: string;
-  timeoutMs: number;
+  /** Implicit TLS (smtps). */
+  secure: boolean;
+  /** opportunistic: STARTTLS if offered, any certificate; required: STARTTLS must succeed; verify: and a valid certificate for host. */
+  tls: 'opportunistic' | 'required' | 'verify';
+  auth?: { user: string; pass: string };
+}
+
+export interface Transaction {
   mailFrom: string;
-  recipients: { address: string; notify: string[]; orcpt: string }[];
+  recipients: { address: string }[];
   dsnRet: string;
   dsnEnvid: string;
   size: number;
   body: () => AsyncIterable<Uint8Array>;
   eightBit: boolean;
+  smtputf8: boolean;
 }
 
 export type RecipientResult =
   | { address: string; status: 'delivered'; reply: string }
   | { address: string; status: 'temporary' | 'permanent'; reply: string; code: string };
 
-export type AttemptResult =
-  /** The server could not be reached or the session failed before any recipient was answered. */
+export type TransactionResult =
+  /** The server could not be reached or the session broke before any recipient was answered. */
   | { kind: 'unreachable'; reply: string }
   /** The transaction was refused as a whole (MAIL FROM or DATA). */
   | { kind: 'refused'; permanent: boolean; reply: string; code: string }
@@ -37,91 +47,177 @@ interface SmtpError extends Error {
   code?: string;
   responseCode?: number;
   response?: string;
-  rejected?: string[];
   rejectedErrors?: SmtpError[];
   recipient?: string;
   command?: string;
 }
 
-function enhanced(reply: string, basic: number): string {
+/** RFC 3463: the enhanced status code of a reply, or the class default. */
+export function enhanced(reply: string, basic: number): string {
   const m = /^\d{3}[ -]([245]\.\d{1,3}\.\d{1,3})/.exec(reply);
   if (m?.[1]) return m[1];
   return basic >= 500 ? '5.0.0' : '4.0.0';
 }
 
-export async function attempt(input: AttemptInput): Promise<AttemptResult> {
-  const conn = new SMTPConnection({
-    host: input.address,
-    port: input.port,
-    name: input.helo,
-    // RFC 3207: opportunistic STARTTLS; certificates of MX hosts are not verified without a policy (MTA-STS/DANE).
-    opportunisticTLS: true,
-    tls: { rejectUnauthorized: false, servername: input.host.replace(/\.$/, ''), minVersion: 'TLSv1.2' },
-    connectionTimeout: Math.min(input.timeoutMs, 30_000),
-    greetingTimeout: Math.min(input.timeoutMs, 60_000),
-    socketTimeout: input.timeoutMs,
-    logger: false,
-  });
-  const closed = new Promise<void>((resolve) => conn.once('end', () => resolve()));
-  conn.on('error', () => undefined);
-  try {
-    await new Promise<void>((resolve, reject) => conn.connect((err) => (err ? reject(err) : resolve())));
-  } catch (err) {
-    conn.close();
-    return { kind: 'unreachable', reply: describe(err as SmtpError) };
+export class SmtpSession {
+  readonly endpoint: Endpoint;
+  readonly #conn: SMTPConnection;
+  #closed = false;
+  /** Transactions made on this connection. */
+  transactions = 0;
+
+  /** Settles the pending command when the connection drops (nodemailer then never calls back). */
+  #onDrop: ((err: Error) => void) | undefined;
+
+  private constructor(endpoint: Endpoint, conn: SMTPConnection) {
+    this.endpoint = endpoint;
+    this.#conn = conn;
+    const dropped = (err: Error) => {
+      this.#closed = true;
+      this.#onDrop?.(err);
+    };
+    conn.on('end', () => dropped(new Error('connection closed by the server')));
+    conn.on('error', (err: Error) => dropped(err));
   }
-  try {
-    const info = await new Promise<{
-      accepted: string[];
-      rejected: string[];
-      rejectedErrors?: SmtpError[];
-      response: string;
-    }>((resolve, reject) =>
-      conn.send(
-        {
-          from: input.mailFrom,
-          to: input.recipients.map((r) => r.address),
-          size: input.size,
-          use8BitMime: input.eightBit,
-          dsn:
-            input.dsnRet || input.dsnEnvid
-              ? { ret: input.dsnRet || undefined, envid: input.dsnEnvid || undefined }
-              : undefined,
-        },
-        Readable.from(input.body()),
-        (err, result) => (err ? reject(err) : resolve(result as never)),
-      ),
-    );
-    const results: RecipientResult[] = info.accepted.map((address) => ({
-      address,
-      status: 'delivered',
-      reply: info.response,
-    }));
-    for (const e of info.rejectedErrors ?? []) results.push(rejection(e));
-    return { kind: 'answered', recipients: results };
-  } catch (err) {
-    const e = err as SmtpError;
-    if (
-      e.code === 'EENVELOPE' &&
-      e.rejectedErrors &&
-      e.rejectedErrors.length > 0 &&
-      e.command !== 'MAIL FROM'
-    ) {
-      return { kind: 'answered', recipients: e.rejectedErrors.map(rejection) };
+
+  /** Runs one nodemailer command, failing it if the connection drops before its callback. */
+  #guard<T>(run: (done: (err: Error | null, value?: T) => void) => void): Promise<T> {
+    return new Promise<T>((resolve, reject) => {
+      if (this.#closed) return reject(new Error('connection closed'));
+      this.#onDrop = reject;
+      run((err, value) => {
+        this.#onDrop = undefined;
+        if (err) reject(err);
+        else resolve(value as T);
+      });
+    });
+  }
+
+  get alive(): boolean {
+    return !this.#closed;
+  }
+
+  /** Connects, greets, negotiates TLS and authenticates; 'unreachable' with the reason otherwise. */
+  static async open(
+    ep: Endpoint,
+    helo: string,
+    timeoutMs: number,
+  ): Promise<{ session: SmtpSession } | { kind: 'unreachable'; reply: string }> {
+    const servername = ep.host.replace(/\.$/, '');
+    const conn = new SMTPConnection({
+      host: ep.address,
+      port: ep.port,
+      secure: ep.secure,
+      name: helo,
+      // RFC 3207 / RFC 7672 2.2: an MTA encrypts whenever it can; without a policy the certificate is not checked.
+      opportunisticTLS: ep.tls === 'opportunistic',
+      requireTLS: ep.tls !== 'opportunistic' && !ep.secure,
+      tls: { rejectUnauthorized: ep.tls === 'verify', servername, minVersion: 'TLSv1.2' },
+      connectionTimeout: Math.min(timeoutMs, 30_000),
+      greetingTimeout: Math.min(timeoutMs, 60_000),
+      socketTimeout: timeoutMs,
+      logger: false,
+    });
+    let failed: ((err: Error) => void) | undefined;
+    conn.on('error', (err: Error) => failed?.(err));
+    conn.once('end', () => failed?.(new Error('connection closed')));
+    try {
+      // nodemailer reports a failed connect through 'error', not the callback.
+      await new Promise<void>((resolve, reject) => {
+        failed = reject;
+        conn.connect((err) => (err ? reject(err) : resolve()));
+      });
+      failed = undefined;
+      if (ep.auth) {
+        const auth = ep.auth;
+        await new Promise<void>((resolve, reject) =>
+          conn.login({ user: auth.user, pass: auth.pass }, (err) => (err ? reject(err) : resolve())),
+        );
+      }
+    } catch (err) {
+      conn.close();
+      return { kind: 'unreachable', reply: describe(err as SmtpError) };
     }
-    if (e.responseCode) {
-      return {
-        kind: 'refused',
-        permanent: e.responseCode >= 500,
-        reply: describe(e),
-        code: enhanced(e.response ?? '', e.responseCode),
-      };
+    return { session: new SmtpSession(ep, conn) };
+  }
+
+  async send(tx: Transaction): Promise<TransactionResult> {
+    this.transactions++;
+    try {
+      const info = await this.#guard<{ accepted: string[]; rejectedErrors?: SmtpError[]; response: string }>(
+        (done) =>
+          this.#conn.send(
+            {
+              from: tx.mailFrom,
+              to: tx.recipients.map((r) => r.address),
+              size: tx.size,
+              use8BitMime: tx.eightBit,
+              useSmtpUtf8: tx.smtputf8,
+              dsn:
+                tx.dsnRet || tx.dsnEnvid
+                  ? { ret: tx.dsnRet || undefined, envid: tx.dsnEnvid || undefined }
+                  : undefined,
+            } as never,
+            Readable.from(tx.body()),
+            (err, result) => done(err, result as never),
+          ),
+      );
+      const results: RecipientResult[] = info.accepted.map((address) => ({
+        address,
+        status: 'delivered',
+        reply: info.response,
+      }));
+      for (const e of info.rejectedErrors ?? []) results.push(rejection(e));
+      return { kind: 'answered', recipients: results };
+    } catch (err) {
+      const e = err as SmtpError;
+      // RFC 5321 3.3: each RCPT is answered on its own; a transaction with no accepted recipient ends before DATA.
+      if (
+        e.code === 'EENVELOPE' &&
+        e.rejectedErrors &&
+        e.rejectedErrors.length > 0 &&
+        e.command !== 'MAIL FROM'
+      ) {
+        return { kind: 'answered', recipients: e.rejectedErrors.map(rejection) };
+      }
+      if (e.responseCode && e.responseCode !== 421) {
+        return {
+          kind: 'refused',
+          permanent: e.responseCode >= 500,
+          reply: describe(e),
+          code: enhanced(e.response ?? '', e.responseCode),
+        };
+      }
+      // 421 (RFC 5321 3.8: the server is closing) and broken connections: try elsewhere or later.
+      this.close();
+      return { kind: 'unreachable', reply: describe(e) };
     }
-    return { kind: 'unreachable', reply: describe(e) };
-  } finally {
-    conn.quit();
-    await Promise.race([closed, new Promise((r) => setTimeout(r, 2000))]);
-    conn.close();
+  }
+
+  /** RSET before reuse (RFC 5321 4.1.1.5): also proves the cached connection is still alive. */
+  async reset(): Promise<boolean> {
+    try {
+      await this.#guard<unknown>((done) => this.#conn.reset((err) => done(err)));
+      return true;
+    } catch {
+      // 421 or a dropped connection: this session is not reusable.
+      this.close();
+      return false;
+    }
+  }
+
+  /** QUIT politely; the socket is destroyed if the server does not answer. */
+  quit(): void {
+    if (this.#closed) return;
+    this.#closed = true;
+    this.#conn.quit();
+    setTimeout(() => this.#conn.close(), 2000).unref();
+  }
+
+  /** Drops the connection at once (lease lost, shutdown). */
+  close(): void {
+    this.#closed = true;
+    this.#conn.close();
   }
 }
 

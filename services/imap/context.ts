@@ -18,6 +18,9 @@ export type SessionState =
 
 export type StateKind = SessionState['kind'];
 
+/** How a streamed APPEND ended in storage. */
+export type StreamedAppend = { ok: true; uid: number; uidValidity: number } | { ok: false; error: unknown };
+
 export interface SessionContext {
   /** Session id, passed to storage as the origin of this session's changes. */
   readonly id: string;
@@ -39,6 +42,16 @@ export interface SessionContext {
   plaintextAuthAllowed(): boolean;
   /** Capabilities for the current state. */
   capabilities(): string[];
+  /**
+   * Extensions turned on for this connection: by ENABLE (RFC 5161: CONDSTORE, QRESYNC,
+   * UTF8=ACCEPT, IMAP4rev2) or, for CONDSTORE, by the first command that uses it (RFC 7162 3.1).
+   */
+  readonly enabled: Set<string>;
+  /**
+   * Reports messages gone from the selected mailbox and drops them from the sequence map:
+   * `* VANISHED` once QRESYNC is enabled (RFC 7162 3.2.10), `* n EXPUNGE` otherwise.
+   */
+  reportExpunged(uids: readonly number[]): Promise<void>;
   /** Writes `* prefix values...`. */
   untagged(prefix: string, values?: readonly ImapValue[]): Promise<void>;
   /** Writes a `+ text` continuation request. */
@@ -61,11 +74,24 @@ export interface SessionContext {
   loggedIn(user: string): Promise<void>;
   /** Counts a failed authentication; true when the connection must now close. */
   authFailed(): boolean;
+  /** True once COMPRESS=DEFLATE is active. */
+  readonly compressed: boolean;
+  /** Turns compression on (after the tagged OK of COMPRESS, RFC 4978 3). */
+  startCompression(): void;
   /** Negotiates TLS on the connection (after the tagged OK of STARTTLS). */
   startTls(): Promise<void>;
+  /**
+   * The result of the APPEND whose literal was streamed to storage while it arrived (the
+   * command's own); null if there is none. Taking it makes the command responsible for it.
+   */
+  takeStreamedAppend(): Promise<StreamedAppend> | null;
+  /** FLAGS of a message of the selected mailbox as this client is shown them. */
+  reportedFlags(uid: number): ImapValue[];
   /** Ends the connection once pending output is written. */
   close(): Promise<void>;
-  /** The parsed message, from the session cache or storage. */
+  /** The parsed message if the instance has it cached (no storage call). */
+  cachedMessage(blob: string): ParsedMessage | null;
+  /** The parsed message, from the instance's cache or storage. */
   parsedMessage(meta: MessageMeta): Promise<ParsedMessage>;
   /** Writes output in order, honouring back-pressure. */
   write(parts: OutputPart[]): Promise<void>;

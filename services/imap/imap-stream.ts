@@ -32,6 +32,17 @@ const TAIL_BYTES = 32;
 export interface Frame {
   segments: Buffer[];
   literals: Buffer[];
+  /** Indexes of literals handed to a sink as they arrived; their entry in `literals` is empty. */
+  streamed?: number[];
+}
+
+/** Where a streamed literal's octets go (see ImapStreamHandlers.streamLiteral). */
+export interface LiteralSink {
+  /** Takes octets; false asks the caller to stop reading the socket for a while. */
+  write(chunk: Buffer): boolean;
+  end(): void;
+  /** The command will not complete. */
+  abort(reason: string): void;
 }
 
 export type RejectReason = 'lineTooLong' | 'literalTooBig' | 'tooManyLiterals' | 'commandTooBig';
@@ -43,6 +54,8 @@ export interface Rejection {
   tag: string | null;
   /** The command name if its first bytes carried one (e.g. to answer APPEND with NO [TOOBIG]). */
   command: string | null;
+  /** A literal of the command had been streamed to a sink before it was rejected. */
+  streamed?: true;
 }
 
 export interface ImapStreamHandlers {
@@ -54,9 +67,17 @@ export interface ImapStreamHandlers {
   continueLiteral(size: number): void;
   /** The input can no longer be framed; the connection must close. */
   fatal(reason: string): void;
+  /**
+   * A literal of at least `streamThreshold` octets is announced after `segments`: return a
+   * sink to receive it as it arrives instead of buffering it, or null to buffer it.
+   */
+  streamLiteral?(segments: readonly Buffer[], size: number): LiteralSink | null;
 }
 
-type Limits = Pick<ImapLimits, 'maxLineBytes' | 'maxLiteralBytes' | 'maxLiterals' | 'maxCommandBytes'>;
+type Limits = Pick<ImapLimits, 'maxLineBytes' | 'maxLiteralBytes' | 'maxLiterals' | 'maxCommandBytes'> & {
+  /** Literals this large may be streamed (streamLiteral); smaller ones are always buffered. */
+  streamThreshold?: number;
+};
 
 export class ImapStream {
   readonly #limits: Limits;
@@ -77,6 +98,9 @@ export class ImapStream {
   /** Octets of literal data still expected (-1 when reading a line). */
   #literalLeft = -1;
   #literal: Buffer[] = [];
+  /** The sink of the literal being streamed, if it is. */
+  #sink: LiteralSink | null = null;
+  #streamed: number[] = [];
 
   /** Why the current command is being skipped, if it is. */
   #rejected: RejectReason | null = null;
@@ -101,6 +125,8 @@ export class ImapStream {
 
   /** Forgets everything buffered (after STARTTLS, RFC 3501 6.2.1: no plaintext carried over). */
   reset(): void {
+    this.#sink?.abort('input reset');
+    this.#sink = null;
     this.#line = [];
     this.#lineBytes = 0;
     this.#tail = Buffer.alloc(0);
@@ -112,7 +138,15 @@ export class ImapStream {
     return this.#lineBytes === 0 && this.#segments.length === 0 && this.#literalLeft < 0;
   }
 
+  /** The connection is gone: a literal being streamed will not complete. */
+  close(): void {
+    this.#sink?.abort('connection closed');
+    this.#sink = null;
+    this.#dead = true;
+  }
+
   #startCommand(): void {
+    this.#streamed = [];
     this.#head = Buffer.alloc(0);
     this.#segments = [];
     this.#literals = [];
@@ -187,6 +221,10 @@ export class ImapStream {
     } else {
       this.#segments.push(line);
       this.#commandBytes += lineBytes;
+      const threshold = this.#limits.streamThreshold;
+      if (threshold !== undefined && size >= threshold && this.#handlers.streamLiteral) {
+        this.#sink = this.#handlers.streamLiteral(this.#segments, size);
+      }
       if (sync) this.#handlers.continueLiteral(size);
     }
     this.#literalLeft = size;
@@ -196,14 +234,20 @@ export class ImapStream {
 
   #readLiteral(chunk: Buffer, pos: number): number {
     const take = Math.min(this.#literalLeft, chunk.length - pos);
-    if (this.#rejected === null) this.#literal.push(chunk.subarray(pos, pos + take));
+    if (this.#sink) this.#sink.write(chunk.subarray(pos, pos + take));
+    else if (this.#rejected === null) this.#literal.push(chunk.subarray(pos, pos + take));
     this.#literalLeft -= take;
     if (this.#literalLeft === 0) this.#endOfLiteral();
     return pos + take;
   }
 
   #endOfLiteral(): void {
-    if (this.#rejected === null) {
+    if (this.#sink) {
+      this.#sink.end();
+      this.#sink = null;
+      this.#streamed.push(this.#literals.length);
+      this.#literals.push(Buffer.alloc(0));
+    } else if (this.#rejected === null) {
       const literal = Buffer.concat(this.#literal);
       this.#literals.push(literal);
       this.#commandBytes += literal.length;
@@ -216,11 +260,15 @@ export class ImapStream {
     const rejected = this.#rejected;
     if (rejected !== null) {
       const { tag, command } = readHead(this.#head);
+      const streamed = this.#streamed.length > 0;
       this.#startCommand();
-      this.#handlers.reject({ reason: rejected, tag, command });
+      this.#handlers.reject(
+        streamed ? { reason: rejected, tag, command, streamed } : { reason: rejected, tag, command },
+      );
       return;
     }
     const frame: Frame = { segments: [...this.#segments, lastSegment], literals: this.#literals };
+    if (this.#streamed.length > 0) frame.streamed = this.#streamed;
     this.#startCommand();
     this.#handlers.frame(frame);
   }

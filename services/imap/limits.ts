@@ -27,12 +27,16 @@ export interface ImapLimits {
   maxMimeDepth: number;
   /** Most MIME parts in one message that are parsed. */
   maxMimeParts: number;
-  /** Parsed messages (ENVELOPE, BODYSTRUCTURE, bytes) kept per session. */
+  /** Parsed messages (ENVELOPE, BODYSTRUCTURE, bytes) kept per server, shared by its sessions. */
   parsedMessageCache: number;
-  /** Largest total of message bytes cached per session. */
+  /** Largest total of message bytes cached per server. */
   parsedMessageCacheBytes: number;
   /** Messages whose metadata is fetched from storage in one call. */
   storageBatch: number;
+  /** APPEND literals this large go to storage as they arrive instead of being buffered. */
+  appendStreamThreshold: number;
+  /** Octets of a streamed literal queued for storage before the socket is paused. */
+  literalHighWater: number;
 }
 
 export const DEFAULT_LIMITS: Readonly<ImapLimits> = {
@@ -60,12 +64,17 @@ export const DEFAULT_LIMITS: Readonly<ImapLimits> = {
   maxMimeDepth: 32,
   // Bounds BODYSTRUCTURE output and parse time for messages built to explode.
   maxMimeParts: 1000,
-  // FETCH of ENVELOPE then BODY[] of the same messages should not read bodies twice.
-  parsedMessageCache: 32,
-  // But the cache must not hold many large messages in memory per connection.
-  parsedMessageCacheBytes: 16 * 1024 * 1024,
+  // Bodies are immutable (content-addressed): ENVELOPE, headers and SEARCH of the messages every
+  // device of every user keeps asking for should not be read from the blob store each time.
+  parsedMessageCache: 8192,
+  // But the cache must stay a small part of the instance's memory.
+  parsedMessageCacheBytes: 64 * 1024 * 1024,
   // Keeps a FETCH 1:* of a large mailbox from asking storage for everything at once.
   storageBatch: 500,
+  // Below this a buffer is cheaper than a stream; above it a few concurrent APPENDs add up.
+  appendStreamThreshold: 1024 * 1024,
+  // Enough to keep the blob store busy, small enough that many APPENDs fit in memory.
+  literalHighWater: 1024 * 1024,
 };
 
 /** The defaults with the given overrides applied. */

@@ -9,6 +9,7 @@ import type { Frame } from './imap-stream.ts';
 import { MAX_SEARCH_NESTING } from './limits.ts';
 import { mailboxNameFromWire } from './mailbox-name.ts';
 import { parseSequenceSet } from './sequence-set.ts';
+import { SAVED_RESULT } from './sequence-set.ts';
 import type { SequenceSet } from './sequence-set.ts';
 
 // Byte constants of the grammar.
@@ -26,6 +27,8 @@ const DOT = 0x2e;
 const PERCENT = 0x25;
 const ASTERISK = 0x2a;
 const PLUS = 0x2b;
+const TILDE = 0x7e;
+const DOLLAR = 0x24;
 
 /** RFC 9051 9: atom-specials = "(" / ")" / "{" / SP / CTL / list-wildcards / quoted-specials / resp-specials. */
 function isAtomChar(c: number): boolean {
@@ -86,7 +89,9 @@ export type SimpleFetchAttribute =
   | 'BODY'
   | 'RFC822'
   | 'RFC822.HEADER'
-  | 'RFC822.TEXT';
+  | 'RFC822.TEXT'
+  /** RFC 7162 3.1.4. */
+  | 'MODSEQ';
 
 export type FetchItem =
   | { kind: 'attribute'; name: SimpleFetchAttribute }
@@ -112,7 +117,42 @@ export type SearchKey =
   | { op: 'date'; field: 'internal' | 'sent'; compare: 'before' | 'on' | 'since'; day: number }
   | { op: 'header'; name: string; value: string }
   | { op: 'body'; value: string }
-  | { op: 'text'; value: string };
+  | { op: 'text'; value: string }
+  /** RFC 7162 3.1.5: MODSEQ of the message at least `modseq`. */
+  | { op: 'modseq'; modseq: number };
+
+/** RFC 4731 / RFC 9051 6.4.4.1 result options; SAVE is RFC 5182. */
+export type SearchReturn = 'MIN' | 'MAX' | 'ALL' | 'COUNT' | 'SAVE';
+
+/** RFC 7162 3.2.5 QRESYNC parameters of SELECT/EXAMINE. */
+export interface QresyncParams {
+  uidValidity: number;
+  modseq: number;
+  knownUids: SequenceSet | null;
+  /** Known sequence numbers and the UIDs they had, to narrow what VANISHED reports. */
+  seqMatch: { seqs: SequenceSet; uids: SequenceSet } | null;
+}
+
+/** One message of a (MULTI)APPEND (RFC 3502). */
+export interface AppendMessage {
+  flags: string[];
+  date: number | null;
+  message: Buffer;
+  /** The literal went to storage as it arrived (session.ts); `message` is then empty. */
+  streamed?: true;
+}
+
+/** RFC 5258 selection options and RFC 5258/5819 return options of LIST. */
+export interface ListArgs {
+  reference: string;
+  patterns: string[];
+  selection: string[];
+  returnOptions: string[];
+  /** RFC 5819 RETURN (STATUS (...)). */
+  statusItems: string[] | null;
+  /** Whether the extended syntax was used (responses then may carry CHILDINFO). */
+  extended: boolean;
+}
 
 export type StoreOperation = 'add' | 'remove' | 'replace';
 
@@ -127,31 +167,75 @@ export interface CommandArgs {
   ID: { params: Array<[string, string | null]> | null };
   NAMESPACE: Record<string, never>;
   ENABLE: { capabilities: string[] };
-  SELECT: { mailbox: string };
-  EXAMINE: { mailbox: string };
+  SELECT: SelectArgs;
+  EXAMINE: SelectArgs;
   CREATE: { mailbox: string };
   DELETE: { mailbox: string };
   RENAME: { mailbox: string; target: string };
   SUBSCRIBE: { mailbox: string };
   UNSUBSCRIBE: { mailbox: string };
-  LIST: { reference: string; pattern: string };
-  LSUB: { reference: string; pattern: string };
+  LIST: ListArgs;
+  LSUB: ListArgs;
   STATUS: { mailbox: string; items: string[] };
-  APPEND: { mailbox: string; flags: string[]; date: number | null; message: Buffer };
+  APPEND: { mailbox: string; messages: AppendMessage[] };
+  GETQUOTA: { root: string };
+  COMPRESS: { mechanism: string };
+  GETQUOTAROOT: { mailbox: string };
+  SETQUOTA: { root: string; resources: Array<[string, number]> };
   CHECK: Record<string, never>;
   CLOSE: Record<string, never>;
   UNSELECT: Record<string, never>;
   /** `set` only for UID EXPUNGE (RFC 4315). */
   EXPUNGE: { set: SequenceSet | null };
   IDLE: Record<string, never>;
-  SEARCH: { charset: string | null; key: SearchKey };
-  FETCH: { set: SequenceSet; items: FetchItem[] };
-  STORE: { set: SequenceSet; operation: StoreOperation; silent: boolean; flags: string[] };
+  /** `returns` is null for the RFC 3501 form, a list (possibly empty) for ESEARCH (RFC 4731). */
+  SEARCH: { charset: string | null; key: SearchKey; returns: SearchReturn[] | null };
+  /** RFC 5256 SORT (with RFC 5957 DISPLAYFROM/DISPLAYTO). */
+  SORT: { criteria: SortCriterion[]; charset: string; key: SearchKey };
+  /** RFC 5256 THREAD. */
+  THREAD: { algorithm: string; charset: string; key: SearchKey };
+  /** RFC 7162 3.1.4.1 CHANGEDSINCE, 3.2.6 VANISHED. */
+  FETCH: { set: SequenceSet; items: FetchItem[]; changedSince: number | null; vanished: boolean };
+  /** RFC 7162 3.1.3 UNCHANGEDSINCE. */
+  STORE: {
+    set: SequenceSet;
+    operation: StoreOperation;
+    silent: boolean;
+    flags: string[];
+    unchangedSince: number | null;
+  };
   COPY: { set: SequenceSet; mailbox: string };
   MOVE: { set: SequenceSet; mailbox: string };
 }
 
 export type CommandName = keyof CommandArgs;
+
+export type SortKey =
+  'ARRIVAL' | 'CC' | 'DATE' | 'FROM' | 'SIZE' | 'SUBJECT' | 'TO' | 'DISPLAYFROM' | 'DISPLAYTO';
+
+export interface SortCriterion {
+  key: SortKey;
+  reverse: boolean;
+}
+
+const SORT_KEYS = new Set([
+  'ARRIVAL',
+  'CC',
+  'DATE',
+  'FROM',
+  'SIZE',
+  'SUBJECT',
+  'TO',
+  'DISPLAYFROM',
+  'DISPLAYTO',
+]);
+
+export interface SelectArgs {
+  mailbox: string;
+  /** RFC 7162 3.1.8 (CONDSTORE) parameter. */
+  condstore: boolean;
+  qresync: QresyncParams | null;
+}
 
 /** A parsed command: `uid` is true for the `UID` forms of FETCH, STORE, SEARCH, COPY, MOVE, EXPUNGE. */
 export type Command = {
@@ -166,7 +250,16 @@ export type ParseResult =
   | { ok: false; tag: string | null; text: string };
 
 /** Commands that take a `UID` prefix (RFC 9051 6.4.9, RFC 4315, RFC 6851). */
-const UID_COMMANDS = new Set<CommandName>(['FETCH', 'STORE', 'SEARCH', 'COPY', 'MOVE', 'EXPUNGE']);
+const UID_COMMANDS = new Set<CommandName>([
+  'FETCH',
+  'STORE',
+  'SEARCH',
+  'COPY',
+  'MOVE',
+  'EXPUNGE',
+  'SORT',
+  'THREAD',
+]);
 
 // ---------------------------------------------------------------------------------------------
 // Cursor over a frame
@@ -177,12 +270,16 @@ class ParseError extends Error {}
 class Cursor {
   readonly #segments: readonly Buffer[];
   readonly #literals: readonly Buffer[];
+  readonly #streamed: ReadonlySet<number>;
   #seg = 0;
   #pos = 0;
+  /** Whether the literal last read was streamed rather than buffered. */
+  lastLiteralStreamed = false;
 
   constructor(frame: Frame) {
     this.#segments = frame.segments;
     this.#literals = frame.literals;
+    this.#streamed = new Set(frame.streamed ?? []);
   }
 
   #buf(): Buffer {
@@ -269,8 +366,22 @@ class Cursor {
     return Number(digits.toString('latin1'));
   }
 
+  /**
+   * mod-sequence-value = 1*DIGIT up to 2^63-1 (RFC 7162 7). The store's values stay far below
+   * 2^53; a larger one (from another server) is read approximately, which only errs towards
+   * "nothing changed since".
+   */
+  modseq(what = 'a mod-sequence'): number {
+    const digits = this.#takeWhile((c) => c >= 0x30 && c <= 0x39);
+    if (digits.length === 0 || digits.length > 19) this.fail(`Expected ${what}`);
+    const value = BigInt(digits.toString('latin1'));
+    if (value > 0x7fffffffffffffffn) this.fail(`Expected ${what}`);
+    return Number(value);
+  }
+
   /** Characters allowed in sequence sets: digits, `:`, `,`, `*`. */
   sequenceSet(): SequenceSet {
+    if (this.consume(DOLLAR)) return SAVED_RESULT;
     const text = this.#takeWhile(
       (c) => (c >= 0x30 && c <= 0x39) || c === 0x3a || c === 0x2c || c === ASTERISK,
     ).toString('latin1');
@@ -308,14 +419,16 @@ class Cursor {
     return Buffer.from(out);
   }
 
-  /** literal = "{" number ["+"] "}" CRLF *CHAR8, the data coming from the frame. */
-  literal(): Buffer {
+  /** literal = "{" number ["+"] "}" CRLF *CHAR8, the data coming from the frame; `~{` (literal8) where allowed. */
+  literal(allow8 = false): Buffer {
     const buf = this.#buf();
     const rest = buf.subarray(this.#pos).toString('latin1');
-    if (!/^\{\d{1,20}\+?\}$/.test(rest) || this.#seg >= this.#literals.length) {
+    const form = allow8 ? /^~?\{\d{1,20}\+?\}$/ : /^\{\d{1,20}\+?\}$/;
+    if (!form.test(rest) || this.#seg >= this.#literals.length) {
       this.fail('Invalid literal');
     }
     const data = this.#literals[this.#seg] as Buffer;
+    this.lastLiteralStreamed = this.#streamed.has(this.#seg);
     this.#seg++;
     this.#pos = 0;
     return data;
@@ -448,6 +561,7 @@ const SIMPLE_ATTRIBUTES = new Set<string>([
   'RFC822',
   'RFC822.HEADER',
   'RFC822.TEXT',
+  'MODSEQ',
 ]);
 
 /** section = "[" [section-spec] "]". */
@@ -554,7 +668,9 @@ function searchKey(c: Cursor, depth: number): SearchKey {
     const keys = c.list(() => searchKey(c, depth + 1), false);
     return keys.length === 1 ? (keys[0] as SearchKey) : { op: 'and', keys };
   }
-  if ((first >= 0x30 && first <= 0x39) || first === ASTERISK) return { op: 'seq', set: c.sequenceSet() };
+  if ((first >= 0x30 && first <= 0x39) || first === ASTERISK || first === DOLLAR) {
+    return { op: 'seq', set: c.sequenceSet() };
+  }
   const name = c.keyword('a search key');
   const flagKey = FLAG_KEYS[name];
   if (flagKey) return { op: 'flag', flag: flagKey[0], set: flagKey[1] };
@@ -589,6 +705,18 @@ function searchKey(c: Cursor, depth: number): SearchKey {
     case 'UID':
       c.sp();
       return { op: 'uid', set: c.sequenceSet() };
+    case 'MODSEQ': {
+      // RFC 7162 3.1.5: MODSEQ [entry-name entry-type-req] mod-sequence-valzer.
+      c.sp();
+      if (c.peek() === DQUOTE) {
+        c.quoted();
+        c.sp();
+        const type = c.keyword('an entry type');
+        if (!['PRIV', 'SHARED', 'ALL'].includes(type)) c.fail('Invalid entry type');
+        c.sp();
+      }
+      return { op: 'modseq', modseq: c.modseq() };
+    }
     case 'HEADER': {
       c.sp();
       const field = c.astring('a header field name').toString('latin1');
@@ -678,8 +806,8 @@ const ARGS: ArgParsers = {
     c.end();
     return { capabilities };
   },
-  SELECT: mailboxOnly,
-  EXAMINE: mailboxOnly,
+  SELECT: selectArgs,
+  EXAMINE: selectArgs,
   CREATE: mailboxOnly,
   DELETE: mailboxOnly,
   SUBSCRIBE: mailboxOnly,
@@ -692,8 +820,8 @@ const ARGS: ArgParsers = {
     c.end();
     return { mailbox: from, target };
   },
-  LIST: listArgs,
-  LSUB: listArgs,
+  LIST: (c) => listArgs(c, false),
+  LSUB: (c) => listArgs(c, true),
   STATUS(c) {
     c.sp();
     const name = mailbox(c);
@@ -705,21 +833,42 @@ const ARGS: ArgParsers = {
   APPEND(c) {
     c.sp();
     const name = mailbox(c);
-    c.sp();
-    let flags: string[] = [];
-    let date: number | null = null;
-    if (c.peek() === LPAREN) {
-      flags = flagList(c);
-      c.sp();
-    }
-    if (c.peek() === DQUOTE) {
-      date = dateTime(c);
-      c.sp();
-    }
-    if (c.peek() !== LBRACE) c.fail('APPEND needs the message as a literal');
-    const message = c.literal();
+    const messages: AppendMessage[] = [];
+    // RFC 3502 6: MULTIAPPEND repeats [flags] [date-time] message for each message.
+    while (c.maybeSp()) messages.push(appendMessage(c));
+    if (messages.length === 0) c.fail('APPEND needs a message');
     c.end();
-    return { mailbox: name, flags, date, message };
+    return { mailbox: name, messages };
+  },
+  GETQUOTA(c) {
+    c.sp();
+    const root = utf8(c.astring('a quota root'));
+    c.end();
+    return { root };
+  },
+  GETQUOTAROOT: mailboxOnlyPlain,
+  COMPRESS(c) {
+    c.sp();
+    const mechanism = c.keyword('a compression mechanism');
+    c.end();
+    return { mechanism };
+  },
+  SETQUOTA(c) {
+    c.sp();
+    const root = utf8(c.astring('a quota root'));
+    c.sp();
+    const flat = c.list(() => (c.peek() >= 0x30 && c.peek() <= 0x39 ? c.number() : c.keyword()), true);
+    c.end();
+    const resources: Array<[string, number]> = [];
+    for (let i = 0; i + 1 < flat.length; i += 2) {
+      const resource = flat[i];
+      const limit = flat[i + 1];
+      if (typeof resource !== 'string' || typeof limit !== 'number')
+        return c.fail('Invalid quota resource list');
+      resources.push([resource, limit]);
+    }
+    if (flat.length % 2 !== 0) c.fail('Invalid quota resource list');
+    return { root, resources };
   },
   EXPUNGE(c) {
     // Only UID EXPUNGE takes a set; parseCommand passes the cursor at the set when it is there.
@@ -732,58 +881,230 @@ const ARGS: ArgParsers = {
     return { set: null };
   },
   SEARCH: parseSearch,
+  SORT(c) {
+    // sort = ["UID" SP] "SORT" SP sort-criteria SP search-criteria (RFC 5256 5).
+    c.sp();
+    const criteria = c.list(() => {
+      let name = c.keyword('a sort key');
+      let reverse = false;
+      if (name === 'REVERSE') {
+        reverse = true;
+        c.sp();
+        name = c.keyword('a sort key');
+      }
+      if (!SORT_KEYS.has(name)) c.fail(`Unknown sort key ${name.slice(0, 32)}`);
+      return { key: name as SortKey, reverse };
+    }, false);
+    c.sp();
+    const charset = c.astring('a charset').toString('latin1').toUpperCase();
+    return { criteria, charset, key: searchCriteria(c) };
+  },
+  THREAD(c) {
+    // thread = ["UID" SP] "THREAD" SP thread-alg SP search-criteria (RFC 5256 5).
+    c.sp();
+    const algorithm = c.keyword('a thread algorithm');
+    c.sp();
+    const charset = c.astring('a charset').toString('latin1').toUpperCase();
+    return { algorithm, charset, key: searchCriteria(c) };
+  },
   FETCH(c) {
     c.sp();
     const set = c.sequenceSet();
     c.sp();
     const items = fetchArguments(c);
+    let changedSince: number | null = null;
+    let vanished = false;
+    // RFC 7162 3.1.4.1, 3.2.6: fetch-modifiers (CHANGEDSINCE n [VANISHED]).
+    if (c.maybeSp()) {
+      for (const modifier of c.list(() => {
+        const name = c.keyword('a fetch modifier');
+        if (name === 'CHANGEDSINCE') {
+          c.sp();
+          changedSince = c.modseq();
+        } else if (name !== 'VANISHED') {
+          c.fail(`Unknown fetch modifier ${name.slice(0, 32)}`);
+        }
+        return name;
+      }, false)) {
+        if (modifier === 'VANISHED') vanished = true;
+      }
+      if (vanished && changedSince === null) c.fail('VANISHED needs CHANGEDSINCE');
+    }
     c.end();
-    return { set, items };
+    return { set, items, changedSince, vanished };
   },
   STORE(c) {
     c.sp();
     const set = c.sequenceSet();
     c.sp();
+    let unchangedSince: number | null = null;
+    // RFC 7162 3.1.3: store-modifier (UNCHANGEDSINCE n) before the flags item.
+    if (c.peek() === LPAREN) {
+      c.list(() => {
+        if (c.keyword('a store modifier') !== 'UNCHANGEDSINCE') c.fail('Unknown store modifier');
+        c.sp();
+        unchangedSince = c.modseq();
+      }, false);
+      c.sp();
+    }
     const item = c.keyword('+FLAGS, -FLAGS or FLAGS');
     const m = /^([+-]?)FLAGS(\.SILENT)?$/.exec(item);
     if (!m) return c.fail('Expected +FLAGS, -FLAGS or FLAGS');
     const operation: StoreOperation = m[1] === '+' ? 'add' : m[1] === '-' ? 'remove' : 'replace';
     c.sp();
-    let flags: string[];
-    if (c.peek() === LPAREN) {
-      flags = flagList(c);
-    } else {
-      flags = [flag(c)];
-      while (c.maybeSp()) flags.push(flag(c));
-    }
-    c.end();
-    return { set, operation, silent: m[2] !== undefined, flags };
+    return { set, operation, silent: m[2] !== undefined, flags: storeFlags(c), unchangedSince };
   },
   COPY: copyArgs,
   MOVE: copyArgs,
 };
 
-function mailboxOnly(c: Cursor): { mailbox: string } {
+function storeFlags(c: Cursor): string[] {
+  let flags: string[];
+  if (c.peek() === LPAREN) {
+    flags = flagList(c);
+  } else {
+    flags = [flag(c)];
+    while (c.maybeSp()) flags.push(flag(c));
+  }
+  c.end();
+  return flags;
+}
+
+function mailboxOnlyPlain(c: Cursor): { mailbox: string } {
   c.sp();
   const name = mailbox(c);
-  if (c.peek() === SP) c.fail('Unsupported SELECT/EXAMINE parameters');
   c.end();
   return { mailbox: name };
 }
 
-function listArgs(c: Cursor): { reference: string; pattern: string } {
+function mailboxOnly(c: Cursor): { mailbox: string } {
+  return mailboxOnlyPlain(c);
+}
+
+/** SELECT/EXAMINE mailbox [SP "(" select-param *(SP select-param) ")"] (RFC 4466 2.1, RFC 7162). */
+function selectArgs(c: Cursor): SelectArgs {
   c.sp();
-  const reference = mailboxNameFromWire(c.astring('a reference'));
-  c.sp();
-  const pattern = mailboxNameFromWire(c.listMailbox());
-  // RFC 5258 RETURN options are tolerated and ignored: attributes are always returned.
+  const name = mailbox(c);
+  let condstore = false;
+  let qresync: QresyncParams | null = null;
   if (c.maybeSp()) {
-    if (c.keyword('RETURN') !== 'RETURN') c.fail('Expected RETURN');
-    c.sp();
-    c.list(() => c.keyword('a return option'), true);
+    c.list(() => {
+      const param = c.keyword('a select parameter');
+      if (param === 'CONDSTORE') condstore = true;
+      else if (param === 'QRESYNC') {
+        c.sp();
+        qresync = qresyncParams(c);
+      } else c.fail(`Unknown select parameter ${param.slice(0, 32)}`);
+    }, false);
   }
   c.end();
-  return { reference, pattern };
+  return { mailbox: name, condstore, qresync };
+}
+
+/** "(" uidvalidity SP mod-sequence-value [SP known-uids] [SP seq-match-data] ")" (RFC 7162 3.2.5). */
+function qresyncParams(c: Cursor): QresyncParams {
+  c.byte(LPAREN, '(');
+  const uidValidity = c.number('a UIDVALIDITY');
+  c.sp();
+  const modseq = c.modseq();
+  let knownUids: SequenceSet | null = null;
+  let seqMatch: QresyncParams['seqMatch'] = null;
+  if (c.maybeSp()) {
+    if (c.peek() !== LPAREN) {
+      knownUids = c.sequenceSet();
+      if (!c.maybeSp()) {
+        c.byte(RPAREN, ')');
+        return { uidValidity, modseq, knownUids, seqMatch };
+      }
+    }
+    c.byte(LPAREN, '(');
+    const seqs = c.sequenceSet();
+    c.sp();
+    const uids = c.sequenceSet();
+    c.byte(RPAREN, ')');
+    seqMatch = { seqs, uids };
+  }
+  c.byte(RPAREN, ')');
+  if (uidValidity < 1) c.fail('Invalid UIDVALIDITY');
+  return { uidValidity, modseq, knownUids, seqMatch };
+}
+
+const LIST_SELECTION = new Set(['SUBSCRIBED', 'REMOTE', 'RECURSIVEMATCH', 'SPECIAL-USE']);
+const LIST_RETURN = new Set(['SUBSCRIBED', 'CHILDREN', 'SPECIAL-USE', 'STATUS']);
+
+/**
+ * LIST [SP list-select-opts] SP mailbox SP mbox-or-pat [SP list-return-opts] (RFC 5258 3,
+ * RFC 5819, RFC 6154 5.1). LSUB takes only the basic form.
+ */
+function listArgs(c: Cursor, lsub: boolean): ListArgs {
+  c.sp();
+  const selection: string[] = [];
+  let extended = false;
+  if (!lsub && c.peek() === LPAREN) {
+    extended = true;
+    for (const option of c.list(() => c.keyword('a selection option'), true)) {
+      if (!LIST_SELECTION.has(option)) c.fail(`Unknown LIST selection option ${option.slice(0, 32)}`);
+      selection.push(option);
+    }
+    // RFC 5258 3.1: RECURSIVEMATCH alone is an error.
+    if (selection.includes('RECURSIVEMATCH') && selection.length === 1)
+      c.fail('RECURSIVEMATCH needs another option');
+    c.sp();
+  }
+  const reference = mailboxNameFromWire(c.astring('a reference'));
+  c.sp();
+  const patterns: string[] = [];
+  if (!lsub && c.peek() === LPAREN) {
+    extended = true;
+    for (const p of c.list(() => c.listMailbox(), false)) patterns.push(mailboxNameFromWire(p));
+  } else {
+    patterns.push(mailboxNameFromWire(c.listMailbox()));
+  }
+  const returnOptions: string[] = [];
+  let statusItems: string[] | null = null;
+  if (!lsub && c.maybeSp()) {
+    extended = true;
+    if (c.keyword('RETURN') !== 'RETURN') c.fail('Expected RETURN');
+    c.sp();
+    c.list(() => {
+      const option = c.keyword('a return option');
+      if (!LIST_RETURN.has(option)) c.fail(`Unknown LIST return option ${option.slice(0, 32)}`);
+      if (option === 'STATUS') {
+        c.sp();
+        statusItems = c.list(() => c.keyword('a status item'), false);
+      }
+      returnOptions.push(option);
+    }, true);
+  }
+  c.end();
+  return { reference, patterns, selection, returnOptions, statusItems, extended };
+}
+
+/** One MULTIAPPEND message: [flag-list SP] [date-time SP] (literal / literal8 / UTF8 (literal8)). */
+function appendMessage(c: Cursor): AppendMessage {
+  let flags: string[] = [];
+  let date: number | null = null;
+  if (c.peek() === LPAREN) {
+    flags = flagList(c);
+    c.sp();
+  }
+  if (c.peek() === DQUOTE) {
+    date = dateTime(c);
+    c.sp();
+  }
+  // RFC 6855 4: UTF8 (literal8) carries a message with UTF-8 headers.
+  if (c.lookingAt('UTF8 (')) {
+    c.keyword();
+    c.sp();
+    c.byte(LPAREN, '(');
+    const message = c.literal(true);
+    c.byte(RPAREN, ')');
+    return { flags, date, message };
+  }
+  // RFC 3516 4.4: APPEND accepts a literal8 (`~{n}`).
+  if (c.peek() !== LBRACE && c.peek() !== TILDE) c.fail('APPEND needs the message as a literal');
+  const message = c.literal(true);
+  return c.lastLiteralStreamed ? { flags, date, message, streamed: true } : { flags, date, message };
 }
 
 function copyArgs(c: Cursor): { set: SequenceSet; mailbox: string } {
@@ -835,7 +1156,21 @@ export function parseCommand(frame: Frame): ParseResult {
 function parseSearch(c: Cursor): CommandArgs['SEARCH'] {
   c.sp();
   let charset: string | null = null;
+  let returns: SearchReturn[] | null = null;
   const keys: SearchKey[] = [];
+  // RFC 4731 3: search-return-opts come first.
+  if (c.lookingAt('RETURN ')) {
+    c.keyword();
+    c.sp();
+    returns = c.list(() => {
+      const option = c.keyword('a search return option');
+      if (!['MIN', 'MAX', 'ALL', 'COUNT', 'SAVE'].includes(option)) {
+        c.fail(`Unknown search return option ${option.slice(0, 32)}`);
+      }
+      return option as SearchReturn;
+    }, true);
+    c.sp();
+  }
   if (charsetAhead(c)) {
     c.keyword();
     c.sp();
@@ -847,7 +1182,16 @@ function parseSearch(c: Cursor): CommandArgs['SEARCH'] {
     if (!c.maybeSp()) break;
   }
   c.end();
-  return { charset, key: keys.length === 1 ? (keys[0] as SearchKey) : { op: 'and', keys } };
+  return { charset, returns, key: keys.length === 1 ? (keys[0] as SearchKey) : { op: 'and', keys } };
+}
+
+/** 1*(SP search-key) to the end of the command. */
+function searchCriteria(c: Cursor): SearchKey {
+  const keys: SearchKey[] = [];
+  while (c.maybeSp()) keys.push(searchKey(c, 0));
+  if (keys.length === 0) c.fail('Expected a search key');
+  c.end();
+  return keys.length === 1 ? (keys[0] as SearchKey) : { op: 'and', keys };
 }
 
 function charsetAhead(c: Cursor): boolean {

@@ -23,6 +23,8 @@ export class SelectedMailbox {
   readonly expungePending = new Set<number>();
   /** The folder may have been deleted or renamed under us. */
   folderChanged = false;
+  /** RFC 5182 SEARCHRES: UIDs of the last SEARCH RETURN (SAVE), what `$` stands for. */
+  savedSearch = new Set<number>();
 
   constructor(folder: FolderInfo, messages: readonly MessageMeta[], readOnly: boolean) {
     this.name = folder.name;
@@ -121,6 +123,7 @@ export class SelectedMailbox {
     this.#flags.delete(uid);
     this.#recent.delete(uid);
     this.flagsPending.delete(uid);
+    this.savedSearch.delete(uid);
     this.expungePending.delete(uid);
     return seq;
   }

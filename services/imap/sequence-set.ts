@@ -13,6 +13,9 @@ export interface SeqRange {
 
 export type SequenceSet = readonly SeqRange[];
 
+/** RFC 5182 2.1: `$`, the result of the last SEARCH RETURN (SAVE); compared by identity. */
+export const SAVED_RESULT: SequenceSet = Object.freeze([]);
+
 const NUMBER = /^[1-9]\d{0,9}$/;
 /** RFC 9051 9: nz-number fits in 32 bits. */
 const MAX_NUMBER = 0xffffffff;

@@ -9,14 +9,20 @@
  */
 import { randomBytes } from 'node:crypto';
 import type net from 'node:net';
+import type { Writable } from 'node:stream';
 import tls from 'node:tls';
+import zlib from 'node:zlib';
 import type { Logger } from 'pino';
 import type { Authenticator, MailboxChange, MailboxClient, MessageMeta } from '../core/mailbox-api.ts';
 import { MailboxError } from '../core/mailbox-api.ts';
 import { COMMANDS } from './commands/index.ts';
 import type { CommandSpec } from './commands/common.ts';
 import { storageFailure } from './commands/common.ts';
-import type { SessionContext, SessionState } from './context.ts';
+import type { SessionContext, SessionState, StreamedAppend } from './context.ts';
+import { LiteralPipe } from './literal-pipe.ts';
+import { MessageCache } from './message-cache.ts';
+import type { LiteralSink } from './imap-stream.ts';
+import { storableFlags, isOutcome } from './commands/common.ts';
 import { ImapStream } from './imap-stream.ts';
 import type { Frame, Rejection } from './imap-stream.ts';
 import type { ImapLimits } from './limits.ts';
@@ -25,6 +31,7 @@ import type { ParsedMessage } from './mime-tree.ts';
 import { parseCommand } from './parser.ts';
 import type { Command, CommandName } from './parser.ts';
 import { atom, responseLine, statusLine } from './response.ts';
+import { formatSequenceSet } from './sequence-set.ts';
 import type { SelectedMailbox } from './selected-mailbox.ts';
 import type { ImapValue, Outcome, OutputPart, StreamLiteral } from './response.ts';
 
@@ -34,9 +41,13 @@ export interface SessionOptions {
   logger: Logger;
   hostname: string;
   allowPlaintextAuth: boolean;
+  /** Peers whose connections count as secure without TLS (default: loopback, as Dovecot does). */
+  trustedPeer?: (address: string | undefined) => boolean;
   limits: ImapLimits;
-  /** TLS for STARTTLS; absent when STARTTLS is not offered. */
-  tls?: tls.SecureContext;
+  /** Parsed messages shared with the other sessions of the server. */
+  messages?: MessageCache;
+  /** The current certificate for STARTTLS; absent when STARTTLS is not offered. */
+  tls?: () => tls.SecureContext;
 }
 
 type Input = { kind: 'frame'; frame: Frame } | { kind: 'reject'; rejection: Rejection };
@@ -45,7 +56,7 @@ type Input = { kind: 'frame'; frame: Frame } | { kind: 'reject'; rejection: Reje
 const CHANGE_LOG_SIZE = 256;
 
 /** RFC 9051 7.5.1: FETCH, STORE and SEARCH must not report EXPUNGE; their UID forms may. */
-const NO_EXPUNGE_COMMANDS = new Set<CommandName>(['FETCH', 'STORE', 'SEARCH']);
+const NO_EXPUNGE_COMMANDS = new Set<CommandName>(['FETCH', 'STORE', 'SEARCH', 'SORT', 'THREAD']);
 
 /** 127.0.0.0/8, ::1 and IPv4-mapped loopback. */
 export function isLoopback(address: string | undefined): boolean {
@@ -79,9 +90,17 @@ export class ImapSession implements SessionContext {
   #nextChange: { promise: Promise<void>; resolve: () => void } | null = null;
   #changeLog: MailboxChange[] = [];
   #changeCount = 0;
-  readonly #cache = new Map<string, ParsedMessage>();
-  #cacheBytes = 0;
+  readonly #messages: MessageCache;
+  readonly enabled = new Set<string>();
   #authFailures = 0;
+  /** The APPEND being streamed to storage, until its command takes the result. */
+  #streamedAppend: Promise<StreamedAppend> | null = null;
+  #streamedFolder = '';
+  /** COMPRESS=DEFLATE (RFC 4978): the decompressor of input and compressor of output. */
+  #inflate: zlib.InflateRaw | null = null;
+  #deflate: zlib.DeflateRaw | null = null;
+  /** Reading is paused because storage is behind on a streamed literal. */
+  #literalPaused = false;
   #badCommands = 0;
   readonly #closedPromise: Promise<void>;
   #resolveClosed: () => void = () => undefined;
@@ -89,6 +108,7 @@ export class ImapSession implements SessionContext {
   constructor(socket: net.Socket, options: SessionOptions) {
     this.#options = options;
     this.storage = options.storage;
+    this.#messages = options.messages ?? new MessageCache(options.limits);
     this.auth = options.auth;
     this.limits = options.limits;
     this.hostname = options.hostname;
@@ -99,17 +119,21 @@ export class ImapSession implements SessionContext {
     this.#closedPromise = new Promise((resolve) => {
       this.#resolveClosed = resolve;
     });
-    this.#stream = new ImapStream(options.limits, {
-      frame: (frame) => this.#enqueue({ kind: 'frame', frame }),
-      reject: (rejection) => this.#enqueue({ kind: 'reject', rejection }),
-      continueLiteral: () => {
-        void this.write([Buffer.from('+ Ready for literal data\r\n')]);
+    this.#stream = new ImapStream(
+      { ...options.limits, streamThreshold: options.limits.appendStreamThreshold },
+      {
+        streamLiteral: (segments, size) => this.#streamLiteral(segments, size),
+        frame: (frame) => this.#enqueue({ kind: 'frame', frame }),
+        reject: (rejection) => this.#enqueue({ kind: 'reject', rejection }),
+        continueLiteral: () => {
+          void this.write([Buffer.from('+ Ready for literal data\r\n')]);
+        },
+        fatal: (reason) => {
+          this.logger.info({ reason }, 'closing: unframeable input');
+          void this.write([statusLine('*', 'BYE', reason)]).then(() => this.#destroy());
+        },
       },
-      fatal: (reason) => {
-        this.logger.info({ reason }, 'closing: unframeable input');
-        void this.write([statusLine('*', 'BYE', reason)]).then(() => this.#destroy());
-      },
-    });
+    );
   }
 
   /** Greets the client and serves it until the connection ends. */
@@ -148,11 +172,15 @@ export class ImapSession implements SessionContext {
   }
 
   plaintextAuthAllowed(): boolean {
-    return this.#secure || this.#options.allowPlaintextAuth || isLoopback(this.#raw.remoteAddress);
+    return (
+      this.#secure ||
+      this.#options.allowPlaintextAuth ||
+      (this.#options.trustedPeer ?? isLoopback)(this.#raw.remoteAddress)
+    );
   }
 
   capabilities(): string[] {
-    const caps = ['IMAP4rev1'];
+    const caps = ['IMAP4rev1', 'IMAP4rev2'];
     if (this.#state.kind === 'notAuthenticated') {
       if (this.tlsAvailable) caps.push('STARTTLS');
       // RFC 9051 6.2.3: LOGINDISABLED when password logins are refused on this connection.
@@ -162,7 +190,32 @@ export class ImapSession implements SessionContext {
     }
     caps.push('LITERAL+', 'ID', 'IDLE', 'NAMESPACE', 'UIDPLUS', 'MOVE', 'UNSELECT', 'ENABLE');
     caps.push('SPECIAL-USE', 'CHILDREN');
+    if (this.#state.kind !== 'notAuthenticated') {
+      if (!this.#deflate) caps.push('COMPRESS=DEFLATE');
+      // Extensions of the authenticated states (RFC 9051 7.2.2: the list may grow after login).
+      caps.push('LIST-EXTENDED', 'LIST-STATUS', 'ESEARCH', 'SEARCHRES', 'CONDSTORE', 'QRESYNC');
+      caps.push('MULTIAPPEND', `APPENDLIMIT=${this.limits.maxLiteralBytes}`, 'BINARY', 'UTF8=ACCEPT');
+      caps.push('QUOTA', 'QUOTA=RES-STORAGE', 'QUOTA=RES-MESSAGE', 'STATUS=SIZE');
+      caps.push('SORT', 'SORT=DISPLAY', 'THREAD=ORDEREDSUBJECT');
+    }
     return caps;
+  }
+
+  async reportExpunged(uids: readonly number[]): Promise<void> {
+    const state = this.#state;
+    if (state.kind !== 'selected') return;
+    const mailbox = state.mailbox;
+    const sorted = [...uids].sort((a, b) => a - b);
+    if (this.enabled.has('QRESYNC')) {
+      const gone = sorted.filter((uid) => mailbox.remove(uid) > 0);
+      if (gone.length > 0) await this.untagged(`VANISHED ${formatSequenceSet(gone)}`);
+      return;
+    }
+    // RFC 9051 7.5.1: each EXPUNGE renumbers the rest, so ascending UIDs keep their order right.
+    for (const uid of sorted) {
+      const seq = mailbox.remove(uid);
+      if (seq > 0) await this.untagged(`${seq} EXPUNGE`);
+    }
   }
 
   /** Tells the client the server is going away and closes (server shutdown). */
@@ -180,7 +233,9 @@ export class ImapSession implements SessionContext {
 
   #attach(socket: net.Socket): void {
     socket.on('data', (chunk: Buffer) => {
-      if (socket === this.#socket) this.#stream.push(chunk);
+      if (socket !== this.#socket) return;
+      if (this.#inflate) this.#inflate.write(chunk);
+      else this.#stream.push(chunk);
     });
     socket.on('error', (error) => {
       this.logger.debug({ err: error }, 'socket error');
@@ -207,7 +262,7 @@ export class ImapSession implements SessionContext {
     const next = this.#input.shift();
     if (this.#paused && this.#input.length < this.limits.maxQueuedCommands) {
       this.#paused = false;
-      this.#socket.resume();
+      if (!this.#literalPaused) this.#socket.resume();
     }
     if (next) {
       this.#resetTimer();
@@ -249,6 +304,83 @@ export class ImapSession implements SessionContext {
   }
 
   async #handle(input: Input): Promise<void> {
+    const owns =
+      input.kind === 'frame' ? (input.frame.streamed?.length ?? 0) > 0 : input.rejection.streamed === true;
+    try {
+      await this.#dispatch(input);
+    } finally {
+      // A streamed APPEND whose command did not take it (BAD, rejected) must not stay stored.
+      const orphan = owns ? this.#streamedAppend : null;
+      if (owns) this.#streamedAppend = null;
+      this.#streamedAppend = null;
+      if (orphan) await this.#rollBack(orphan);
+    }
+  }
+
+  async #rollBack(orphan: Promise<StreamedAppend>): Promise<void> {
+    const result = await orphan;
+    const state = this.#state;
+    if (!result.ok || (state.kind !== 'authenticated' && state.kind !== 'selected')) return;
+    const folder = this.#streamedFolder;
+    await this.storage.expunge(state.user, folder, [result.uid], true, this.id).catch((error: unknown) => {
+      this.logger.warn({ err: error, folder, uid: result.uid }, 'could not remove an abandoned APPEND');
+    });
+  }
+
+  /**
+   * RFC 9051 6.3.12: a large APPEND goes to storage while its literal arrives, when it is the
+   * only thing pending: single message, state allows APPEND, nothing queued before it. Anything
+   * else is buffered and handled as usual.
+   */
+  #streamLiteral(segments: readonly Buffer[], size: number): LiteralSink | null {
+    const state = this.#state;
+    if (state.kind !== 'authenticated' && state.kind !== 'selected') return null;
+    if (segments.length !== 1 || this.#input.length > 0 || this.#streamedAppend) return null;
+    const head = parseCommand({
+      segments: [segments[0] as Buffer, Buffer.alloc(0)],
+      literals: [Buffer.alloc(size > 0 ? 1 : 0)],
+    });
+    if (!head.ok || head.command.name !== 'APPEND') return null;
+    const { mailbox, messages } = head.command.args;
+    const first = messages[0];
+    if (messages.length !== 1 || !first) return null;
+    const flags = storableFlags(first.flags);
+    if (isOutcome(flags)) return null;
+    const pipe = new LiteralPipe(this.limits.literalHighWater, () => {
+      if (!this.#literalPaused) return;
+      this.#literalPaused = false;
+      if (!this.#paused) this.#socket.resume();
+    });
+    const user = state.user;
+    this.#streamedFolder = mailbox;
+    this.#streamedAppend = this.storage
+      .appendStream(user, mailbox, pipe, flags, first.date ?? undefined, this.id)
+      .then(
+        (r): StreamedAppend => ({ ok: true, uid: r.uid, uidValidity: r.uidValidity }),
+        (error: unknown): StreamedAppend => ({ ok: false, error }),
+      )
+      .finally(() => pipe.discard());
+    return {
+      write: (chunk) => {
+        const more = pipe.write(chunk);
+        if (!more && !this.#literalPaused) {
+          this.#literalPaused = true;
+          this.#socket.pause();
+        }
+        return more;
+      },
+      end: () => pipe.end(),
+      abort: (reason) => pipe.abort(reason),
+    };
+  }
+
+  takeStreamedAppend(): Promise<StreamedAppend> | null {
+    const taken = this.#streamedAppend;
+    this.#streamedAppend = null;
+    return taken;
+  }
+
+  async #dispatch(input: Input): Promise<void> {
     if (input.kind === 'reject') {
       await this.#rejected(input.rejection);
       return;
@@ -343,11 +475,18 @@ export class ImapSession implements SessionContext {
     for (const part of parts) {
       if (this.#closed || this.#socket.destroyed) return;
       if (Buffer.isBuffer(part)) {
-        if (!this.#socket.write(part)) await this.#drain();
+        if (!this.#out().write(part)) await this.#drain();
       } else {
         await this.#writeStream(part);
       }
     }
+    // RFC 4978 4: each response is flushed so the client can decompress it at once.
+    this.#deflate?.flush(zlib.constants.Z_SYNC_FLUSH);
+  }
+
+  /** Where output goes: the socket, or the compressor in front of it (COMPRESS=DEFLATE). */
+  #out(): Writable {
+    return this.#deflate ?? this.#socket;
   }
 
   /** Streams a literal body; its announced size must be exact or the connection is lost. */
@@ -359,7 +498,7 @@ export class ImapSession implements SessionContext {
         const bytes = Buffer.from(chunk.buffer, chunk.byteOffset, chunk.byteLength);
         const take = bytes.subarray(0, part.size - sent);
         sent += take.length;
-        if (take.length > 0 && !this.#socket.write(take)) await this.#drain();
+        if (take.length > 0 && !this.#out().write(take)) await this.#drain();
         if (sent >= part.size) break;
       }
     } catch (error) {
@@ -376,7 +515,7 @@ export class ImapSession implements SessionContext {
   }
 
   #drain(): Promise<void> {
-    const socket = this.#socket;
+    const socket = this.#out();
     if (socket.destroyed) return Promise.resolve();
     return new Promise((resolve) => {
       const done = (): void => {
@@ -410,7 +549,8 @@ export class ImapSession implements SessionContext {
     if (this.#closing) return;
     this.#closing = true;
     await this.#writeChain;
-    this.#socket.end();
+    if (this.#deflate) this.#deflate.end();
+    else this.#socket.end();
     // A peer that does not close its side is cut off after the grace period.
     const timer = setTimeout(() => this.#destroy(), this.limits.shutdownGraceMs);
     timer.unref();
@@ -424,6 +564,7 @@ export class ImapSession implements SessionContext {
   #onClosed(): void {
     if (this.#closed) return;
     this.#closed = true;
+    this.#stream.close();
     if (this.#timer) clearTimeout(this.#timer);
     this.#timer = null;
     if (this.#unwatch) {
@@ -431,7 +572,6 @@ export class ImapSession implements SessionContext {
       this.#unwatch = null;
     }
     this.setState({ kind: 'logout' });
-    this.#cache.clear();
     this.#input = [];
     const waiter = this.#inputWaiter;
     this.#inputWaiter = null;
@@ -440,8 +580,29 @@ export class ImapSession implements SessionContext {
     this.#resolveClosed();
   }
 
+  get compressed(): boolean {
+    return this.#deflate !== null;
+  }
+
+  startCompression(): void {
+    if (this.#deflate || this.#closed) return;
+    // RFC 4978 4: raw DEFLATE (RFC 1951) both ways, from the octet after the tagged OK.
+    const inflate = zlib.createInflateRaw();
+    const deflate = zlib.createDeflateRaw();
+    inflate.on('data', (chunk: Buffer) => this.#stream.push(chunk));
+    const broken = (error: Error): void => {
+      this.logger.info({ err: error }, 'compressed stream broken');
+      this.#destroy();
+    };
+    inflate.on('error', broken);
+    deflate.on('error', broken);
+    deflate.pipe(this.#socket);
+    this.#inflate = inflate;
+    this.#deflate = deflate;
+  }
+
   async startTls(): Promise<void> {
-    const context = this.#options.tls;
+    const context = this.#options.tls?.();
     if (!context) return;
     // RFC 9051 6.2.1: anything the client sent after STARTTLS in plaintext is discarded.
     this.#stream.reset();
@@ -562,10 +723,7 @@ export class ImapSession implements SessionContext {
           throw new MailboxError('NONEXISTENT', 'Mailbox replaced');
       }
       if (options.expunge && mailbox.expungePending.size > 0) {
-        for (const uid of [...mailbox.expungePending].sort((a, b) => a - b)) {
-          const seq = mailbox.remove(uid);
-          if (seq > 0) await this.untagged(`${seq} EXPUNGE`);
-        }
+        await this.reportExpunged([...mailbox.expungePending]);
       }
       if (mailbox.appendPending || options.appends) {
         mailbox.appendPending = false;
@@ -580,9 +738,10 @@ export class ImapSession implements SessionContext {
           for (const meta of messages) {
             if (!mailbox.setFlags(meta.uid, meta.flags)) continue;
             const seq = mailbox.seqOf(meta.uid);
-            await this.untagged(`${seq} FETCH`, [
-              [atom('UID'), meta.uid, atom('FLAGS'), mailbox.reportedFlags(meta.uid).map(atom)],
-            ]);
+            const values: ImapValue[] = [atom('UID'), meta.uid, atom('FLAGS'), this.reportedFlags(meta.uid)];
+            // RFC 7162 3.1.4: once CONDSTORE is on, unsolicited FETCH carries MODSEQ.
+            if (this.enabled.has('CONDSTORE')) values.push(atom('MODSEQ'), [meta.modseq]);
+            await this.untagged(`${seq} FETCH`, [values]);
           }
         }
       }
@@ -618,33 +777,31 @@ export class ImapSession implements SessionContext {
     }
     if (added > 0) {
       await this.untagged(`${mailbox.exists} EXISTS`);
-      await this.untagged(`${mailbox.recentCount} RECENT`);
+      // RFC 9051 7.4: IMAP4rev2 has no RECENT response.
+      if (!this.enabled.has('IMAP4rev2')) await this.untagged(`${mailbox.recentCount} RECENT`);
     }
+  }
+
+  /** FLAGS as reported: `\Recent` only for IMAP4rev1 clients (RFC 9051 removed it). */
+  reportedFlags(uid: number): ImapValue[] {
+    const state = this.#state;
+    if (state.kind !== 'selected') return [];
+    const flags = state.mailbox.reportedFlags(uid);
+    const shown = this.enabled.has('IMAP4rev2') ? flags.filter((f) => f !== '\\Recent') : flags;
+    return shown.map(atom);
   }
 
   // -------------------------------------------------------------------------------------------
   // Message cache
 
+  cachedMessage(blob: string): ParsedMessage | null {
+    return this.#messages.peek(blob);
+  }
+
   async parsedMessage(meta: MessageMeta): Promise<ParsedMessage> {
-    const cached = this.#cache.get(meta.blob);
-    if (cached) {
-      this.#cache.delete(meta.blob);
-      this.#cache.set(meta.blob, cached);
-      return cached;
-    }
-    const raw = await this.storage.readBody(meta.blob);
-    const parsed = parseMessage(raw, this.limits);
-    this.#cache.set(meta.blob, parsed);
-    this.#cacheBytes += raw.length;
-    while (
-      this.#cache.size > this.limits.parsedMessageCache ||
-      (this.#cacheBytes > this.limits.parsedMessageCacheBytes && this.#cache.size > 1)
-    ) {
-      const [oldest, value] = this.#cache.entries().next().value as [string, ParsedMessage];
-      this.#cache.delete(oldest);
-      this.#cacheBytes -= value.raw.length;
-    }
-    return parsed;
+    return this.#messages.get(meta.blob, async () =>
+      parseMessage(await this.storage.readBody(meta.blob), this.limits),
+    );
   }
 }
 

@@ -10,6 +10,11 @@ import { counter, histogram } from '../core/metrics.ts';
 import { MailboxError } from '../core/mailbox-api.ts';
 import { MailboxStore } from './store.ts';
 import { changePublisher, serveRpc } from './rpc.ts';
+import { BlobRefs } from './blob-refs.ts';
+
+/** How often each replica copies reference stamps to the blob records, and sweeps unreferenced bodies. */
+const COLLECT_EVERY_MS = 2_000;
+const SWEEP_EVERY_MS = 60_000;
 
 const stored = counter('postino_mailbox_appended_total', 'Messages filed into mailboxes', ['result']);
 const endToEnd = histogram(
@@ -22,8 +27,35 @@ const endToEnd = histogram(
 export async function start(rt: Runtime): Promise<Service> {
   const { nats, logger } = rt;
   const log = logger.child({ service: 'mailbox-store' });
-  const store = new MailboxStore(rt.redis, rt.config.redisPrefix, rt.blobs, changePublisher(nats));
+  const refs = new BlobRefs(rt.redis, rt.config.redisPrefix, {
+    graceMs: rt.config.blobGcGrace,
+    deleteBody: (id) => rt.blobs.delete(id),
+    logger: log,
+  });
+  rt.blobs.onPut(refs.touch);
+  const store = new MailboxStore(rt.redis, rt.config.redisPrefix, rt.blobs, changePublisher(nats), {
+    limits: (user) => rt.directory.quotaOf(user),
+    journalMax: rt.config.mailboxJournalMax,
+    blobsChanged: refs.changed,
+  });
   const rpc = serveRpc(nats, store, log);
+
+  // Background rounds, one at a time per replica; a failed round is logged and the next one retries.
+  let busy = false;
+  let lastSweep = Date.now();
+  const gc = setInterval(() => {
+    if (busy) return;
+    busy = true;
+    void (async () => {
+      await refs.collect(store);
+      if (Date.now() - lastSweep >= SWEEP_EVERY_MS) {
+        lastSweep = Date.now();
+        await refs.sweep();
+      }
+    })()
+      .catch((err: unknown) => log.warn({ err }, 'blob collector round failed'))
+      .finally(() => (busy = false));
+  }, COLLECT_EVERY_MS);
 
   const consumer = consume(nats, {
     name: 'mailboxStore',
@@ -32,27 +64,28 @@ export async function start(rt: Runtime): Promise<Service> {
     handler: async (msg) => {
       const d = decode(pb.LocalDelivery, msg.data);
       const folder = d.folder || 'INBOX';
+      const body = { id: d.body?.id ?? '', size: Number(d.body?.size ?? 0) };
+      const receivedAt = Number(d.receivedAt) || Date.now();
+      // The idempotency key makes a redelivered entry a no-op (invariant 3).
+      const fileInto = (f: string) => store.appendBlob(d.user, f, body, [], receivedAt, d.idempotencyKey);
       let res;
       try {
-        res = await store.appendBlob(
-          d.user,
-          folder,
-          { id: d.body?.id ?? '', size: Number(d.body?.size ?? 0) },
-          [],
-          Number(d.receivedAt) || Date.now(),
-          d.idempotencyKey,
-        );
+        try {
+          res = await fileInto(folder);
+        } catch (err) {
+          // A folder named by a filter that does not exist (any more): the INBOX gets it.
+          if (err instanceof MailboxError && err.code === 'NONEXISTENT' && folder !== 'INBOX') {
+            res = await fileInto('INBOX');
+          } else throw err;
+        }
       } catch (err) {
-        if (err instanceof MailboxError && err.code === 'NONEXISTENT' && folder !== 'INBOX') {
-          res = await store.appendBlob(
-            d.user,
-            'INBOX',
-            { id: d.body?.id ?? '', size: Number(d.body?.size ?? 0) },
-            [],
-            Number(d.receivedAt) || Date.now(),
-            d.idempotencyKey,
-          );
-        } else throw err;
+        // Over quota: defer (RFC 3463 4.2.2 "mailbox full" is temporary); JetStream redelivers later.
+        if (err instanceof MailboxError && err.code === 'OVERQUOTA') {
+          stored.inc({ result: 'overquota' });
+          log.info({ queueId: d.queueId, user: d.user }, 'mailbox full, delivery deferred');
+          return { retryInMs: rt.config.mailboxOverQuotaRetry, reason: '452 4.2.2 mailbox full' };
+        }
+        throw err;
       }
       stored.inc({ result: res.created ? 'stored' : 'duplicate' });
       if (res.created) endToEnd.observe((Date.now() - Number(d.receivedAt)) / 1000);
@@ -77,6 +110,7 @@ export async function start(rt: Runtime): Promise<Service> {
 
   return {
     async stop() {
+      clearInterval(gc);
       await rpc.drain().catch(() => rpc.unsubscribe());
       await consumer.stop();
     },

@@ -19,7 +19,38 @@ import {
   type MessageMeta,
 } from '../core/mailbox-api.ts';
 import { histogram } from '../core/metrics.ts';
-import type { MailboxStore } from './store.ts';
+import { BATCH, type MailboxStore } from './store.ts';
+
+/**
+ * Replies stay under this many bytes (NATS max_payload defaults to 1 MiB): a longer page is cut
+ * and the client asks again from `next_uid`.
+ */
+export const MAX_REPLY_BYTES = 768 * 1024;
+/** UIDs per request from the client: a request stays far below max_payload (5 bytes a UID at most). */
+const UIDS_PER_REQUEST = 5_000;
+
+function chunks(uids: number[], size = UIDS_PER_REQUEST): number[][] {
+  const sorted = [...new Set(uids)].sort((a, b) => a - b);
+  const out: number[][] = [];
+  for (let i = 0; i < sorted.length; i += size) out.push(sorted.slice(i, i + size));
+  return out;
+}
+
+/** Encodes a MessagesReply, cutting the page (and telling where to go on) if it would be too big. */
+function messagesReply(folder: FolderInfo | null, messages: MessageMeta[]): Uint8Array {
+  let n = messages.length;
+  for (;;) {
+    const page = messages.slice(0, n);
+    const next = n < messages.length ? (messages[n]?.uid ?? 0) : 0;
+    const bytes = encode(pb.MessagesReply, {
+      folder: folder ? folderOut(folder) : null,
+      messages: page,
+      nextUid: next,
+    });
+    if (bytes.length <= MAX_REPLY_BYTES || n <= 1) return bytes;
+    n = Math.ceil(n / 2);
+  }
+}
 
 type Folder = ConstructorParameters<typeof pb.Folder>[0];
 
@@ -98,17 +129,78 @@ function handlers(store: MailboxStore): Record<string, (data: Uint8Array) => Pro
     messages: async (d) => {
       const q = decode(pb.MessagesRequest, d);
       try {
-        const r = await store.messages(q.user, q.folder, q.uids);
-        return encode(pb.MessagesReply, { folder: folderOut(r.folder), messages: r.messages });
+        if (q.uids.length > UIDS_PER_REQUEST)
+          throw new MailboxError('INVALID', 'too many UIDs in one request');
+        // Paged: one page of a UID range. Unpaged without UIDs: the first page only, cut below.
+        const r =
+          q.limit > 0 || q.uids.length === 0
+            ? await store.messageRange(
+                q.user,
+                q.folder,
+                q.firstUid || 1,
+                q.lastUid || 0xffffffff,
+                q.limit || BATCH,
+              )
+            : await store.messages(q.user, q.folder, q.uids);
+        return messagesReply(r.folder, r.messages);
       } catch (err) {
         return encode(pb.MessagesReply, { error: errorOut(err) });
+      }
+    },
+    changed: async (d) => {
+      const q = decode(pb.ChangedSinceRequest, d);
+      try {
+        if (q.uids.length > UIDS_PER_REQUEST)
+          throw new MailboxError('INVALID', 'too many UIDs in one request');
+        // With UIDs: those changed, ascending UID. Without: one page in MODSEQ order.
+        const rows =
+          q.uids.length > 0
+            ? await store.changedSince(q.user, q.folder, Number(q.modseq), q.uids)
+            : await store.changedPage(q.user, q.folder, Number(q.modseq), q.limit || BATCH);
+        return messagesReply(null, rows);
+      } catch (err) {
+        return encode(pb.MessagesReply, { error: errorOut(err) });
+      }
+    },
+    expunged: async (d) => {
+      const q = decode(pb.ExpungedSinceRequest, d);
+      try {
+        const uids = await store.expungedSince(q.user, q.folder, Number(q.modseq));
+        return encode(pb.ExpungedSinceReply, { complete: uids !== null, uids: uids ?? [] });
+      } catch (err) {
+        return encode(pb.ExpungedSinceReply, { error: errorOut(err) });
+      }
+    },
+    quota: async (d) => {
+      const q = decode(pb.QuotaRequest, d);
+      try {
+        return encode(pb.QuotaReply, await store.quota(q.user));
+      } catch (err) {
+        return encode(pb.QuotaReply, { error: errorOut(err) });
       }
     },
     store: async (d) => {
       const q = decode(pb.StoreFlagsRequest, d);
       try {
-        const r = await store.storeFlags(q.user, q.folder, q.uids, q.op as FlagOp, q.flags, q.origin);
-        return encode(pb.StoreFlagsReply, { messages: r });
+        if (q.uids.length > UIDS_PER_REQUEST)
+          throw new MailboxError('INVALID', 'too many UIDs in one request');
+        const r = q.conditional
+          ? await store.storeFlagsIf(
+              q.user,
+              q.folder,
+              q.uids,
+              q.op as FlagOp,
+              q.flags,
+              Number(q.unchangedSince),
+              q.origin,
+            )
+          : {
+              messages: await store.storeFlags(q.user, q.folder, q.uids, q.op as FlagOp, q.flags, q.origin),
+              failed: [],
+            };
+        // Flags are bounded (128 octets each), but a reply of thousands of messages is cut: the
+        // client then re-reads the rest with `messages`.
+        return encode(pb.StoreFlagsReply, { messages: r.messages, modified: r.failed });
       } catch (err) {
         return encode(pb.StoreFlagsReply, { error: errorOut(err) });
       }
@@ -201,7 +293,12 @@ export function serveRpc(nats: Nats, store: MailboxStore, logger: Logger): Subsc
         () => handler(msg.data),
       )
         .then((reply) => msg.respond(reply))
-        .catch((e: unknown) => logger.error({ err: e, op }, 'rpc handler failed'))
+        .catch((e: unknown) => {
+          // Undecodable request or a bug: answer anyway, so the caller never waits for a timeout.
+          // Every reply type has the error string as field 1, so a SimpleReply decodes as any.
+          logger.warn({ err: e, op }, 'rpc request failed');
+          msg.respond(encode(pb.SimpleReply, { error: `INVALID ${(e as Error).message}` }));
+        })
         .finally(() => end());
     },
   });
@@ -251,13 +348,113 @@ export class MailboxRpcClient implements MailboxClient {
     folder: string,
     uids: number[] = [],
   ): Promise<{ folder: FolderInfo; messages: MessageMeta[] }> {
+    const messages: MessageMeta[] = [];
+    let info: FolderInfo | undefined;
+    if (uids.length === 0) {
+      let first = 1;
+      for (;;) {
+        const page = await this.messageRange(user, folder, first, 0xffffffff, BATCH);
+        info = page.folder;
+        for (const m of page.messages) messages.push(m);
+        const tail = page.messages.at(-1);
+        if (!tail) break;
+        first = tail.uid + 1;
+      }
+      return { folder: info, messages };
+    }
+    for (let todo of chunks(uids)) {
+      while (todo.length > 0) {
+        const r = await this.#call(
+          'messages',
+          encode(pb.MessagesRequest, { user, folder, uids: todo }),
+          pb.MessagesReply,
+        );
+        check(r.error);
+        info = folderIn(r.folder);
+        for (const m of r.messages) messages.push(metaIn(m));
+        todo = r.nextUid ? todo.filter((u) => u >= r.nextUid) : [];
+      }
+    }
+    return { folder: info ?? (await this.status(user, folder)), messages };
+  }
+
+  async messageRange(
+    user: string,
+    folder: string,
+    first: number,
+    last: number,
+    limit = BATCH,
+  ): Promise<{ folder: FolderInfo; messages: MessageMeta[] }> {
     const r = await this.#call(
       'messages',
-      encode(pb.MessagesRequest, { user, folder, uids }),
+      encode(pb.MessagesRequest, { user, folder, firstUid: first, lastUid: last, limit: Math.max(1, limit) }),
       pb.MessagesReply,
     );
     check(r.error);
+    // A page cut for size simply ends early; the caller goes on from its last UID + 1.
     return { folder: folderIn(r.folder), messages: r.messages.map(metaIn) };
+  }
+
+  async changedSince(
+    user: string,
+    folder: string,
+    modseq: number,
+    uids: number[] = [],
+  ): Promise<MessageMeta[]> {
+    const out: MessageMeta[] = [];
+    if (uids.length > 0) {
+      for (let todo of chunks(uids)) {
+        while (todo.length > 0) {
+          const r = await this.#call(
+            'changed',
+            encode(pb.ChangedSinceRequest, { user, folder, modseq, uids: todo }),
+            pb.MessagesReply,
+          );
+          check(r.error);
+          for (const m of r.messages) out.push(metaIn(m));
+          todo = r.nextUid ? todo.filter((u) => u >= r.nextUid) : [];
+        }
+      }
+    } else {
+      // Pages in MODSEQ order (unique per message): go on above the last MODSEQ while a page is
+      // full or was cut for size.
+      for (let since = modseq; ;) {
+        const r = await this.#call(
+          'changed',
+          encode(pb.ChangedSinceRequest, { user, folder, modseq: since, limit: BATCH }),
+          pb.MessagesReply,
+        );
+        check(r.error);
+        for (const m of r.messages) out.push(metaIn(m));
+        const tail = r.messages.at(-1);
+        if (!tail || (r.messages.length < BATCH && !r.nextUid)) break;
+        since = Number(tail.modseq);
+      }
+    }
+    return out.sort((a, b) => a.uid - b.uid);
+  }
+
+  async expungedSince(user: string, folder: string, modseq: number): Promise<number[] | null> {
+    const r = await this.#call(
+      'expunged',
+      encode(pb.ExpungedSinceRequest, { user, folder, modseq }),
+      pb.ExpungedSinceReply,
+    );
+    check(r.error);
+    return r.complete ? r.uids : null;
+  }
+
+  async quota(
+    user: string,
+  ): Promise<{ storageUsed: number; storageLimit: number; messagesUsed: number; messagesLimit: number }> {
+    const r = await this.#call('quota', encode(pb.QuotaRequest, { user }), pb.QuotaReply);
+    check(r.error);
+    return {
+      storageUsed: Number(r.storageUsed),
+      storageLimit: Number(r.storageLimit),
+      messagesUsed: Number(r.messagesUsed),
+      messagesLimit: Number(r.messagesLimit),
+    };
   }
 
   async storeFlags(
@@ -268,23 +465,94 @@ export class MailboxRpcClient implements MailboxClient {
     flags: string[],
     origin = '',
   ): Promise<MessageMeta[]> {
-    const r = await this.#call(
-      'store',
-      encode(pb.StoreFlagsRequest, { user, folder, uids, op, flags, origin }),
-      pb.StoreFlagsReply,
-    );
-    check(r.error);
-    return r.messages.map(metaIn);
+    return (await this.#store(user, folder, uids, op, flags, null, origin)).messages;
+  }
+
+  async storeFlagsIf(
+    user: string,
+    folder: string,
+    uids: number[],
+    op: FlagOp,
+    flags: string[],
+    unchangedSince: number,
+    origin = '',
+  ): Promise<{ messages: MessageMeta[]; failed: number[] }> {
+    return this.#store(user, folder, uids, op, flags, unchangedSince, origin);
+  }
+
+  async #store(
+    user: string,
+    folder: string,
+    uids: number[],
+    op: FlagOp,
+    flags: string[],
+    unchangedSince: number | null,
+    origin: string,
+  ): Promise<{ messages: MessageMeta[]; failed: number[] }> {
+    const messages: MessageMeta[] = [];
+    const failed: number[] = [];
+    // A page of STORE replies: 1,000 messages with flags of at most 128 octets stay under the limit
+    // for any reasonable number of keywords per message.
+    for (const part of chunks(uids, BATCH)) {
+      const r = await this.#call(
+        'store',
+        encode(pb.StoreFlagsRequest, {
+          user,
+          folder,
+          uids: part,
+          op,
+          flags,
+          origin,
+          conditional: unchangedSince !== null,
+          unchangedSince: unchangedSince ?? 0,
+        }),
+        pb.StoreFlagsReply,
+      );
+      check(r.error);
+      for (const m of r.messages) messages.push(metaIn(m));
+      failed.push(...r.modified);
+    }
+    return { messages, failed };
   }
 
   async expunge(user: string, folder: string, uids: number[], force = false, origin = ''): Promise<number[]> {
+    const out: number[] = [];
+    for (const part of chunks(uids)) {
+      const r = await this.#call(
+        'expunge',
+        encode(pb.ExpungeRequest, { user, folder, uids: part, force, origin }),
+        pb.ExpungeReply,
+      );
+      check(r.error);
+      out.push(...r.expunged);
+    }
+    return out;
+  }
+
+  async appendStream(
+    user: string,
+    folder: string,
+    body: AsyncIterable<Uint8Array>,
+    flags: string[],
+    internalDate = Date.now(),
+    origin = '',
+  ): Promise<{ uid: number; uidValidity: number }> {
+    // Fail early, before storing the body, when the folder is missing or the user is at the limit.
+    const [q] = await Promise.all([this.quota(user), this.status(user, folder)]);
+    if (
+      (q.storageLimit > 0 && q.storageUsed >= q.storageLimit) ||
+      (q.messagesLimit > 0 && q.messagesUsed >= q.messagesLimit)
+    ) {
+      throw new MailboxError('OVERQUOTA', 'mailbox is full');
+    }
+    const blob = await this.#blobs.putStream(body);
     const r = await this.#call(
-      'expunge',
-      encode(pb.ExpungeRequest, { user, folder, uids, force, origin }),
-      pb.ExpungeReply,
+      'append',
+      encode(pb.AppendRequest, { user, folder, blob: blob.id, size: blob.size, flags, internalDate, origin }),
+      pb.AppendReply,
     );
     check(r.error);
-    return r.expunged;
+    return { uid: r.uid, uidValidity: r.uidValidity };
   }
 
   async append(
@@ -306,13 +574,20 @@ export class MailboxRpcClient implements MailboxClient {
   }
 
   async copy(user: string, folder: string, uids: number[], target: string, move: boolean, origin = '') {
-    const r = await this.#call(
-      'copy',
-      encode(pb.CopyRequest, { user, folder, uids, target, move, origin }),
-      pb.CopyReply,
-    );
-    check(r.error);
-    return { uidValidity: r.uidValidity, sourceUids: r.sourceUids, targetUids: r.targetUids };
+    const res = { uidValidity: 0, sourceUids: [] as number[], targetUids: [] as number[] };
+    const parts = chunks(uids);
+    for (const part of parts.length > 0 ? parts : [[]]) {
+      const r = await this.#call(
+        'copy',
+        encode(pb.CopyRequest, { user, folder, uids: part, target, move, origin }),
+        pb.CopyReply,
+      );
+      check(r.error);
+      res.uidValidity = r.uidValidity;
+      res.sourceUids.push(...r.sourceUids);
+      res.targetUids.push(...r.targetUids);
+    }
+    return res;
   }
 
   async createFolder(user: string, folder: string): Promise<void> {

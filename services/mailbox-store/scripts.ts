@@ -9,10 +9,29 @@
  *   K:f:<id>:uids        ZSET uid (score = member = uid), ascending UIDs
  *   K:f:<id>:m:<uid>     HASH flags (space separated), size, idate, blob, modseq
  *   K:lastuv             last UIDVALIDITY given
+ *   K:f:<id>:ms          ZSET uid scored by its MODSEQ (CONDSTORE CHANGEDSINCE, RFC 7162 3.1.4.1)
+ *   K:f:<id>:x           ZSET expunged uid scored by the MODSEQ of its expunge (QRESYNC, RFC 7162 3.2.5)
  *   K:idem               HASH idempotency key -> "<folder id>:<uid>" (a redelivered append is a no-op)
+ *   K:idemt              ZSET idempotency key scored by when it was used: keys older than a week
+ *                        are dropped, a few per append (JetStream redelivers within minutes; a
+ *                        week bounds the hash without ever forgetting a key that can come back)
+ *   K:usage              HASH bytes, msgs: the user's storage in use (QUOTA, RFC 9208)
+ *   K:brefs              HASH blob -> number of this user's messages that refer to it
+ *   K:bdirty             HASH blob -> version: blobs whose "held by this user" bit changed and has not
+ *                        yet been copied to the blob's own record (see blob-refs.ts)
+ *   K:bver               counter of those versions
  *
  * UIDs are strictly ascending per folder (uidnext only grows); UIDVALIDITY changes only when a
- * folder of that name is created anew; MODSEQ per folder only grows (RFC 7162).
+ * folder of that name is created anew; MODSEQ per folder only grows (RFC 7162), and every change
+ * of a message (append, flags, expunge) takes a MODSEQ of its own, so a message's MODSEQ is unique
+ * within its folder.
+ *
+ * Journal trimming policy: the expunge journal of a folder keeps the newest JOURNAL_MAX entries
+ * (ARGV given by the store, default 10,000). Trimmed entries raise the folder's `xfloor` to the
+ * highest MODSEQ dropped; a QRESYNC client whose known MODSEQ is below `xfloor` gets null from
+ * expungedSince and must resynchronise with a full UID FETCH (RFC 7162 3.2.5.2 allows the server
+ * to answer with a full list instead). Flag changes need no journal beyond the per-message MODSEQ
+ * index (K:f:<id>:ms), which is exact for every live message and never trimmed.
  */
 
 const COMMON = `
@@ -20,6 +39,25 @@ local K = KEYS[1]
 local function folder_id(name)
   if string.upper(name) == 'INBOX' then name = 'INBOX' end
   return redis.call('HGET', K .. ':folders', name)
+end
+local function mark_blob(blob)
+  local v = redis.call('INCR', K .. ':bver')
+  redis.call('HSET', K .. ':bdirty', blob, v)
+end
+local function ref_blob(blob, size, delta)
+  local n = redis.call('HINCRBY', K .. ':brefs', blob, delta)
+  if n <= 0 then redis.call('HDEL', K .. ':brefs', blob) end
+  if (delta > 0 and n == delta) or n <= 0 then mark_blob(blob) end
+  redis.call('HINCRBY', K .. ':usage', 'bytes', delta * tonumber(size))
+  redis.call('HINCRBY', K .. ':usage', 'msgs', delta)
+end
+-- QUOTA (RFC 9208 5.2, 5.3): a limit of 0 means none; messages * count more octets must fit.
+local function over_quota(bytes, count, lbytes, lmsgs)
+  local u = redis.call('HMGET', K .. ':usage', 'bytes', 'msgs')
+  local ub, um = tonumber(u[1] or '0'), tonumber(u[2] or '0')
+  if tonumber(lbytes) > 0 and ub + bytes > tonumber(lbytes) then return true end
+  if tonumber(lmsgs) > 0 and um + count > tonumber(lmsgs) then return true end
+  return false
 end
 local function has_flag(flags, flag)
   for f in string.gmatch(flags, '%S+') do
@@ -67,20 +105,34 @@ local function add_message(fid, blob, size, flags, idate)
   local uid = redis.call('HINCRBY', fk, 'uidnext', 1) - 1
   local modseq = redis.call('HINCRBY', fk, 'modseq', 1)
   redis.call('ZADD', fk .. ':uids', uid, uid)
+  redis.call('ZADD', fk .. ':ms', modseq, uid)
   redis.call('HSET', fk .. ':m:' .. uid, 'flags', flags, 'size', size, 'idate', idate, 'blob', blob, 'modseq', modseq)
   redis.call('HINCRBY', fk, 'exists', 1)
   if not has_flag(flags, '\\\\Seen') then redis.call('HINCRBY', fk, 'unseen', 1) end
+  ref_blob(blob, size, 1)
   return uid
 end
-local function remove_message(fid, uid)
+-- Removes a message; with a journal size, records the expunge at a MODSEQ of its own.
+local function remove_message(fid, uid, jmax)
   local fk = K .. ':f:' .. fid
   local mk = fk .. ':m:' .. uid
-  local flags = redis.call('HGET', mk, 'flags')
-  if not flags then return false end
+  local m = redis.call('HMGET', mk, 'flags', 'blob', 'size')
+  if not m[1] then return false end
   redis.call('DEL', mk)
   redis.call('ZREM', fk .. ':uids', uid)
+  redis.call('ZREM', fk .. ':ms', uid)
   redis.call('HINCRBY', fk, 'exists', -1)
-  if not has_flag(flags, '\\\\Seen') then redis.call('HINCRBY', fk, 'unseen', -1) end
+  if not has_flag(m[1], '\\\\Seen') then redis.call('HINCRBY', fk, 'unseen', -1) end
+  ref_blob(m[2], m[3], -1)
+  if jmax then
+    local modseq = redis.call('HINCRBY', fk, 'modseq', 1)
+    redis.call('ZADD', fk .. ':x', modseq, uid)
+    local over = redis.call('ZCARD', fk .. ':x') - tonumber(jmax)
+    if over > 0 then
+      local dropped = redis.call('ZPOPMIN', fk .. ':x', over)
+      redis.call('HSET', fk, 'xfloor', dropped[#dropped])
+    end
+  end
   return true
 end
 `;
@@ -102,30 +154,96 @@ if not fid then return redis.error_reply('NONEXISTENT no such folder') end
 return folder_reply(fid)
 `;
 
-/** ARGV: uidvalidity, folder, uid... (none = all). Returns {folder, {uid, flags, size, idate, blob, modseq}...}. */
-export const MESSAGES = `${COMMON}
+/** Message row: {uid, flags, size, idate, blob, modseq}. */
+const ROW = `
+local function row(fk, uid)
+  local m = redis.call('HMGET', fk .. ':m:' .. uid, 'flags', 'size', 'idate', 'blob', 'modseq')
+  if not m[1] then return nil end
+  return { tonumber(uid), m[1], m[2], m[3], m[4], m[5] }
+end
+`;
+
+/** ARGV: uidvalidity, folder, uid... Returns {folder, row...} for the uids that exist. */
+export const MESSAGES = `${COMMON}${ROW}
 ensure(ARGV[1])
 local fid = folder_id(ARGV[2])
 if not fid then return redis.error_reply('NONEXISTENT no such folder') end
 local fk = K .. ':f:' .. fid
-local uids
-if #ARGV > 2 then
-  uids = {}
-  for i = 3, #ARGV do uids[#uids + 1] = ARGV[i] end
-else
-  uids = redis.call('ZRANGE', fk .. ':uids', 0, -1)
-end
 local out = { folder_reply(fid) }
-for _, uid in ipairs(uids) do
-  local m = redis.call('HMGET', fk .. ':m:' .. uid, 'flags', 'size', 'idate', 'blob', 'modseq')
-  if m[1] then out[#out + 1] = { uid, m[1], m[2], m[3], m[4], m[5] } end
+for i = 3, #ARGV do
+  local r = row(fk, ARGV[i])
+  if r then out[#out + 1] = r end
 end
 return out
 `;
 
 /**
- * ARGV: uidvalidity, folder, idempotency key, blob, size, flags, internal date.
- * Returns {uid, uidvalidity, created (1) or already there (0)}.
+ * ARGV: uidvalidity, folder, first uid, last uid, limit. One page of a UID range, ascending:
+ * returns {folder, row...}; the caller asks again from the last UID + 1 while a page comes back full.
+ */
+export const MESSAGES_RANGE = `${COMMON}${ROW}
+ensure(ARGV[1])
+local fid = folder_id(ARGV[2])
+if not fid then return redis.error_reply('NONEXISTENT no such folder') end
+local fk = K .. ':f:' .. fid
+local out = { folder_reply(fid) }
+for _, uid in ipairs(redis.call('ZRANGEBYSCORE', fk .. ':uids', ARGV[3], ARGV[4], 'LIMIT', 0, ARGV[5])) do
+  local r = row(fk, uid)
+  if r then out[#out + 1] = r end
+end
+return out
+`;
+
+/**
+ * ARGV: uidvalidity, folder, modseq, limit, uid... CONDSTORE CHANGEDSINCE (RFC 7162 3.1.4.1).
+ * Without uids, one page in MODSEQ order (MODSEQs are unique per message, so the next page starts
+ * above the last one returned); with uids, those among them changed since. Returns {row...}.
+ */
+export const CHANGED = `${COMMON}${ROW}
+ensure(ARGV[1])
+local fid = folder_id(ARGV[2])
+if not fid then return redis.error_reply('NONEXISTENT no such folder') end
+local fk = K .. ':f:' .. fid
+local out = {}
+if #ARGV > 4 then
+  for i = 5, #ARGV do
+    local ms = redis.call('ZSCORE', fk .. ':ms', ARGV[i])
+    if ms and tonumber(ms) > tonumber(ARGV[3]) then out[#out + 1] = row(fk, ARGV[i]) end
+  end
+else
+  for _, uid in ipairs(redis.call('ZRANGEBYSCORE', fk .. ':ms', '(' .. ARGV[3], '+inf', 'LIMIT', 0, ARGV[4])) do
+    out[#out + 1] = row(fk, uid)
+  end
+end
+return out
+`;
+
+/**
+ * ARGV: uidvalidity, folder, modseq. QRESYNC (RFC 7162 3.2.5): {1, uid...} expunged with a MODSEQ
+ * above the given one, or {0} when the journal was trimmed past it.
+ */
+export const EXPUNGED = `${COMMON}
+ensure(ARGV[1])
+local fid = folder_id(ARGV[2])
+if not fid then return redis.error_reply('NONEXISTENT no such folder') end
+local fk = K .. ':f:' .. fid
+local floor = tonumber(redis.call('HGET', fk, 'xfloor') or '0')
+if tonumber(ARGV[3]) < floor then return { 0 } end
+local out = { 1 }
+for _, uid in ipairs(redis.call('ZRANGEBYSCORE', fk .. ':x', '(' .. ARGV[3], '+inf')) do out[#out + 1] = tonumber(uid) end
+return out
+`;
+
+/** ARGV: uidvalidity. Returns {bytes, messages} in use. */
+export const USAGE = `${COMMON}
+ensure(ARGV[1])
+local u = redis.call('HMGET', K .. ':usage', 'bytes', 'msgs')
+return { tonumber(u[1] or '0'), tonumber(u[2] or '0') }
+`;
+
+/**
+ * ARGV: uidvalidity, folder, idempotency key, blob, size, flags, internal date, byte limit, message limit.
+ * Returns {uid, uidvalidity, created (1) or already there (0), modseq}.
  */
 export const APPEND = `${COMMON}
 ensure(ARGV[1])
@@ -135,17 +253,28 @@ if ARGV[3] ~= '' then
   local prev = redis.call('HGET', K .. ':idem', ARGV[3])
   if prev then
     local pf, pu = string.match(prev, '^(%d+):(%d+)$')
-    return { tonumber(pu), tonumber(redis.call('HGET', K .. ':f:' .. pf, 'uidvalidity') or 0), 0 }
+    return { tonumber(pu), tonumber(redis.call('HGET', K .. ':f:' .. pf, 'uidvalidity') or 0), 0, 0 }
   end
 end
+if over_quota(tonumber(ARGV[5]), 1, ARGV[8], ARGV[9]) then return redis.error_reply('OVERQUOTA mailbox is full') end
 local uid = add_message(fid, ARGV[4], ARGV[5], ARGV[6], ARGV[7])
-if ARGV[3] ~= '' then redis.call('HSET', K .. ':idem', ARGV[3], fid .. ':' .. uid) end
-return { uid, tonumber(redis.call('HGET', K .. ':f:' .. fid, 'uidvalidity')), 1 }
+if ARGV[3] ~= '' then
+  redis.call('HSET', K .. ':idem', ARGV[3], fid .. ':' .. uid)
+  redis.call('ZADD', K .. ':idemt', ARGV[1], ARGV[3])
+end
+local old = redis.call('ZRANGEBYSCORE', K .. ':idemt', '-inf', tonumber(ARGV[1]) - 604800, 'LIMIT', 0, 16)
+if #old > 0 then
+  redis.call('HDEL', K .. ':idem', unpack(old))
+  redis.call('ZREM', K .. ':idemt', unpack(old))
+end
+local f = redis.call('HMGET', K .. ':f:' .. fid, 'uidvalidity', 'modseq')
+return { uid, tonumber(f[1]), 1, tonumber(f[2]) }
 `;
 
 /**
- * ARGV: uidvalidity, folder, op (add|remove|replace), flags (space separated), uid...
- * Returns {modseq, {uid, flags, modseq, size, idate, blob}...} for every existing message among the uids.
+ * ARGV: uidvalidity, folder, op (add|remove|replace), flags (space separated), unchangedsince
+ * (-1: unconditional), uid... Returns {modseq, {uid, flags, modseq, size, idate, blob}..., {failed uid...}}.
+ * UNCHANGEDSINCE (RFC 7162 3.1.3): a message whose MODSEQ is above it is left alone and reported.
  */
 export const STORE_FLAGS = `${COMMON}
 ensure(ARGV[1])
@@ -154,13 +283,17 @@ if not fid then return redis.error_reply('NONEXISTENT no such folder') end
 local fk = K .. ':f:' .. fid
 local op = ARGV[3]
 local given = split(ARGV[4])
-local out = {}
+local since = tonumber(ARGV[5])
+local out, failed = {}, {}
 local modseq = tonumber(redis.call('HGET', fk, 'modseq'))
-for i = 5, #ARGV do
+for i = 6, #ARGV do
   local uid = ARGV[i]
   local mk = fk .. ':m:' .. uid
-  local old = redis.call('HGET', mk, 'flags')
-  if old then
+  local cur = redis.call('HMGET', mk, 'flags', 'modseq')
+  local old = cur[1]
+  if old and since >= 0 and tonumber(cur[2]) > since then
+    failed[#failed + 1] = tonumber(uid)
+  elseif old then
     local set, order = {}, {}
     if op ~= 'replace' then
       for _, f in ipairs(split(old)) do
@@ -178,25 +311,26 @@ for i = 5, #ARGV do
     local list = {}
     for _, lf in ipairs(order) do if set[lf] then list[#list + 1] = set[lf]; set[lf] = nil end end
     local new = table.concat(list, ' ')
-    local mmod = redis.call('HGET', mk, 'modseq')
+    local mmod = cur[2]
     if new ~= old then
       modseq = redis.call('HINCRBY', fk, 'modseq', 1)
       mmod = modseq
       redis.call('HSET', mk, 'flags', new, 'modseq', modseq)
+      redis.call('ZADD', fk .. ':ms', modseq, uid)
       local was, now = has_flag(old, '\\\\Seen'), has_flag(new, '\\\\Seen')
       if was and not now then redis.call('HINCRBY', fk, 'unseen', 1) end
       if now and not was then redis.call('HINCRBY', fk, 'unseen', -1) end
     end
     local m = redis.call('HMGET', mk, 'size', 'idate', 'blob')
-    out[#out + 1] = { uid, new, mmod, m[1], m[2], m[3] }
+    out[#out + 1] = { tonumber(uid), new, mmod, m[1], m[2], m[3] }
   end
 end
-return { modseq, out }
+return { modseq, out, failed }
 `;
 
 /**
- * ARGV: uidvalidity, folder, force (1|0), uid...
- * Removes the messages (only those flagged \\Deleted unless force). Returns {modseq, expunged uids, blobs}.
+ * ARGV: uidvalidity, folder, force (1|0), journal size, uid...
+ * Removes the messages (only those flagged \\Deleted unless force). Returns {modseq, expunged uids}.
  */
 export const EXPUNGE = `${COMMON}
 ensure(ARGV[1])
@@ -204,24 +338,22 @@ local fid = folder_id(ARGV[2])
 if not fid then return redis.error_reply('NONEXISTENT no such folder') end
 local fk = K .. ':f:' .. fid
 local force = ARGV[3] == '1'
-local gone, blobs = {}, {}
-for i = 4, #ARGV do
+local gone = {}
+for i = 5, #ARGV do
   local uid = ARGV[i]
-  local m = redis.call('HMGET', fk .. ':m:' .. uid, 'flags', 'blob')
-  if m[1] and (force or has_flag(m[1], '\\\\Deleted')) then
-    remove_message(fid, uid)
+  local flags = redis.call('HGET', fk .. ':m:' .. uid, 'flags')
+  if flags and (force or has_flag(flags, '\\\\Deleted')) then
+    remove_message(fid, uid, ARGV[4])
     gone[#gone + 1] = tonumber(uid)
-    blobs[#blobs + 1] = m[2]
   end
 end
-local modseq = tonumber(redis.call('HGET', fk, 'modseq'))
-if #gone > 0 then modseq = redis.call('HINCRBY', fk, 'modseq', 1) end
-return { modseq, gone, blobs }
+return { tonumber(redis.call('HGET', fk, 'modseq')), gone }
 `;
 
 /**
- * ARGV: uidvalidity, folder, target, move (1|0), uid...
- * Returns {target uidvalidity, source uids, target uids}.
+ * ARGV: uidvalidity, folder, target, move (1|0), journal size, byte limit, message limit, uid...
+ * Returns {target uidvalidity, source uids, target uids, target modseq, source modseq}.
+ * COPY counts against the quota, MOVE does not (RFC 9208 5.2; RFC 6851 3.3).
  */
 export const COPY = `${COMMON}
 ensure(ARGV[1])
@@ -230,19 +362,28 @@ if not fid then return redis.error_reply('NONEXISTENT no such folder') end
 local tid = folder_id(ARGV[3])
 if not tid then return redis.error_reply('TRYCREATE no such target folder') end
 local fk = K .. ':f:' .. fid
+local move = ARGV[4] == '1'
+if not move then
+  local bytes, count = 0, 0
+  for i = 8, #ARGV do
+    local size = redis.call('HGET', fk .. ':m:' .. ARGV[i], 'size')
+    if size then bytes = bytes + tonumber(size); count = count + 1 end
+  end
+  if over_quota(bytes, count, ARGV[6], ARGV[7]) then return redis.error_reply('OVERQUOTA mailbox is full') end
+end
 local src, dst = {}, {}
-for i = 5, #ARGV do
+for i = 8, #ARGV do
   local uid = ARGV[i]
   local m = redis.call('HMGET', fk .. ':m:' .. uid, 'flags', 'size', 'idate', 'blob')
   if m[1] then
     local nuid = add_message(tid, m[4], m[2], m[1], m[3])
     src[#src + 1] = tonumber(uid)
     dst[#dst + 1] = nuid
-    if ARGV[4] == '1' then remove_message(fid, uid) end
+    if move then remove_message(fid, uid, ARGV[5]) end
   end
 end
-if ARGV[4] == '1' and #src > 0 then redis.call('HINCRBY', fk, 'modseq', 1) end
-return { tonumber(redis.call('HGET', K .. ':f:' .. tid, 'uidvalidity')), src, dst }
+local t = redis.call('HMGET', K .. ':f:' .. tid, 'uidvalidity', 'modseq')
+return { tonumber(t[1]), src, dst, tonumber(t[2]), tonumber(redis.call('HGET', fk, 'modseq')) }
 `;
 
 /** ARGV: uidvalidity, folder. */
@@ -253,27 +394,45 @@ new_folder(ARGV[2], ARGV[1], '', 1)
 return 1
 `;
 
-/** ARGV: uidvalidity, folder. Deletes the folder and its children; returns the blobs no longer referenced here. */
+/** ARGV: uidvalidity, folder. Deletes the folder and its children with their messages; returns the count of messages removed. */
 export const DELETE_FOLDER = `${COMMON}
 ensure(ARGV[1])
 local name = ARGV[2]
 if string.upper(name) == 'INBOX' then return redis.error_reply('CANNOT the INBOX cannot be deleted') end
 if not folder_id(name) then return redis.error_reply('NONEXISTENT no such folder') end
 local all = redis.call('HGETALL', K .. ':folders')
-local blobs = {}
+local count = 0
 for i = 1, #all, 2 do
   local n, id = all[i], all[i + 1]
   if n == name or string.sub(n, 1, #name + 1) == name .. '/' then
     local fk = K .. ':f:' .. id
     for _, uid in ipairs(redis.call('ZRANGE', fk .. ':uids', 0, -1)) do
-      blobs[#blobs + 1] = redis.call('HGET', fk .. ':m:' .. uid, 'blob')
-      redis.call('DEL', fk .. ':m:' .. uid)
+      remove_message(id, uid, nil)
+      count = count + 1
     end
-    redis.call('DEL', fk, fk .. ':uids')
+    redis.call('DEL', fk, fk .. ':uids', fk .. ':ms', fk .. ':x')
     redis.call('HDEL', K .. ':folders', n)
   end
 end
-return blobs
+return count
+`;
+
+/** ARGV: (unused clock), max entries. Blobs whose holding by this user changed: {blob, version, held (1|0)}... */
+export const BLOB_DIRTY = `${COMMON}
+local out = {}
+local r = redis.call('HSCAN', K .. ':bdirty', 0, 'COUNT', ARGV[2])
+local kv = r[2]
+for i = 1, #kv, 2 do
+  local held = redis.call('HEXISTS', K .. ':brefs', kv[i])
+  out[#out + 1] = { kv[i], kv[i + 1], held }
+end
+return out
+`;
+
+/** ARGV: (unused clock), blob, version. Clears the dirty mark if it was not changed since; returns how many marks are left. */
+export const BLOB_CLEAN = `${COMMON}
+if redis.call('HGET', K .. ':bdirty', ARGV[2]) == ARGV[3] then redis.call('HDEL', K .. ':bdirty', ARGV[2]) end
+return redis.call('HLEN', K .. ':bdirty')
 `;
 
 /** ARGV: uidvalidity, folder, target. Renames the folder and its children (RFC 3501 6.3.5). */

@@ -2,6 +2,9 @@
  * The mailbox actor: every operation on a user's mailbox is one atomic Lua script on that user's
  * keys in Redis. Any mailbox-store replica can run any operation; after each change a
  * MailboxChange is published on mbox.changes.<user> for the sessions of that user on every node.
+ *
+ * Large requests are cut into batches of BATCH UIDs (one script each), so no script blocks Redis
+ * for long and no reply grows without bound; each batch is atomic, a request as a whole is not.
  */
 import type { Redis } from 'ioredis';
 import type { BlobStore } from '../core/blobs.ts';
@@ -16,14 +19,40 @@ import {
 import { canonicalAddress } from '../core/address.ts';
 import * as S from './scripts.ts';
 
-type Reply = (string | number | Reply)[];
+type Reply = (string | number | null | Reply)[];
 
 export type ChangePublisher = (user: string, change: MailboxChange) => void;
+
+/** A user's quota limits; 0 means none. */
+export interface QuotaLimits {
+  bytes: number;
+  messages: number;
+}
+
+export interface MailboxStoreOptions {
+  /** The user's limits (RFC 9208), e.g. from the directory; none when omitted. */
+  limits?: (user: string) => Promise<QuotaLimits>;
+  /** Expunge journal entries kept per folder (the trimming policy in scripts.ts). */
+  journalMax?: number;
+  /** Told of each user whose blob references changed (the blob collector's work list). */
+  blobsChanged?: (user: string) => Promise<void>;
+}
+
+/** UIDs per script call and per page: bounds the time a script holds Redis and the size of a reply. */
+export const BATCH = 1000;
+/** Default number of expunge journal entries kept per folder. */
+export const JOURNAL_MAX = 10_000;
+/** How long quota limits read from the directory are reused. */
+const LIMITS_TTL_MS = 2_000;
 
 const SCRIPTS = {
   mboxList: S.LIST_FOLDERS,
   mboxStatus: S.STATUS,
   mboxMessages: S.MESSAGES,
+  mboxRange: S.MESSAGES_RANGE,
+  mboxChanged: S.CHANGED,
+  mboxExpunged: S.EXPUNGED,
+  mboxUsage: S.USAGE,
   mboxAppend: S.APPEND,
   mboxStore: S.STORE_FLAGS,
   mboxExpunge: S.EXPUNGE,
@@ -32,6 +61,8 @@ const SCRIPTS = {
   mboxDelete: S.DELETE_FOLDER,
   mboxRename: S.RENAME_FOLDER,
   mboxSubscribe: S.SUBSCRIBE,
+  mboxBlobDirty: S.BLOB_DIRTY,
+  mboxBlobClean: S.BLOB_CLEAN,
 } as const;
 
 type ScriptName = keyof typeof SCRIPTS;
@@ -62,6 +93,19 @@ function toFolder(r: Reply): FolderInfo {
   };
 }
 
+/** A row {uid, flags, size, idate, blob, modseq} of the scripts. */
+function toMeta(row: Reply): MessageMeta {
+  const [uid, flags, size, idate, blob, modseq] = row.map((v) => String(v ?? ''));
+  return {
+    uid: Number(uid),
+    flags: splitFlags(flags ?? ''),
+    size: Number(size),
+    internalDate: Number(idate),
+    blob: blob ?? '',
+    modseq: Number(modseq),
+  };
+}
+
 function splitFlags(s: string): string[] {
   return s.split(' ').filter(Boolean);
 }
@@ -73,23 +117,48 @@ function sanitizeFlags(flags: string[]): string[] {
   );
 }
 
+/** UIDs as valid, distinct, ascending integers (nz-number, RFC 3501 9), cut into batches. */
+function batches(uids: number[]): number[][] {
+  const clean = [...new Set(uids.filter((u) => Number.isInteger(u) && u > 0 && u <= 0xffffffff))].sort(
+    (a, b) => a - b,
+  );
+  const out: number[][] = [];
+  for (let i = 0; i < clean.length; i += BATCH) out.push(clean.slice(i, i + BATCH));
+  return out;
+}
+
 export class MailboxStore implements MailboxClient {
   readonly #redis: Redis;
   readonly #prefix: string;
   readonly #blobs: BlobStore;
   readonly #publish: ChangePublisher;
+  readonly #options: MailboxStoreOptions;
+  readonly #journalMax: number;
+  readonly #limits = new Map<string, { at: number; limits: QuotaLimits }>();
 
-  constructor(redis: Redis, prefix: string, blobs: BlobStore, publish: ChangePublisher) {
+  constructor(
+    redis: Redis,
+    prefix: string,
+    blobs: BlobStore,
+    publish: ChangePublisher,
+    options: MailboxStoreOptions = {},
+  ) {
     this.#redis = redis;
     this.#prefix = prefix;
     this.#blobs = blobs;
     this.#publish = publish;
+    this.#options = options;
+    this.#journalMax = options.journalMax ?? JOURNAL_MAX;
     for (const [name, lua] of Object.entries(SCRIPTS)) {
       if (!(name in redis)) redis.defineCommand(name, { numberOfKeys: 1, lua });
     }
   }
 
   #key(user: string): string {
+    // A mailbox is named by a canonical address (RFC 5321 4.5.3.1.3: at most 254 octets, here 320).
+    if (!user || user.length > 320 || /[\x00-\x20{}]/.test(user)) {
+      throw new MailboxError('INVALID', `invalid user ${JSON.stringify(user.slice(0, 64))}`);
+    }
     return `${this.#prefix}{u:${canonicalAddress(user)}}`;
   }
 
@@ -109,6 +178,21 @@ export class MailboxStore implements MailboxClient {
     this.#publish(canonicalAddress(user), change);
   }
 
+  async #refsChanged(user: string): Promise<void> {
+    await this.#options.blobsChanged?.(canonicalAddress(user));
+  }
+
+  async #limitsOf(user: string): Promise<QuotaLimits> {
+    if (!this.#options.limits) return { bytes: 0, messages: 0 };
+    const key = canonicalAddress(user);
+    const hit = this.#limits.get(key);
+    if (hit && Date.now() - hit.at < LIMITS_TTL_MS) return hit.limits;
+    const limits = await this.#options.limits(key);
+    if (this.#limits.size > 10_000) this.#limits.clear();
+    this.#limits.set(key, { at: Date.now(), limits });
+    return limits;
+  }
+
   async listFolders(user: string): Promise<FolderInfo[]> {
     const r = await this.#run('mboxList', user);
     return r
@@ -125,20 +209,112 @@ export class MailboxStore implements MailboxClient {
     folder: string,
     uids: number[] = [],
   ): Promise<{ folder: FolderInfo; messages: MessageMeta[] }> {
-    const [f, ...rows] = await this.#run('mboxMessages', user, checkFolderName(folder), ...uids);
+    const name = checkFolderName(folder);
+    const messages: MessageMeta[] = [];
+    if (uids.length > 0) {
+      let info: FolderInfo | undefined;
+      for (const batch of batches(uids)) {
+        const [f, ...rows] = await this.#run('mboxMessages', user, name, ...batch);
+        info = toFolder(f as Reply);
+        for (const row of rows) messages.push(toMeta(row as Reply));
+      }
+      return { folder: info ?? (await this.status(user, name)), messages };
+    }
+    let info: FolderInfo | undefined;
+    for await (const page of this.pages(user, name, 1, 0xffffffff)) {
+      info = page.folder;
+      for (const m of page.messages) messages.push(m);
+    }
+    return { folder: info ?? (await this.status(user, name)), messages };
+  }
+
+  /** One page of a UID range, ascending, at most `limit` (capped at BATCH) messages. */
+  async messageRange(
+    user: string,
+    folder: string,
+    first: number,
+    last: number,
+    limit = BATCH,
+  ): Promise<{ folder: FolderInfo; messages: MessageMeta[] }> {
+    const [f, ...rows] = await this.#run(
+      'mboxRange',
+      user,
+      checkFolderName(folder),
+      Math.max(1, Math.floor(first)),
+      Math.min(0xffffffff, Math.floor(last)),
+      Math.max(1, Math.min(BATCH, Math.floor(limit) || BATCH)),
+    );
+    return { folder: toFolder(f as Reply), messages: rows.map((r) => toMeta(r as Reply)) };
+  }
+
+  /** Walks a UID range page by page: memory stays bounded by one page however big the folder. */
+  async *pages(
+    user: string,
+    folder: string,
+    first: number,
+    last: number,
+  ): AsyncIterable<{ folder: FolderInfo; messages: MessageMeta[] }> {
+    let from = first;
+    for (;;) {
+      const page = await this.messageRange(user, folder, from, last, BATCH);
+      yield page;
+      const tail = page.messages.at(-1);
+      if (page.messages.length < BATCH || !tail || tail.uid >= last) return;
+      from = tail.uid + 1;
+    }
+  }
+
+  async changedSince(
+    user: string,
+    folder: string,
+    modseq: number,
+    uids: number[] = [],
+  ): Promise<MessageMeta[]> {
+    const name = checkFolderName(folder);
+    const out: MessageMeta[] = [];
+    if (uids.length > 0) {
+      for (const batch of batches(uids)) {
+        for (const row of await this.#run('mboxChanged', user, name, modseq, BATCH, ...batch))
+          out.push(toMeta(row as Reply));
+      }
+    } else {
+      let since = modseq;
+      for (;;) {
+        const rows = (await this.#run('mboxChanged', user, name, since, BATCH)).map((r) =>
+          toMeta(r as Reply),
+        );
+        out.push(...rows);
+        const tail = rows.at(-1);
+        if (rows.length < BATCH || !tail) break;
+        since = tail.modseq;
+      }
+    }
+    return out.sort((a, b) => a.uid - b.uid);
+  }
+
+  /** One page of CHANGEDSINCE in MODSEQ order (continue above the last MODSEQ while pages come back full). */
+  async changedPage(user: string, folder: string, modseq: number, limit = BATCH): Promise<MessageMeta[]> {
+    const n = Math.max(1, Math.min(BATCH, Math.floor(limit) || BATCH));
+    return (await this.#run('mboxChanged', user, checkFolderName(folder), modseq, n)).map((r) =>
+      toMeta(r as Reply),
+    );
+  }
+
+  async expungedSince(user: string, folder: string, modseq: number): Promise<number[] | null> {
+    const [complete, ...uids] = await this.#run('mboxExpunged', user, checkFolderName(folder), modseq);
+    return complete === 1 ? (uids as number[]).map(Number) : null;
+  }
+
+  async quota(
+    user: string,
+  ): Promise<{ storageUsed: number; storageLimit: number; messagesUsed: number; messagesLimit: number }> {
+    const [bytes, msgs] = await this.#run('mboxUsage', user);
+    const limits = await this.#limitsOf(user);
     return {
-      folder: toFolder(f as Reply),
-      messages: rows.map((row) => {
-        const [uid, flags, size, idate, blob, modseq] = (row as Reply).map(String);
-        return {
-          uid: Number(uid),
-          flags: splitFlags(flags ?? ''),
-          size: Number(size),
-          internalDate: Number(idate),
-          blob: blob ?? '',
-          modseq: Number(modseq),
-        };
-      }),
+      storageUsed: Number(bytes),
+      storageLimit: limits.bytes,
+      messagesUsed: Number(msgs),
+      messagesLimit: limits.messages,
     };
   }
 
@@ -152,18 +328,25 @@ export class MailboxStore implements MailboxClient {
     idempotencyKey: string,
     origin = '',
   ): Promise<{ uid: number; uidValidity: number; created: boolean }> {
-    const [uid, uidValidity, created] = (await this.#run(
+    if (!/^sha256:[0-9a-f]{64}$/.test(blob.id)) throw new MailboxError('INVALID', 'invalid blob reference');
+    const limits = await this.#limitsOf(user);
+    const [uid, uidValidity, created, modseq] = (await this.#run(
       'mboxAppend',
       user,
       checkFolderName(folder),
       idempotencyKey,
       blob.id,
-      blob.size,
+      Math.max(0, Math.floor(blob.size)),
       sanitizeFlags(flags).join(' '),
-      internalDate,
+      Math.floor(internalDate),
+      limits.bytes,
+      limits.messages,
     )) as number[];
     const res = { uid: Number(uid), uidValidity: Number(uidValidity), created: created === 1 };
-    if (res.created) this.#changed(user, { folder, kind: 'append', uids: [res.uid], modseq: 0, origin });
+    if (res.created) {
+      await this.#refsChanged(user);
+      this.#changed(user, { folder, kind: 'append', uids: [res.uid], modseq: Number(modseq), origin });
+    }
     return res;
   }
 
@@ -180,6 +363,27 @@ export class MailboxStore implements MailboxClient {
     return { uid, uidValidity };
   }
 
+  async appendStream(
+    user: string,
+    folder: string,
+    body: AsyncIterable<Uint8Array>,
+    flags: string[],
+    internalDate = Date.now(),
+    origin = '',
+  ): Promise<{ uid: number; uidValidity: number }> {
+    // Fail early, before storing the body, when the folder is missing or the user is at the limit.
+    const [q] = await Promise.all([this.quota(user), this.status(user, folder)]);
+    if (
+      (q.storageLimit > 0 && q.storageUsed >= q.storageLimit) ||
+      (q.messagesLimit > 0 && q.messagesUsed >= q.messagesLimit)
+    ) {
+      throw new MailboxError('OVERQUOTA', 'mailbox is full');
+    }
+    const blob = await this.#blobs.putStream(body);
+    const { uid, uidValidity } = await this.appendBlob(user, folder, blob, flags, internalDate, '', origin);
+    return { uid, uidValidity };
+  }
+
   async storeFlags(
     user: string,
     folder: string,
@@ -188,50 +392,90 @@ export class MailboxStore implements MailboxClient {
     flags: string[],
     origin = '',
   ): Promise<MessageMeta[]> {
-    if (uids.length === 0) return [];
-    const [modseq, rows] = await this.#run(
-      'mboxStore',
-      user,
-      checkFolderName(folder),
-      op,
-      sanitizeFlags(flags).join(' '),
-      ...uids,
-    );
-    const out = (rows as Reply).map((row) => {
-      const [uid, f, m, size, idate, blob] = (row as Reply).map(String);
-      return {
-        uid: Number(uid),
-        flags: splitFlags(f ?? ''),
-        size: Number(size),
-        internalDate: Number(idate),
-        blob: blob ?? '',
-        modseq: Number(m),
-      };
-    });
-    if (out.length > 0) {
-      this.#changed(user, {
-        folder,
-        kind: 'flags',
-        uids: out.map((m) => m.uid),
-        modseq: Number(modseq),
-        origin,
+    return (await this.#storeFlags(user, folder, uids, op, flags, -1, origin)).messages;
+  }
+
+  async storeFlagsIf(
+    user: string,
+    folder: string,
+    uids: number[],
+    op: FlagOp,
+    flags: string[],
+    unchangedSince: number,
+    origin = '',
+  ): Promise<{ messages: MessageMeta[]; failed: number[] }> {
+    return this.#storeFlags(user, folder, uids, op, flags, Math.max(0, unchangedSince), origin);
+  }
+
+  async #storeFlags(
+    user: string,
+    folder: string,
+    uids: number[],
+    op: FlagOp,
+    flags: string[],
+    since: number,
+    origin: string,
+  ): Promise<{ messages: MessageMeta[]; failed: number[] }> {
+    if (!['add', 'remove', 'replace'].includes(op))
+      throw new MailboxError('INVALID', `invalid flag op ${op}`);
+    const name = checkFolderName(folder);
+    const messages: MessageMeta[] = [];
+    const failed: number[] = [];
+    for (const batch of batches(uids)) {
+      const [modseq, rows, bad] = await this.#run(
+        'mboxStore',
+        user,
+        name,
+        op,
+        sanitizeFlags(flags).join(' '),
+        since,
+        ...batch,
+      );
+      const out = (rows as Reply).map((row) => {
+        const [uid, f, m, size, idate, blob] = (row as Reply).map(String);
+        return {
+          uid: Number(uid),
+          flags: splitFlags(f ?? ''),
+          size: Number(size),
+          internalDate: Number(idate),
+          blob: blob ?? '',
+          modseq: Number(m),
+        };
       });
+      messages.push(...out);
+      failed.push(...(bad as number[]).map(Number));
+      if (out.length > 0) {
+        this.#changed(user, {
+          folder: name,
+          kind: 'flags',
+          uids: out.map((m) => m.uid),
+          modseq: Number(modseq),
+          origin,
+        });
+      }
     }
-    return out;
+    return { messages, failed };
   }
 
   async expunge(user: string, folder: string, uids: number[], force = false, origin = ''): Promise<number[]> {
-    if (uids.length === 0) return [];
-    const [modseq, gone] = await this.#run(
-      'mboxExpunge',
-      user,
-      checkFolderName(folder),
-      force ? '1' : '0',
-      ...uids,
-    );
-    const expunged = (gone as number[]).map(Number);
-    if (expunged.length > 0)
-      this.#changed(user, { folder, kind: 'expunge', uids: expunged, modseq: Number(modseq), origin });
+    const name = checkFolderName(folder);
+    const expunged: number[] = [];
+    for (const batch of batches(uids)) {
+      const [modseq, gone] = await this.#run(
+        'mboxExpunge',
+        user,
+        name,
+        force ? '1' : '0',
+        this.#journalMax,
+        ...batch,
+      );
+      const removed = (gone as number[]).map(Number);
+      expunged.push(...removed);
+      if (removed.length > 0) {
+        await this.#refsChanged(user);
+        this.#changed(user, { folder: name, kind: 'expunge', uids: removed, modseq: Number(modseq), origin });
+      }
+    }
     return expunged;
   }
 
@@ -243,22 +487,44 @@ export class MailboxStore implements MailboxClient {
     move: boolean,
     origin = '',
   ): Promise<{ uidValidity: number; sourceUids: number[]; targetUids: number[] }> {
-    const [uv, src, dst] = await this.#run(
-      'mboxCopy',
-      user,
-      checkFolderName(folder),
-      checkFolderName(target),
-      move ? '1' : '0',
-      ...uids,
-    );
-    const res = {
-      uidValidity: Number(uv),
-      sourceUids: (src as number[]).map(Number),
-      targetUids: (dst as number[]).map(Number),
-    };
-    if (res.targetUids.length > 0) {
-      this.#changed(user, { folder: target, kind: 'append', uids: res.targetUids, modseq: 0, origin });
-      if (move) this.#changed(user, { folder, kind: 'expunge', uids: res.sourceUids, modseq: 0, origin });
+    const name = checkFolderName(folder);
+    const to = checkFolderName(target);
+    const limits = await this.#limitsOf(user);
+    const res = { uidValidity: 0, sourceUids: [] as number[], targetUids: [] as number[] };
+    const parts = batches(uids);
+    if (parts.length === 0) {
+      // Nothing to copy: still a missing target is TRYCREATE (RFC 3501 6.4.7).
+      res.uidValidity = (
+        await this.status(user, to).catch((err: unknown) => {
+          if (err instanceof MailboxError && err.code === 'NONEXISTENT')
+            throw new MailboxError('TRYCREATE', 'no such target folder');
+          throw err;
+        })
+      ).uidValidity;
+    }
+    for (const batch of parts) {
+      const [uv, src, dst, tmod, smod] = await this.#run(
+        'mboxCopy',
+        user,
+        name,
+        to,
+        move ? '1' : '0',
+        this.#journalMax,
+        limits.bytes,
+        limits.messages,
+        ...batch,
+      );
+      res.uidValidity = Number(uv);
+      const s = (src as number[]).map(Number);
+      const d = (dst as number[]).map(Number);
+      res.sourceUids.push(...s);
+      res.targetUids.push(...d);
+      if (d.length > 0) {
+        await this.#refsChanged(user);
+        this.#changed(user, { folder: to, kind: 'append', uids: d, modseq: Number(tmod), origin });
+        if (move)
+          this.#changed(user, { folder: name, kind: 'expunge', uids: s, modseq: Number(smod), origin });
+      }
     }
     return res;
   }
@@ -277,7 +543,8 @@ export class MailboxStore implements MailboxClient {
   }
 
   async deleteFolder(user: string, folder: string): Promise<void> {
-    await this.#run('mboxDelete', user, checkFolderName(folder));
+    const removed = await this.#run('mboxDelete', user, checkFolderName(folder));
+    if (Number(removed) > 0) await this.#refsChanged(user);
     this.#changed(user, { folder, kind: 'folder', uids: [], modseq: 0, origin: '' });
   }
 
@@ -288,6 +555,20 @@ export class MailboxStore implements MailboxClient {
 
   async setSubscribed(user: string, folder: string, subscribed: boolean): Promise<void> {
     await this.#run('mboxSubscribe', user, checkFolderName(folder), subscribed ? '1' : '0');
+  }
+
+  /** Blobs whose holding by this user changed since last copied to the blob records (blob-refs.ts). */
+  async dirtyBlobs(user: string, max: number): Promise<{ blob: string; version: string; held: boolean }[]> {
+    const rows = await this.#run('mboxBlobDirty', user, max);
+    return rows.map((r) => {
+      const [blob, version, held] = (r as Reply).map(String);
+      return { blob: blob ?? '', version: version ?? '', held: held === '1' };
+    });
+  }
+
+  /** Clears a dirty mark unless it changed meanwhile; returns the number of marks left. */
+  async cleanBlob(user: string, blob: string, version: string): Promise<number> {
+    return Number(await this.#run('mboxBlobClean', user, blob, version));
   }
 
   openBody(blob: string): AsyncIterable<Uint8Array> {

@@ -1,26 +1,52 @@
-/** pop3: the POP3 service — the protocol core (server.ts) wired to the mailbox RPC, the directory and maildrop leases. */
+/**
+ * pop3: the POP3 service — the protocol core (server.ts) wired to the mailbox RPC, the directory,
+ * maildrop leases in Redis and the TLS certificate (STLS on POP3_PORT, implicit TLS on POP3S_PORT).
+ */
 import type { Runtime, Service } from '../core/runtime.ts';
 import { MailboxRpcClient } from '../mailbox-store/rpc.ts';
 import { RedisMaildropLock } from '../core/lock.ts';
-import { gauge } from '../core/metrics.ts';
+import { SpanKind } from '@opentelemetry/api';
+import { counter, gauge } from '../core/metrics.ts';
+import { withSpan } from '../core/telemetry.ts';
 import { createPop3Server } from './server.ts';
 
 const open = gauge('postino_pop3_sessions_open', 'Open POP3 sessions');
+const commands = counter('postino_pop3_commands_total', 'POP3 commands handled', ['command']);
+const authFailures = counter('postino_auth_failures_total', 'Failed authentications', ['protocol']);
 
 export async function start(rt: Runtime): Promise<Service> {
   const log = rt.logger.child({ service: 'pop3' });
   const server = createPop3Server({
     mailbox: new MailboxRpcClient(rt.nats, rt.blobs),
     auth: rt.directory,
-    lock: new RedisMaildropLock(rt.redis, rt.config.redisPrefix, log),
+    lock: new RedisMaildropLock(rt.redis, rt.config.redisPrefix, log, rt.config.pop3LockLease),
     logger: log,
     hostname: rt.config.hostname,
     allowPlaintextAuth: rt.config.allowPlaintextAuth,
     retrSetsSeen: rt.config.retrSetsSeen,
     idleTimeoutMs: rt.config.pop3IdleTimeout,
+    // The provider emits 'change' when the certificate files are rotated; both ports follow it.
+    tls: rt.tls,
+    hooks: {
+      // One span per command (RETR and TOP include the streaming of the body).
+      command: (name, run) => {
+        commands.inc({ command: name });
+        return withSpan(`pop3 ${name}`, { kind: SpanKind.SERVER, attributes: { 'pop3.command': name } }, run);
+      },
+      authFailure: () => authFailures.inc({ protocol: 'pop3' }),
+    },
   });
-  const port = await server.listen(rt.config.pop3Port, rt.config.bindHost);
-  log.info({ port }, 'pop3 listening');
+  try {
+    const port = await server.listen(rt.config.pop3Port, rt.config.bindHost);
+    log.info({ port }, 'pop3 listening');
+    if (rt.config.pop3sPort !== 0) {
+      const tlsPort = await server.listenTls(rt.config.pop3sPort, rt.config.bindHost);
+      log.info({ port: tlsPort }, 'pop3s listening');
+    }
+  } catch (error) {
+    await server.close();
+    throw error;
+  }
   const sampler = setInterval(() => open.set(server.sessions()), 5000);
   sampler.unref();
   return {

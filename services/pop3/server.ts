@@ -1,12 +1,20 @@
 /**
- * The POP3 listener: accepts connections and runs one Pop3Session per connection.
+ * The POP3 listeners: the plain port (110, STLS offered per RFC 2595 section 4) and the
+ * implicit-TLS port (995, RFC 8314 section 3.3: TLS from the first byte). Each accepted connection
+ * runs one Pop3Session. A rotated certificate applies to the next handshake on both ports.
  */
-import { createServer, type AddressInfo, type Socket } from 'node:net';
-import { createSecureContext, type SecureContextOptions } from 'node:tls';
+import { createServer, type AddressInfo, type Server, type Socket } from 'node:net';
+import {
+  createSecureContext,
+  createServer as createTlsServer,
+  type SecureContext,
+  type SecureContextOptions,
+  type Server as TlsServer,
+} from 'node:tls';
 import type { Logger } from 'pino';
 import type { Authenticator, MailboxClient, MaildropLock } from '../core/mailbox-api.ts';
 import { resolveLimits, type Pop3Limits } from './limits.ts';
-import { Pop3Session } from './session.ts';
+import { Pop3Session, type Pop3Hooks } from './session.ts';
 
 export interface Pop3ServerOptions {
   mailbox: MailboxClient;
@@ -21,15 +29,40 @@ export interface Pop3ServerOptions {
   retrSetsSeen: boolean;
   /** Inactivity autologout; default 10 minutes (RFC 1939 section 3). */
   idleTimeoutMs?: number;
-  /** Offers STLS (RFC 2595) with this certificate and key. */
-  tls?: SecureContextOptions;
+  /**
+   * Certificate and key for STLS (RFC 2595) and the implicit-TLS port: fixed options, or a source
+   * that emits 'change' on rotation (services/core/tls.ts). Without it STLS is not offered.
+   */
+  tls?: SecureContextOptions | TlsSource;
   /** Overrides of the limits in limits.ts. */
   limits?: Partial<Pop3Limits>;
+  /** Tracing and metrics around each command. */
+  hooks?: Pop3Hooks;
+}
+
+/** The current certificate, replaced on rotation (TlsProvider fits). */
+export interface TlsSource {
+  readonly options: SecureContextOptions;
+  readonly context: SecureContext;
+  on(event: 'change', listener: () => void): unknown;
+  off(event: 'change', listener: () => void): unknown;
+}
+
+function isTlsSource(value: SecureContextOptions | TlsSource): value is TlsSource {
+  return 'context' in value && typeof (value as TlsSource).on === 'function';
+}
+
+/** Fixed options as a source that never rotates. */
+function staticTls(options: SecureContextOptions): TlsSource {
+  const context = createSecureContext(options);
+  return { options, context, on: () => undefined, off: () => undefined };
 }
 
 export interface Pop3Server {
-  /** Starts listening; resolves with the port actually bound (useful with port 0). */
+  /** Starts the plain listener; resolves with the port actually bound (useful with port 0). */
   listen(port: number, host: string): Promise<number>;
+  /** Starts the implicit-TLS listener (needs `tls`); resolves with the port actually bound. */
+  listenTls(port: number, host: string): Promise<number>;
   /** Stops accepting, ends every session without the UPDATE state (nothing deleted), releases locks. */
   close(): Promise<void>;
   /** Number of open sessions. */
@@ -41,7 +74,7 @@ export function createPop3Server(options: Pop3ServerOptions): Pop3Server {
     ...options.limits,
     ...(options.idleTimeoutMs === undefined ? {} : { idleTimeoutMs: options.idleTimeoutMs }),
   });
-  const secureContext = options.tls ? createSecureContext(options.tls) : null;
+  const source = options.tls ? (isTlsSource(options.tls) ? options.tls : staticTls(options.tls)) : null;
   const logger = options.logger;
   const sessions = new Set<Pop3Session>();
   let closing = false;
@@ -53,8 +86,8 @@ export function createPop3Server(options: Pop3ServerOptions): Pop3Server {
     socket.end(`-ERR [SYS/TEMP] ${text}\r\n`);
   };
 
-  // allowHalfOpen: a client that sends its last commands and closes its side still gets replies.
-  const server = createServer({ allowHalfOpen: true }, (socket) => {
+  /** One connection; `implicitTls` when it came in on the TLS port, handshake done. */
+  const accept = (socket: Socket, implicitTls: boolean): void => {
     if (closing) {
       refuse(socket, 'server shutting down');
       return;
@@ -64,6 +97,9 @@ export function createPop3Server(options: Pop3ServerOptions): Pop3Server {
       refuse(socket, 'too many connections, try again later');
       return;
     }
+    // Replies go out in a few writes (status, body, "."): without this, Nagle's algorithm and the
+    // peer's delayed ACK hold each RETR back by tens of milliseconds.
+    socket.setNoDelay(true);
     const session = new Pop3Session(socket, {
       mailbox: options.mailbox,
       auth: options.auth,
@@ -72,37 +108,68 @@ export function createPop3Server(options: Pop3ServerOptions): Pop3Server {
       hostname: options.hostname,
       allowPlaintextAuth: options.allowPlaintextAuth,
       retrSetsSeen: options.retrSetsSeen,
-      secureContext,
+      // Read at STLS time, so a session upgrades with the certificate current then.
+      secureContext: source ? () => source.context : null,
+      implicitTls,
       limits,
+      ...(options.hooks ? { hooks: options.hooks } : {}),
     });
     sessions.add(session);
     void session.done.then(() => sessions.delete(session));
     session.start();
-  });
-  server.on('error', (error) => logger.error({ err: error }, 'listener error'));
+  };
+
+  // allowHalfOpen: a client that sends its last commands and closes its side still gets replies.
+  const plain = createServer({ allowHalfOpen: true }, (socket) => accept(socket, false));
+  plain.on('error', (error) => logger.error({ err: error }, 'listener error'));
+  let secure: TlsServer | null = null;
+  const onRotate = (): void => {
+    if (secure && source) secure.setSecureContext(source.options);
+  };
+
+  const listenOn = (server: Server, port: number, host: string, what: string): Promise<number> =>
+    new Promise((resolve, reject) => {
+      const onError = (error: Error): void => reject(error);
+      server.once('error', onError);
+      server.listen(port, host, () => {
+        server.off('error', onError);
+        const address = server.address() as AddressInfo;
+        logger.debug({ host, port: address.port }, `${what} listening`);
+        resolve(address.port);
+      });
+    });
+
+  const closeServer = (server: Server | null): Promise<void> =>
+    new Promise((resolve) => {
+      if (!server?.listening) resolve();
+      else server.close(() => resolve());
+    });
 
   return {
     listen(port, host) {
-      return new Promise((resolve, reject) => {
-        const onError = (error: Error): void => reject(error);
-        server.once('error', onError);
-        server.listen(port, host, () => {
-          server.off('error', onError);
-          const address = server.address() as AddressInfo;
-          logger.debug({ host, port: address.port }, 'POP3 listening');
-          resolve(address.port);
-        });
+      return listenOn(plain, port, host, 'POP3');
+    },
+    listenTls(port, host) {
+      if (!source) return Promise.reject(new Error('the implicit-TLS port needs a certificate'));
+      // RFC 8314 section 3.3: TLS from the first byte; the greeting comes after the handshake.
+      secure = createTlsServer(
+        { ...source.options, allowHalfOpen: true, handshakeTimeout: limits.tlsHandshakeTimeoutMs },
+        (socket) => accept(socket, true),
+      );
+      // A failed or stalled handshake is the peer's problem, not the listener's; with a listener
+      // here Node leaves the socket open, so it is destroyed explicitly.
+      secure.on('tlsClientError', (error, socket) => {
+        logger.debug({ err: error }, 'POP3S handshake failed');
+        socket.destroy();
       });
+      secure.on('error', (error) => logger.error({ err: error }, 'POP3S listener error'));
+      source.on('change', onRotate);
+      return listenOn(secure, port, host, 'POP3S');
     },
     async close() {
       closing = true;
-      const stopped = new Promise<void>((resolve) => {
-        if (!server.listening) {
-          resolve();
-          return;
-        }
-        server.close(() => resolve());
-      });
+      source?.off('change', onRotate);
+      const stopped = Promise.all([closeServer(plain), closeServer(secure)]);
       await Promise.all([...sessions].map((session) => session.shutdown()));
       await stopped;
     },

@@ -27,6 +27,7 @@ import { DotStuffer, stuffLine } from './dot-stuffing.ts';
 import type { Pop3Limits } from './limits.ts';
 import { parseCommand, type Keyword, type Pop3Command } from './parser.ts';
 import { Pop3Stream, type Frame } from './pop3-stream.ts';
+import { SeenMarker } from './seen-marker.ts';
 import { err, statusLine, type Reply } from './replies.ts';
 
 export interface SessionOptions {
@@ -37,9 +38,33 @@ export interface SessionOptions {
   hostname: string;
   allowPlaintextAuth: boolean;
   retrSetsSeen: boolean;
-  /** Set when STLS is offered. */
-  secureContext: SecureContext | null;
+  /** The current certificate, when STLS is offered (read at STLS time, so rotation applies). */
+  secureContext: (() => SecureContext) | null;
+  /** Tracing and metrics; the protocol core itself knows no telemetry library. */
+  hooks?: Pop3Hooks;
+  /** The connection came in on the implicit-TLS port (RFC 8314 section 3.3), handshake done. */
+  implicitTls?: boolean;
   limits: Pop3Limits;
+}
+
+/** Observability hooks of a session. */
+export interface Pop3Hooks {
+  /** Runs one command, its reply included (a tracing span around it, a counter). */
+  command?(name: string, run: () => Promise<void>): Promise<void>;
+  /** A login was refused for wrong credentials. */
+  authFailure?(): void;
+}
+
+/** Name of the command a frame carries, for spans and metrics: a known keyword or a fixed word. */
+function commandName(frame: Frame, sasl: boolean): string {
+  if (sasl) return 'AUTH';
+  if (frame.kind === 'overlong') return 'overlong';
+  const space = frame.line.indexOf(0x20);
+  const keyword = frame.line
+    .subarray(0, space < 0 ? frame.line.length : space)
+    .toString('latin1')
+    .toUpperCase();
+  return Object.hasOwn(COMMANDS, keyword) ? keyword : 'unknown';
 }
 
 /** 127.0.0.0/8, ::1 and IPv4-mapped 127.0.0.0/8: traffic that never leaves the host. */
@@ -73,6 +98,8 @@ export class Pop3Session {
   #closing = false;
   #teardown: Promise<void> | null = null;
   #authFailures = 0;
+  /** \Seen updates of the TRANSACTION state, flushed before the lock goes. */
+  #seen: SeenMarker | null = null;
   #protocolErrors = 0;
 
   constructor(socket: Socket, options: SessionOptions) {
@@ -85,6 +112,7 @@ export class Pop3Session {
     this.#socket = socket;
     this.#remoteAddress = socket.remoteAddress ?? '';
     this.#plaintextPeer = options.allowPlaintextAuth || isLoopbackAddress(socket.remoteAddress);
+    this.#secure = options.implicitTls === true;
     this.#logger = options.logger.child({ session: this.id, remote: this.#remoteAddress });
   }
 
@@ -175,7 +203,7 @@ export class Pop3Session {
 
   /** RFC 2595 section 4: TLS starts right after the +OK to STLS. */
   #startTls(): void {
-    const secureContext = this.#options.secureContext;
+    const secureContext = this.#options.secureContext?.();
     if (!secureContext) throw new Error('STLS accepted without a TLS configuration');
     const raw = this.#socket;
     // Built before anything is detached, so a failure leaves the plaintext session intact.
@@ -221,7 +249,13 @@ export class Pop3Session {
 
   async #onFrame(frame: Frame): Promise<void> {
     if (this.#closing) return;
-    const work = this.#handle(frame);
+    const traced = this.#options.hooks?.command;
+    const state = this.#state;
+    const work = traced
+      ? traced(commandName(frame, state.kind === 'authorization' && state.sasl !== null), () =>
+          this.#handle(frame),
+        )
+      : this.#handle(frame);
     this.#current = work;
     try {
       await work;
@@ -312,7 +346,11 @@ export class Pop3Session {
       tlsAvailable: options.secureContext !== null && !this.#secure,
       // RFC 2595 section 2.3: cleartext passwords only under TLS, on loopback, or if configured.
       plaintextAllowed: this.#secure || this.#plaintextPeer,
-      authFailed: () => ++this.#authFailures >= this.#limits.maxAuthFailures,
+      markSeen: (uid) => this.#seen?.mark(uid),
+      authFailed: () => {
+        options.hooks?.authFailure?.();
+        return ++this.#authFailures >= this.#limits.maxAuthFailures;
+      },
     };
   }
 
@@ -320,7 +358,13 @@ export class Pop3Session {
   async #transition(next: SessionState): Promise<void> {
     const previous = this.#state;
     this.#state = next;
+    if (next.kind === 'transaction' && previous.kind !== 'transaction') {
+      this.#seen = new SeenMarker(this.#options.mailbox, next.user, this.#logger);
+    }
     if (previous.kind === 'transaction' && next.kind !== 'transaction') {
+      // The next session, on any replica, finds every \Seen of this one in place.
+      await this.#seen?.drain();
+      this.#seen = null;
       await releaseLock(this.#logger, previous.release);
     }
   }

@@ -18,7 +18,7 @@ import { recordEvent } from '../core/events.ts';
 import { counter } from '../core/metrics.ts';
 import { domainOf } from '../core/address.ts';
 import { DirectoryError, type Expansion } from '../core/directory.ts';
-import { MxResolver } from '../core/mx.ts';
+import { CachedMxResolver, MxResolver } from '../core/mx.ts';
 import { sendBounce, type Failure } from '../core/bounce.ts';
 import { SpanKind, withSpan } from '../core/telemetry.ts';
 import { partitionOf } from '../core/partition.ts';
@@ -26,9 +26,10 @@ import { partitionOf } from '../core/partition.ts';
 const routed = counter('postino_recipients_routed_total', 'Recipients routed', ['destination']);
 
 export async function start(rt: Runtime): Promise<Service> {
-  const { nats, directory, config, blobs } = rt;
+  const { nats, directory, config, blobs, redis } = rt;
   const log = rt.logger.child({ service: 'router' });
-  const mx = new MxResolver(config.dnsServers);
+  // One DNS cache in Redis for every router and delivery replica, honouring the answers' TTLs.
+  const mx = new CachedMxResolver(new MxResolver(config.dnsServers), redis, config.redisPrefix);
 
   const consumer = consume(nats, {
     name: 'router',

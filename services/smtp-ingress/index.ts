@@ -1,25 +1,32 @@
 /**
- * smtp-ingress: the door of the cluster. Port SMTP_PORT takes mail for hosted domains from other
- * servers; SUBMISSION_PORT takes mail from authenticated users to anywhere. A message is accepted
- * (250) only after its body is in the blob store and its envelope is acknowledged by JetStream
- * (invariant 1); if either fails the client gets 451 and retries.
+ * smtp-ingress: the door of the cluster. SMTP_PORT takes mail for hosted domains from other
+ * servers (STARTTLS offered; SPF, DKIM and DMARC checked); SUBMISSION_PORT (STARTTLS) and
+ * SMTPS_PORT (implicit TLS, RFC 8314) take mail from authenticated users to anywhere, DKIM-signed
+ * for hosted domains. A message is accepted (250) only after its body is in the blob store and its
+ * envelope is acknowledged by JetStream (invariant 1); if either fails the client gets 451 4.3.0.
+ *
+ * The protocol core (smtp-stream → parser → session + commands) knows nothing of NATS or Redis;
+ * this file builds its hooks from the runtime and runs the listeners.
  */
-import { SMTPServer, type SMTPServerSession, type SMTPServerOptions } from 'smtp-server';
+import { BlockList, createServer, isIP, type Server, type Socket } from 'node:net';
+import { createServer as createTlsServer, type TLSSocket } from 'node:tls';
 import type { Runtime, Service } from '../core/runtime.ts';
-import { pb, encode, type Envelope } from '../core/codec.ts';
-import { publish, STREAMS, SUBJECTS } from '../core/nats.ts';
-import { recordEvent } from '../core/events.ts';
 import { counter, gauge } from '../core/metrics.ts';
-import { SpanKind, currentTraceId, withSpan } from '../core/telemetry.ts';
-import { domainOf } from '../core/address.ts';
 import { DirectoryError } from '../core/directory.ts';
 import { isLoopback } from '../core/net.ts';
 import { REPLIES, SmtpReply } from './replies.ts';
-import { useOwnEnhancedCodes } from './enhanced-codes.ts';
-import { newMessageId, newQueueId, rfc5322Date, receivedHeader, scanHeaders } from './message.ts';
-import { LIMITS } from './limits.ts';
+import {
+  Session,
+  type PortKind,
+  type SessionHooks,
+  type SessionInfo,
+  type SessionOptions,
+} from './session.ts';
+import { LIMITS, limitsFrom } from './limits.ts';
+import { Rates } from './rates.ts';
+import { dnsResolver } from './mail-auth.ts';
+import { acceptMessage, type AcceptDeps } from './accept.ts';
 
-const accepted = counter('postino_smtp_messages_accepted_total', 'Messages accepted with 250', ['port']);
 const rejected = counter('postino_smtp_rejected_total', 'SMTP commands rejected, by reason', [
   'port',
   'reason',
@@ -27,252 +34,216 @@ const rejected = counter('postino_smtp_rejected_total', 'SMTP commands rejected,
 const authFailures = counter('postino_auth_failures_total', 'Failed authentications', ['protocol']);
 const sessionsOpen = gauge('postino_smtp_sessions_open', 'Open SMTP sessions', ['port']);
 
-interface Mode {
-  name: 'smtp' | 'submission';
-  port: number;
+/** Network numbers in SMTP_TRUSTED_NETWORKS ("none" for none). */
+function trustedNetworks(list: string[]): BlockList {
+  const b = new BlockList();
+  for (const item of list) {
+    if (item === 'none') continue;
+    const [net, bits] = item.split('/');
+    if (!net || !isIP(net)) throw new Error(`SMTP_TRUSTED_NETWORKS: not a network: ${item}`);
+    const type = isIP(net) === 6 ? 'ipv6' : 'ipv4';
+    b.addSubnet(net, Number(bits ?? (type === 'ipv6' ? 128 : 32)), type);
+  }
+  return b;
 }
 
 export async function start(rt: Runtime): Promise<Service> {
-  useOwnEnhancedCodes();
-  const { config, directory, nats, blobs } = rt;
+  const { config, directory } = rt;
   const log = rt.logger.child({ service: 'smtp-ingress' });
+  const rates = new Rates(rt.redis, config.redisPrefix);
+  const trusted = trustedNetworks(config.smtpTrustedNetworks);
+  const limits = limitsFrom(config);
+  const openPerIp = new Map<string, number>();
+  const sessions = new Set<Session>();
+  let stopping = false;
 
-  const reject = (mode: Mode, reason: string, reply: SmtpReply): SmtpReply => {
-    rejected.inc({ port: mode.name, reason });
+  // JetStream is unreachable while the connection is down: answer 451 at once rather than queue.
+  let natsConnected = true;
+  const status = rt.nats.nc.status();
+  void (async () => {
+    for await (const s of status) {
+      if (s.type === 'disconnect') natsConnected = false;
+      else if (s.type === 'reconnect') natsConnected = true;
+    }
+  })();
+
+  const deps: AcceptDeps = {
+    config,
+    nats: rt.nats,
+    blobs: rt.blobs,
+    directory,
+    log,
+    resolver: dnsResolver(config.dnsServers, 2000),
+    natsConnected: () => natsConnected,
+    isTrusted: (ip) => trusted.check(ip, isIP(ip) === 6 ? 'ipv6' : 'ipv4'),
+    rejected: (port, reason) => rejected.inc({ port, reason }),
+  };
+
+  const refuse = (info: SessionInfo, reason: string, reply: SmtpReply): SmtpReply => {
+    rejected.inc({ port: info.port, reason });
     return reply;
   };
 
-  const makeServer = (mode: Mode): SMTPServer => {
-    const submission = mode.name === 'submission';
-    const options: SMTPServerOptions = {
-      name: config.hostname,
-      banner: 'Postino ESMTP',
-      size: config.maxMessageSize,
-      authMethods: ['PLAIN', 'LOGIN'],
-      // Port 25 never takes AUTH from strangers in this foundation; submission requires it.
-      authOptional: !submission,
-      disabledCommands: submission ? ['STARTTLS'] : ['STARTTLS', 'AUTH'],
-      // AUTH without TLS is refused per connection in onAuth unless the peer is loopback.
-      allowInsecureAuth: true,
-      disableReverseLookup: true,
-      maxClients: LIMITS.maxClients,
-      socketTimeout: LIMITS.socketTimeoutMs,
-      closeTimeout: LIMITS.closeTimeoutMs,
-      maxAllowedUnauthenticatedCommands: LIMITS.maxUnauthenticatedCommands,
-      hideDSN: false,
-      logger: false,
-      onConnect(session, cb) {
-        sessionsOpen.inc({ port: mode.name });
-        cb();
-      },
-      onClose() {
-        sessionsOpen.dec({ port: mode.name });
-      },
-      onAuth(auth, session, cb) {
-        if (!session.secure && !config.allowPlaintextAuth && !isLoopback(session.remoteAddress)) {
-          cb(reject(mode, 'auth_needs_tls', REPLIES.encryptionRequired()));
-          return;
-        }
-        const login = auth.username ?? '';
-        directory
-          .authenticate(login, auth.password ?? '')
-          .then((user) => {
-            if (!user) {
-              authFailures.inc({ protocol: 'smtp' });
-              log.info({ login, ip: session.remoteAddress }, 'smtp auth failed');
-              cb(REPLIES.badCredentials());
-            } else cb(null, { user });
-          })
-          .catch((err: unknown) => {
-            log.error({ err }, 'auth lookup failed');
-            cb(new SmtpReply(454, '4.7.0', 'Temporary authentication failure'));
-          });
-      },
-      onMailFrom(address, session, cb) {
-        if (submission && !session.user) return cb(reject(mode, 'auth_required', REPLIES.authRequired()));
-        cb();
-      },
-      onRcptTo(address, session, cb) {
-        if (session.envelope.rcptTo.length >= config.maxRecipients) {
-          return cb(reject(mode, 'too_many_recipients', REPLIES.tooManyRecipients()));
-        }
-        const domain = domainOf(address.address);
-        if (!domain) return cb(reject(mode, 'bad_address', REPLIES.badAddress(address.address)));
-        directory
-          .isLocalDomain(domain)
-          .then(async (local) => {
-            if (!local) {
-              // No open relay (invariant 5): foreign domains only for authenticated submission.
-              if (!session.user)
-                return cb(reject(mode, 'relay_denied', REPLIES.relayDenied(address.address)));
-              return cb();
-            }
-            const expansion = await directory.resolveRecipient(address.address);
-            if (!expansion) return cb(reject(mode, 'unknown_user', REPLIES.unknownUser(address.address)));
-            cb();
-          })
-          .catch((err: unknown) => {
-            if (err instanceof DirectoryError && err.code === 'LOOP') {
-              return cb(reject(mode, 'alias_loop', REPLIES.aliasLoop(address.address)));
-            }
-            log.error({ err }, 'recipient lookup failed');
-            cb(reject(mode, 'temp_failure', REPLIES.tempFailure()));
-          });
-      },
-      onData(stream, session, cb) {
-        const chunks: Buffer[] = [];
-        let size = 0;
-        stream.on('data', (c: Buffer) => {
-          size += c.length;
-          // Past the limit keep reading (to answer 552 after the final dot) but store nothing.
-          if (size <= config.maxMessageSize) chunks.push(c);
-        });
-        stream.once('error', (err) => cb(err));
-        stream.once('end', () => {
-          if (stream.sizeExceeded || size > config.maxMessageSize) {
-            return cb(reject(mode, 'too_big', REPLIES.tooBig()));
-          }
-          accept(mode, session, chunks).then(
-            (queueId) => cb(null, `2.0.0 Ok: queued as ${queueId}`),
-            (err: unknown) => {
-              if (err instanceof SmtpReply) return cb(err);
-              log.error({ err }, 'message not accepted: blob store or JetStream unavailable');
-              cb(reject(mode, 'temp_failure', REPLIES.tempFailure()));
-            },
-          );
-        });
-      },
-    };
-    const server = new SMTPServer(options);
-    server.on('error', (err) => log.warn({ err, port: mode.name }, 'smtp server error'));
-    return server;
+  const hooks: SessionHooks = {
+    async connect(info) {
+      sessionsOpen.inc({ port: info.port });
+      const n = (openPerIp.get(info.remoteAddress) ?? 0) + 1;
+      openPerIp.set(info.remoteAddress, n);
+      if (stopping) return REPLIES.shuttingDown();
+      if (sessions.size > config.smtpMaxConnections || n > config.smtpMaxConnectionsPerIp)
+        return refuse(info, 'too_many_connections', REPLIES.tooManyConnections());
+      const rate = await rates.hit('conn', info.remoteAddress, LIMITS.rateWindowMs);
+      if (rate > config.smtpConnectionRate) return refuse(info, 'connection_rate', REPLIES.connectionRate());
+      return null;
+    },
+    close(info) {
+      sessionsOpen.dec({ port: info.port });
+      const n = (openPerIp.get(info.remoteAddress) ?? 1) - 1;
+      if (n <= 0) openPerIp.delete(info.remoteAddress);
+      else openPerIp.set(info.remoteAddress, n);
+    },
+    error(info, err) {
+      log.error({ err, session: info.id, ip: info.remoteAddress }, 'smtp command failed');
+    },
+    async authenticate(info, login, password) {
+      const account = login.trim().toLowerCase();
+      const window = LIMITS.authFailureWindowMs;
+      const [byIp, byAccount] = await Promise.all([
+        rates.peek('authfail', info.remoteAddress, window),
+        rates.peek('authfail', `u:${account}`, window),
+      ]);
+      if (byIp >= config.smtpAuthFailures || byAccount >= config.smtpAuthFailures)
+        return refuse(info, 'auth_throttled', REPLIES.authThrottled());
+      const user = await directory.authenticate(login, password).catch((err: unknown) => {
+        log.error({ err }, 'auth lookup failed');
+        return REPLIES.authTempFailure();
+      });
+      if (user instanceof SmtpReply) return user;
+      if (!user) {
+        authFailures.inc({ protocol: 'smtp' });
+        await Promise.all([
+          rates.hit('authfail', info.remoteAddress, window),
+          rates.hit('authfail', `u:${account}`, window),
+        ]);
+        log.info({ login: account, ip: info.remoteAddress }, 'smtp auth failed');
+        return refuse(info, 'bad_credentials', REPLIES.badCredentials());
+      }
+      return { user };
+    },
+    async mailFrom(info, from) {
+      const submission = info.port !== 'smtp';
+      if (submission) {
+        if (!from) return refuse(info, 'null_sender', REPLIES.nullSenderForbidden());
+        if (config.submissionSenderCheck && !(await owns(info.user, from.address)))
+          return refuse(info, 'sender_not_owned', REPLIES.senderNotOwned(from.address));
+      }
+      const whos = [info.remoteAddress, ...(info.user ? [`u:${info.user}`] : [])];
+      const counts = await Promise.all(whos.map((w) => rates.hit('msg', w, LIMITS.rateWindowMs)));
+      if (counts.some((c) => c > config.smtpMessageRate))
+        return refuse(info, 'message_rate', REPLIES.rateExceeded('messages'));
+      return null;
+    },
+    async rcptTo(info, _tx, to) {
+      const whos = [info.remoteAddress, ...(info.user ? [`u:${info.user}`] : [])];
+      const counts = await Promise.all(whos.map((w) => rates.hit('rcpt', w, LIMITS.rateWindowMs)));
+      if (counts.some((c) => c > config.smtpRecipientRate))
+        return refuse(info, 'recipient_rate', REPLIES.rateExceeded('recipients'));
+      if (to.domain.startsWith('[')) {
+        // An address literal is never hosted here: only authenticated users may relay to it.
+        return info.user ? null : refuse(info, 'relay_denied', REPLIES.relayDenied(to.address));
+      }
+      if (!(await directory.isLocalDomain(to.domain))) {
+        // No open relay (invariant 5): foreign domains only for authenticated users.
+        return info.user ? null : refuse(info, 'relay_denied', REPLIES.relayDenied(to.address));
+      }
+      try {
+        const expansion = await directory.resolveRecipient(to.address);
+        if (!expansion) return refuse(info, 'unknown_user', REPLIES.unknownUser(to.address));
+      } catch (err) {
+        if (err instanceof DirectoryError && err.code === 'LOOP')
+          return refuse(info, 'alias_loop', REPLIES.aliasLoop(to.address));
+        throw err;
+      }
+      return null;
+    },
+    accept: (info, tx) => acceptMessage(deps, info, tx),
   };
 
-  /** Stores the body, then publishes the envelope; resolves with the queue id once both are durable. */
-  const accept = (mode: Mode, session: SMTPServerSession, chunks: Buffer[]): Promise<string> =>
-    withSpan(
-      'smtp DATA',
-      {
-        kind: SpanKind.SERVER,
-        attributes: { 'network.peer.address': session.remoteAddress, 'smtp.port': mode.name },
-      },
-      async () => {
-        const queueId = newQueueId();
-        const body = Buffer.concat(chunks);
-        const facts = scanHeaders(body);
-        if (facts.hops >= LIMITS.maxHops) throw reject(mode, 'loop', REPLIES.loop());
-        const rcpts = session.envelope.rcptTo;
-        const authUser = typeof session.user === 'string' ? session.user : '';
-        const protocol = `ESMTP${session.secure ? 'S' : ''}${authUser ? 'A' : ''}`;
-        const prepend: string[] = [
-          receivedHeader({
-            helo: session.hostNameAppearsAs || 'unknown',
-            clientHostname:
-              session.clientHostname && !session.clientHostname.startsWith('[')
-                ? session.clientHostname
-                : 'unknown',
-            clientIp: session.remoteAddress,
-            hostname: config.hostname,
-            protocol,
-            tls: session.tlsOptions
-              ? `using ${session.tlsOptions.version ?? 'TLS'} with cipher ${session.tlsOptions.name}`
-              : '',
-            queueId,
-            traceId: currentTraceId(),
-            recipient: rcpts.length === 1 ? rcpts[0]?.address : undefined,
-          }),
-        ];
-        let messageId = facts.messageId;
-        if (mode.name === 'submission') {
-          // RFC 6409 8.2/8.3: a submission server may add a missing Message-ID and Date.
-          if (!messageId) {
-            messageId = newMessageId(queueId, config.hostname);
-            prepend.push(`Message-ID: ${messageId}\r\n`);
-          }
-          if (!facts.hasDate) prepend.push(`Date: ${rfc5322Date()}\r\n`);
-        }
-        const stored = await blobs.put([Buffer.from(prepend.join(''), 'latin1'), body]);
-        const mailFrom = session.envelope.mailFrom ? session.envelope.mailFrom.address : '';
-        const envelope: Envelope = {
-          queueId,
-          mailFrom,
-          recipients: rcpts.map((r) => ({
-            address: r.address,
-            dsn: r.dsn ? { notify: r.dsn.notify ?? [], orcpt: r.dsn.orcpt ?? '' } : undefined,
-          })),
-          body: { id: stored.id, size: stored.size },
-          receivedAt: Date.now(),
-          clientIp: session.remoteAddress,
-          helo: session.hostNameAppearsAs,
-          authUser,
-          messageId,
-          dsnRet: session.envelope.dsn?.ret ?? '',
-          dsnEnvid: session.envelope.dsn?.envid ?? '',
-          smtputf8: !!session.envelope.smtpUtf8,
-          bodyType: session.envelope.bodyType ?? '7bit',
-        };
-        await publish(nats, SUBJECTS.ingress, encode(pb.Envelope, envelope), {
-          stream: STREAMS.INGRESS,
-          msgId: queueId,
-        });
-        accepted.inc({ port: mode.name });
-        log.info(
-          {
-            queueId,
-            from: mailFrom,
-            rcpts: rcpts.length,
-            size: stored.size,
-            authUser,
-            ip: session.remoteAddress,
-          },
-          'message accepted',
-        );
-        await recordEvent(
-          nats,
-          log,
-          'received',
-          {
-            queueId,
-            messageId,
-            recipient: rcpts.map((r) => r.address).join(','),
-            service: 'smtp-ingress',
-            detail: `from ${session.remoteAddress} size ${stored.size}`,
-            mailFrom,
-          },
-          queueId,
-          Number(envelope.receivedAt),
-        );
-        return queueId;
-      },
-    );
+  /** RFC 6409 6.1: the sender is the user, one of their plus-addresses, or an alias leading to them. */
+  async function owns(user: string, address: string): Promise<boolean> {
+    if (!user) return false;
+    if (address.toLowerCase() === user) return true;
+    const exp = await directory.resolveRecipient(address).catch(() => null);
+    return !!exp?.users.includes(user);
+  }
 
-  const modes: Mode[] = [
-    { name: 'smtp', port: config.smtpPort },
-    { name: 'submission', port: config.submissionPort },
+  const sessionOptions = (port: PortKind, socket: Socket): SessionOptions => {
+    const ip = socket.remoteAddress ?? '';
+    return {
+      port,
+      hostname: config.hostname,
+      limits,
+      tlsContext: () => rt.tls.context,
+      authEnabled: port !== 'smtp',
+      authRequired: port !== 'smtp',
+      // RFC 8314 / RFC 4954 4: passwords only over TLS, unless loopback or configured.
+      plaintextAuthAllowed: config.allowPlaintextAuth || isLoopback(ip),
+    };
+  };
+
+  const run = (port: PortKind, socket: Socket) => {
+    socket.on('error', () => socket.destroy());
+    const session = new Session(socket, sessionOptions(port, socket), hooks);
+    sessions.add(session);
+    socket.once('close', () => sessions.delete(session));
+    void session.start();
+  };
+
+  const servers: { port: PortKind; server: Server }[] = [
+    { port: 'smtp', server: createServer((s) => run('smtp', s)) },
+    { port: 'submission', server: createServer((s) => run('submission', s)) },
   ];
-  const servers: { mode: Mode; server: SMTPServer }[] = [];
-  for (const mode of modes) {
-    const server = makeServer(mode);
+  if (config.smtpsPort > 0) {
+    const tlsServer = createTlsServer({ ...rt.tls.options, handshakeTimeout: 30_000 }, (s: TLSSocket) =>
+      run('smtps', s),
+    );
+    // A rotated certificate applies to new connections (cert-manager renewals).
+    rt.tls.on('change', () => tlsServer.setSecureContext(rt.tls.options));
+    tlsServer.on('tlsClientError', (err) => log.debug({ err }, 'smtps handshake failed'));
+    servers.push({ port: 'smtps', server: tlsServer });
+  }
+  const portOf = { smtp: config.smtpPort, submission: config.submissionPort, smtps: config.smtpsPort };
+  for (const { port, server } of servers) {
+    server.maxConnections = config.smtpMaxConnections + 100;
     await new Promise<void>((resolve, reject) => {
       server.once('error', reject);
-      server.listen(mode.port, config.bindHost, () => {
+      server.listen(portOf[port], config.bindHost, () => {
         server.off('error', reject);
         resolve();
       });
     });
-    const addr = server.server.address();
-    const port = typeof addr === 'object' && addr ? addr.port : mode.port;
-    log.info({ port, mode: mode.name }, 'smtp listening');
-    servers.push({ mode: { ...mode, port }, server });
+    const addr = server.address();
+    log.info(
+      { port: typeof addr === 'object' && addr ? addr.port : portOf[port], mode: port },
+      'smtp listening',
+    );
   }
-  rt.health.add('smtp-ingress', () => null);
+  rt.health.add('smtp-ingress', () => (stopping ? 'stopping' : null));
 
   return {
     async stop() {
-      // smtp-server's close waits for sessions to end (up to closeTimeout), then drops them.
-      await Promise.all(
+      stopping = true;
+      const closed = Promise.all(
         servers.map(({ server }) => new Promise<void>((resolve) => server.close(() => resolve()))),
       );
+      // Idle sessions get 421 now; busy ones finish their command (the reply is durable or 451).
+      const end = Date.now() + LIMITS.closeTimeoutMs;
+      while (sessions.size > 0 && Date.now() < end) {
+        for (const s of sessions) s.shutdown();
+        await new Promise((r) => setTimeout(r, 50));
+      }
+      for (const s of sessions) s.close(true);
+      await closed;
     },
   };
 }

@@ -57,18 +57,21 @@ export interface ReceivedInfo {
   queueId: string;
   traceId: string;
   recipient?: string;
+  /** The message is SMTPUTF8 (RFC 6532 3.7: the header may carry the UTF-8 address). */
+  utf8?: boolean;
 }
 
 /** A Received header (RFC 5321 4.4), folded, ending in CRLF. */
 export function receivedHeader(r: ReceivedInfo, date = new Date()): string {
   const clean = (s: string) => s.replace(/[^\x21-\x7e]/g, '').slice(0, 255) || 'unknown';
+  const cleanRcpt = (s: string) => (r.utf8 ? s.replace(/[\s\p{Cc}]/gu, '').slice(0, 255) : clean(s));
   const lines = [
     `Received: from ${clean(r.helo)} (${clean(r.clientHostname)} [${clean(r.clientIp)}])`,
     `\tby ${clean(r.hostname)} (Postino) with ${r.protocol} id ${r.queueId}`,
   ];
   if (r.tls) lines.push(`\t(${r.tls})`);
   if (r.traceId) lines.push(`\t(trace ${r.traceId})`);
-  lines.push(`\t${r.recipient ? `for <${clean(r.recipient)}>; ` : ''}${rfc5322Date(date)}`);
+  lines.push(`\t${r.recipient ? `for <${cleanRcpt(r.recipient)}>; ` : ''}${rfc5322Date(date)}`);
   return `${lines.join('\r\n')}\r\n`;
 }
 

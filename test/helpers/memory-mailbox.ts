@@ -31,6 +31,8 @@ interface Folder {
   messages: MessageMeta[];
   /** UIDs not yet seen by a full listing (the store's approximation of `\Recent`). */
   recent: Set<number>;
+  /** Expunge journal (RFC 7162 3.2.5): UID and the MODSEQ of its expunge, ascending. */
+  expunged: { uid: number; modseq: number }[];
 }
 
 interface User {
@@ -43,6 +45,8 @@ export interface MemoryMailboxOptions {
   folders?: Record<string, string>;
   /** Per-user quota in octets (sum of message sizes); append/copy beyond it fail with OVERQUOTA. */
   quotaBytes?: number;
+  /** Per-user limit on the number of messages; append/copy beyond it fail with OVERQUOTA. */
+  quotaMessages?: number;
 }
 
 const DEFAULT_FOLDERS: Record<string, string> = {
@@ -176,6 +180,7 @@ export class MemoryMailbox implements MailboxClient {
     for (const uid of removed) f.recent.delete(uid);
     if (removed.length > 0) {
       f.highestModseq++;
+      for (const uid of removed) f.expunged.push({ uid, modseq: f.highestModseq });
       this.#notify(user, { folder: f.name, kind: 'expunge', uids: removed, origin }, f);
     }
     return removed;
@@ -192,6 +197,7 @@ export class MemoryMailbox implements MailboxClient {
     this.#fail('append');
     const f = this.#folder(user, folder);
     this.#checkQuota(user, body.length);
+    this.#checkMessages(user, 1);
     const blob = `sha256:${createHash('sha256').update(body).digest('hex')}`;
     this.blobs.set(blob, Buffer.from(body));
     const uid = f.uidNext++;
@@ -223,6 +229,7 @@ export class MemoryMailbox implements MailboxClient {
     const picked = source.messages.filter((m) => wanted.has(m.uid));
     if (!move || source !== dest) {
       this.#checkQuota(user, move ? 0 : picked.reduce((n, m) => n + m.size, 0));
+      this.#checkMessages(user, move ? 0 : picked.length);
     }
     const sourceUids: number[] = [];
     const targetUids: number[] = [];
@@ -237,6 +244,7 @@ export class MemoryMailbox implements MailboxClient {
       const moved = new Set(sourceUids);
       source.messages = source.messages.filter((m) => !moved.has(m.uid));
       source.highestModseq++;
+      for (const uid of sourceUids) source.expunged.push({ uid, modseq: source.highestModseq });
     }
     if (targetUids.length > 0) {
       this.#notify(user, { folder: dest.name, kind: 'append', uids: targetUids, origin }, dest);
@@ -283,6 +291,8 @@ export class MemoryMailbox implements MailboxClient {
       for (const meta of f.messages) moved.messages.push({ ...meta, uid: moved.uidNext++ });
       const uids = f.messages.map((m) => m.uid);
       f.messages = [];
+      f.highestModseq++;
+      for (const uid of uids) f.expunged.push({ uid, modseq: f.highestModseq });
       u.folders.set(to, moved);
       this.#notify(user, { folder: 'INBOX', kind: 'expunge', uids, origin: '' }, f);
       return;
@@ -328,6 +338,92 @@ export class MemoryMailbox implements MailboxClient {
     };
   }
 
+  async messageRange(
+    user: string,
+    folder: string,
+    first: number,
+    last: number,
+    limit = 1000,
+  ): Promise<{ folder: FolderInfo; messages: MessageMeta[] }> {
+    this.#fail('messageRange');
+    const f = this.#folder(user, folder);
+    const page = f.messages.filter((m) => m.uid >= first && m.uid <= last).slice(0, Math.min(limit, 1000));
+    return { folder: this.#info(f), messages: page.map(cloneMeta) };
+  }
+
+  async changedSince(user: string, folder: string, modseq: number, uids?: number[]): Promise<MessageMeta[]> {
+    this.#fail('changedSince');
+    const f = this.#folder(user, folder);
+    const wanted = uids && uids.length > 0 ? new Set(uids) : null;
+    return f.messages.filter((m) => m.modseq > modseq && (!wanted || wanted.has(m.uid))).map(cloneMeta);
+  }
+
+  async expungedSince(user: string, folder: string, modseq: number): Promise<number[] | null> {
+    this.#fail('expungedSince');
+    const f = this.#folder(user, folder);
+    return f.expunged
+      .filter((e) => e.modseq > modseq)
+      .map((e) => e.uid)
+      .sort((a, b) => a - b);
+  }
+
+  async storeFlagsIf(
+    user: string,
+    folder: string,
+    uids: number[],
+    op: FlagOp,
+    flags: string[],
+    unchangedSince: number,
+    origin = '',
+  ): Promise<{ messages: MessageMeta[]; failed: number[] }> {
+    this.#fail('storeFlagsIf');
+    const f = this.#folder(user, folder);
+    const wanted = new Set(uids);
+    const failed: number[] = [];
+    const allowed: number[] = [];
+    for (const m of f.messages) {
+      if (!wanted.has(m.uid)) continue;
+      if (m.modseq > unchangedSince) failed.push(m.uid);
+      else allowed.push(m.uid);
+    }
+    const messages =
+      allowed.length > 0 ? await this.storeFlags(user, folder, allowed, op, flags, origin) : [];
+    return { messages, failed };
+  }
+
+  async quota(
+    user: string,
+  ): Promise<{ storageUsed: number; storageLimit: number; messagesUsed: number; messagesLimit: number }> {
+    this.#fail('quota');
+    let storageUsed = 0;
+    let messagesUsed = 0;
+    for (const f of this.#user(user).folders.values()) {
+      for (const m of f.messages) {
+        storageUsed += m.size;
+        messagesUsed++;
+      }
+    }
+    return {
+      storageUsed,
+      storageLimit: this.#options.quotaBytes ?? 0,
+      messagesUsed,
+      messagesLimit: this.#options.quotaMessages ?? 0,
+    };
+  }
+
+  async appendStream(
+    user: string,
+    folder: string,
+    body: AsyncIterable<Uint8Array>,
+    flags: string[],
+    internalDate?: number,
+    origin = '',
+  ): Promise<{ uid: number; uidValidity: number }> {
+    const chunks: Buffer[] = [];
+    for await (const c of body) chunks.push(Buffer.from(c));
+    return this.append(user, folder, Buffer.concat(chunks), flags, internalDate, origin);
+  }
+
   #fail(method: string): void {
     const error = this.#failures.get(method);
     if (error) {
@@ -365,6 +461,7 @@ export class MemoryMailbox implements MailboxClient {
       subscribed: true,
       messages: [],
       recent: new Set(),
+      expunged: [],
     };
   }
 
@@ -388,6 +485,14 @@ export class MemoryMailbox implements MailboxClient {
     let used = 0;
     for (const f of this.#user(user).folders.values()) for (const m of f.messages) used += m.size;
     if (used + extra > quota) throw new MailboxError('OVERQUOTA', 'Quota exceeded');
+  }
+
+  #checkMessages(user: string, extra: number): void {
+    const limit = this.#options.quotaMessages;
+    if (limit === undefined || extra === 0) return;
+    let used = 0;
+    for (const f of this.#user(user).folders.values()) used += f.messages.length;
+    if (used + extra > limit) throw new MailboxError('OVERQUOTA', 'Message quota exceeded');
   }
 
   #notify(user: string, change: Omit<MailboxChange, 'modseq'>, folder?: Folder): void {

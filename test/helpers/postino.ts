@@ -16,6 +16,12 @@ export interface Ports {
   submission: number;
   imap: number;
   pop3: number;
+  /** POP3 with implicit TLS (POP3S_PORT). */
+  pop3s: number;
+  /** SMTP submission with implicit TLS (SMTPS_PORT). */
+  smtps: number;
+  /** IMAP with implicit TLS (IMAPS_PORT). */
+  imaps: number;
 }
 
 export async function testConfig(
@@ -26,6 +32,9 @@ export async function testConfig(
     submission: await freePort(),
     imap: await freePort(),
     pop3: await freePort(),
+    pop3s: await freePort(),
+    smtps: await freePort(),
+    imaps: await freePort(),
   };
   const full: Record<string, string> = {
     POSTINO_HOSTNAME: 'mx.example.test',
@@ -36,6 +45,9 @@ export async function testConfig(
     SUBMISSION_PORT: String(ports.submission),
     IMAP_PORT: String(ports.imap),
     POP3_PORT: String(ports.pop3),
+    POP3S_PORT: String(ports.pop3s),
+    SMTPS_PORT: String(ports.smtps),
+    IMAPS_PORT: String(ports.imaps),
     LOG_LEVEL: process.env.LOG_LEVEL ?? 'silent',
     SHUTDOWN_GRACE: '5s',
     POSTINO_DATA_DIR: mkdtempSync(join(tmpdir(), 'postino-data-')),
@@ -56,8 +68,16 @@ export interface ServiceProcess {
   stop(signal?: NodeJS.Signals): Promise<number | null>;
 }
 
-/** `postino run <names>` as a separate process, ready when its /readyz answers 200. */
-export async function spawnServices(env: Record<string, string>, names: string[]): Promise<ServiceProcess> {
+/**
+ * `postino run <names>` as a separate process, ready when its /readyz answers 200. The wait is long
+ * (a loaded CI machine starts a process slowly), and the child is killed if it never gets ready, so
+ * that no process outlives the suite.
+ */
+export async function spawnServices(
+  env: Record<string, string>,
+  names: string[],
+  readyWithinMs = 60_000,
+): Promise<ServiceProcess> {
   const httpPort = await freePort();
   const child = spawn(process.execPath, [POSTINO, 'run', ...names], {
     env: { ...process.env, ...env, HTTP_PORT: String(httpPort) },
@@ -66,17 +86,23 @@ export async function spawnServices(env: Record<string, string>, names: string[]
   let stderr = '';
   child.stderr?.on('data', (c: Buffer) => (stderr += c.toString()));
   const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
-  await until(`postino run ${names.join(' ')} to be ready`, async () => {
-    if (child.exitCode !== null) throw new Error(`exited with ${child.exitCode}: ${stderr}`);
-    const res = await fetch(`http://127.0.0.1:${httpPort}/readyz`).catch(() => null);
-    return res?.status === 200;
-  });
-  return {
-    child,
-    httpPort,
-    async stop(signal: NodeJS.Signals = 'SIGTERM') {
-      if (child.exitCode === null && child.signalCode === null) child.kill(signal);
-      return exited;
-    },
+  const stop = async (signal: NodeJS.Signals = 'SIGTERM'): Promise<number | null> => {
+    if (child.exitCode === null && child.signalCode === null) child.kill(signal);
+    return exited;
   };
+  try {
+    await until(
+      `postino run ${names.join(' ')} to be ready`,
+      async () => {
+        if (child.exitCode !== null) throw new Error(`exited with ${child.exitCode}: ${stderr}`);
+        const res = await fetch(`http://127.0.0.1:${httpPort}/readyz`).catch(() => null);
+        return res?.status === 200;
+      },
+      readyWithinMs,
+    );
+  } catch (error) {
+    await stop('SIGKILL');
+    throw error;
+  }
+  return { child, httpPort, stop };
 }

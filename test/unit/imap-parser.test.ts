@@ -261,6 +261,7 @@ describe('parser: SEARCH', () => {
   it('reads the flag keys and a lone key', () => {
     assert.deepEqual(parseAs('SEARCH', 'a SEARCH unseen').args, {
       charset: null,
+      returns: null,
       key: { op: 'flag', flag: '\\Seen', set: false },
     });
     assert.deepEqual(parseAs('SEARCH', 'a SEARCH (DELETED)').args.key, {
@@ -290,12 +291,14 @@ describe('parser: other commands', () => {
       operation: 'add',
       silent: true,
       flags: ['\\Seen', '$Junk'],
+      unchangedSince: null,
     });
     assert.deepEqual(parseAs('STORE', 'a UID STORE 5 -flags \\Deleted \\Flagged').args, {
       set: [{ start: 5, end: 5 }],
       operation: 'remove',
       silent: false,
       flags: ['\\Deleted', '\\Flagged'],
+      unchangedSince: null,
     });
     assert.deepEqual(parseAs('STORE', 'a STORE * FLAGS ()').args.flags, []);
     assert.match(fails('a STORE 1 FLAGZ (\\Seen)').text, /FLAGS/);
@@ -307,9 +310,7 @@ describe('parser: other commands', () => {
     ]);
     assert.deepEqual(command.args, {
       mailbox: 'Sent Items',
-      flags: ['\\Seen'],
-      date: Date.UTC(1994, 1, 8, 5, 52, 25),
-      message: Buffer.from('hello'),
+      messages: [{ flags: ['\\Seen'], date: Date.UTC(1994, 1, 8, 5, 52, 25), message: Buffer.from('hello') }],
     });
     assert.deepEqual(parseAs('APPEND', 'a APPEND inbox {2+}', ['hi']).args.mailbox, 'INBOX');
     assert.match(fails('a APPEND INBOX hello').text, /literal/);
@@ -318,22 +319,31 @@ describe('parser: other commands', () => {
   });
 
   it('reads LIST patterns and mailbox names', () => {
-    assert.deepEqual(parseAs('LIST', 'a LIST "" *').args, { reference: '', pattern: '*' });
+    const basic = { selection: [], returnOptions: [], statusItems: null, extended: false };
+    assert.deepEqual(parseAs('LIST', 'a LIST "" *').args, { ...basic, reference: '', patterns: ['*'] });
     assert.deepEqual(parseAs('LIST', 'a LIST Work/ %/2024]').args, {
+      ...basic,
       reference: 'Work/',
-      pattern: '%/2024]',
+      patterns: ['%/2024]'],
     });
     assert.deepEqual(parseAs('LIST', 'a LIST "" "*" RETURN (SPECIAL-USE)').args, {
+      ...basic,
       reference: '',
-      pattern: '*',
+      patterns: ['*'],
+      returnOptions: ['SPECIAL-USE'],
+      extended: true,
     });
-    assert.deepEqual(parseAs('SELECT', 'a SELECT &AMk-t&AOk-').args, { mailbox: 'Été' });
+    assert.deepEqual(parseAs('SELECT', 'a SELECT &AMk-t&AOk-').args, {
+      mailbox: 'Été',
+      condstore: false,
+      qresync: null,
+    });
     assert.deepEqual(parseAs('RENAME', 'a RENAME a b').args, { mailbox: 'a', target: 'b' });
     assert.deepEqual(parseAs('STATUS', 'a STATUS INBOX (MESSAGES uidnext)').args, {
       mailbox: 'INBOX',
       items: ['MESSAGES', 'UIDNEXT'],
     });
-    assert.match(fails('a SELECT INBOX (CONDSTORE)').text, /Unsupported/);
+    assert.match(fails('a SELECT INBOX (FROB)').text, /Unknown select parameter/);
   });
 
   it('reads AUTHENTICATE, ID, ENABLE, COPY, MOVE, UID EXPUNGE', () => {
@@ -417,5 +427,91 @@ describe('mailbox names', () => {
     assert.deepEqual(names.filter(listMatcher('Work*')), ['Work', 'Work/2024', 'Work/2024/Q1', 'Workshop']);
     assert.deepEqual(names.filter(listMatcher('inbox')), ['INBOX']);
     assert.deepEqual(names.filter(listMatcher('W.rk')), []);
+  });
+});
+
+describe('parser: extension syntax', () => {
+  it('reads SELECT parameters (RFC 7162 CONDSTORE, QRESYNC)', () => {
+    assert.deepEqual(parseAs('SELECT', 'a SELECT INBOX (CONDSTORE)').args, {
+      mailbox: 'INBOX',
+      condstore: true,
+      qresync: null,
+    });
+    assert.deepEqual(
+      parseAs('EXAMINE', 'a EXAMINE INBOX (QRESYNC (67890007 20050715194045000 41,43:211))').args,
+      {
+        mailbox: 'INBOX',
+        condstore: false,
+        qresync: {
+          uidValidity: 67890007,
+          modseq: 20050715194045000,
+          knownUids: [
+            { start: 41, end: 41 },
+            { start: 43, end: 211 },
+          ],
+          seqMatch: null,
+        },
+      },
+    );
+    const withMatch = parseAs('SELECT', 'a SELECT INBOX (QRESYNC (1 2 1:9 (1,5 3,9)))').args.qresync;
+    assert.deepEqual(withMatch?.seqMatch, {
+      seqs: [
+        { start: 1, end: 1 },
+        { start: 5, end: 5 },
+      ],
+      uids: [
+        { start: 3, end: 3 },
+        { start: 9, end: 9 },
+      ],
+    });
+    assert.match(fails('a SELECT INBOX (QRESYNC (0 1))').text, /UIDVALIDITY/);
+    assert.match(fails('a SELECT INBOX (QRESYNC 1)').text, /\(/);
+  });
+
+  it('reads FETCH and STORE modifiers, SEARCH RETURN, MODSEQ and $', () => {
+    const fetch = parseAs('FETCH', 'a UID FETCH 1:* (FLAGS) (CHANGEDSINCE 12345 VANISHED)').args;
+    assert.equal(fetch.changedSince, 12345);
+    assert.equal(fetch.vanished, true);
+    assert.match(fails('a UID FETCH 1 FLAGS (VANISHED)').text, /CHANGEDSINCE/);
+    assert.match(fails('a FETCH 1 FLAGS (FROB 1)').text, /Unknown fetch modifier/);
+    assert.equal(parseAs('STORE', 'a STORE 1 (UNCHANGEDSINCE 5) +FLAGS (\\Seen)').args.unchangedSince, 5);
+    const search = parseAs(
+      'SEARCH',
+      'a SEARCH RETURN (MIN COUNT) CHARSET UTF-8 MODSEQ "/flags/\\\\draft" all 620162338',
+    ).args;
+    assert.deepEqual(search.returns, ['MIN', 'COUNT']);
+    assert.equal(search.charset, 'UTF-8');
+    assert.deepEqual(search.key, { op: 'modseq', modseq: 620162338 });
+    assert.deepEqual(parseAs('SEARCH', 'a SEARCH RETURN () $').args.returns, []);
+    assert.equal(parseAs('FETCH', 'a FETCH $ FLAGS').args.set.length, 0);
+  });
+
+  it('reads LIST-EXTENDED, MULTIAPPEND with literal8 and UTF8, and QUOTA commands', () => {
+    const list = parseAs(
+      'LIST',
+      'a LIST (SUBSCRIBED RECURSIVEMATCH) "" ("INBOX" %) RETURN (CHILDREN STATUS (MESSAGES))',
+    ).args;
+    assert.deepEqual(list.selection, ['SUBSCRIBED', 'RECURSIVEMATCH']);
+    assert.deepEqual(list.patterns, ['INBOX', '%']);
+    assert.deepEqual(list.returnOptions, ['CHILDREN', 'STATUS']);
+    assert.deepEqual(list.statusItems, ['MESSAGES']);
+    const multi = parseCommand({
+      segments: [Buffer.from('a APPEND INBOX ~{2}'), Buffer.from(' UTF8 (~{2+}'), Buffer.from(')')],
+      literals: [Buffer.from('hi'), Buffer.from('yo')],
+    });
+    assert.ok(multi.ok && multi.command.name === 'APPEND');
+    assert.deepEqual(
+      multi.command.args.messages.map((m) => m.message.toString()),
+      ['hi', 'yo'],
+    );
+    assert.deepEqual(parseAs('GETQUOTAROOT', 'a GETQUOTAROOT inbox').args, { mailbox: 'INBOX' });
+    assert.deepEqual(parseAs('SETQUOTA', 'a SETQUOTA "" (STORAGE 512 MESSAGE 10)').args, {
+      root: '',
+      resources: [
+        ['STORAGE', 512],
+        ['MESSAGE', 10],
+      ],
+    });
+    assert.match(fails('a SETQUOTA "" (STORAGE)').text, /quota resource/);
   });
 });

@@ -1,8 +1,9 @@
 /** MX resolution against a real DNS server (dnsmasq) answering test zones. */
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { MxResolver, orderMx } from '../../services/core/mx.ts';
-import { startDns, type Proc } from '../helpers/servers.ts';
+import { Redis } from 'ioredis';
+import { CachedMxResolver, MxResolver, orderMx } from '../../services/core/mx.ts';
+import { startDns, startRedis, type Proc } from '../helpers/servers.ts';
 
 let dns: Proc;
 let mx: MxResolver;
@@ -16,6 +17,9 @@ before(async () => {
     '--host-record=implicit.test,127.0.0.13',
     '--mx-host=null.test,.,0',
     '--mx-host=dangling.test,nowhere.dangling.test,10',
+    // broken.test is forwarded to a dead server: dnsmasq answers SERVFAIL.
+    '--server=/broken.test/127.0.0.1#9',
+    '--host-record=cached.test,127.0.0.14',
   ]);
   mx = new MxResolver([dns.url], 2000);
 });
@@ -33,10 +37,10 @@ test('MX hosts come in preference order with their addresses', async () => {
 
 test('a domain without MX uses its own address (implicit MX, RFC 5321 5.1)', async () => {
   const r = await mx.resolve('implicit.test');
-  assert.deepEqual(r, {
-    kind: 'ok',
-    hosts: [{ host: 'implicit.test', preference: 0, addresses: ['127.0.0.13'] }],
-  });
+  assert.equal(r.kind, 'ok');
+  assert.deepEqual(r.kind === 'ok' && r.hosts, [
+    { host: 'implicit.test', preference: 0, addresses: ['127.0.0.13'] },
+  ]);
 });
 
 test('a null MX (RFC 7505) is a permanent 5.1.10 failure', async () => {
@@ -76,4 +80,29 @@ test('hosts of equal preference are shuffled, never reordered across preferences
     seen.add(o.slice(0, 2).join(''));
   }
   assert.deepEqual([...seen].sort(), ['ab', 'ba']);
+});
+
+test('SERVFAIL is a temporary failure (retried, never bounced)', async () => {
+  const r = await mx.resolve('mail.broken.test');
+  assert.equal(r.kind, 'temporary');
+});
+
+test('answers are shared through Redis for their TTL; failures are not cached', async () => {
+  const redisProc = await startRedis();
+  const redis = new Redis(redisProc.url);
+  try {
+    const one = new CachedMxResolver(mx, redis, 'c:');
+    const first = await one.resolve('cached.test');
+    assert.equal(first.kind, 'ok');
+    // Another replica with a resolver that cannot reach any DNS server still gets the answer.
+    const other = new CachedMxResolver(new MxResolver(['127.0.0.1:9'], 300), redis, 'c:');
+    assert.deepEqual(await other.resolve('cached.test'), first);
+    const ttl = await redis.pttl('c:dns:mx:cached.test');
+    assert.ok(ttl > 0 && ttl <= 3_600_000);
+    assert.equal((await other.resolve('mail.broken.test')).kind, 'temporary');
+    assert.equal(await redis.exists('c:dns:mx:mail.broken.test'), 0);
+  } finally {
+    redis.disconnect();
+    await redisProc.cleanup();
+  }
 });

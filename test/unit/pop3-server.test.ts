@@ -5,14 +5,15 @@
  */
 import assert from 'node:assert/strict';
 import { execFile, execFileSync } from 'node:child_process';
-import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { connect, type Socket } from 'node:net';
 import { networkInterfaces, tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { connect as tlsConnect } from 'node:tls';
+import { connect as tlsConnect, type TLSSocket } from 'node:tls';
 import { before, describe, it, type TestContext } from 'node:test';
 import { pino } from 'pino';
-import type { Authenticator, MaildropLock } from '../../services/core/mailbox-api.ts';
+import { MailboxError, type Authenticator, type MaildropLock } from '../../services/core/mailbox-api.ts';
+import { TlsProvider } from '../../services/core/tls.ts';
 import { createPop3Server, type Pop3Server, type Pop3ServerOptions } from '../../services/pop3/server.ts';
 import { MemoryAuthenticator, MemoryMailbox } from '../helpers/memory-mailbox.ts';
 
@@ -423,6 +424,24 @@ describe('RFC 1939 section 4: greeting and AUTHORIZATION', () => {
       `,
     );
   });
+  it('RFC 3206 section 4: a maildrop the store cannot open for good gives [SYS/PERM]', async (t) => {
+    const h = await start(t);
+    h.mailbox.failNext('messages', new MailboxError('NONEXISTENT', 'No such folder: INBOX'));
+    const client = await Client.open(h.port);
+    await converse(
+      client,
+      `
+      S: +OK *
+      C: USER ${ALICE}
+      S: +OK *
+      C: PASS ${PASSWORD}
+      S: -ERR [SYS/PERM] maildrop cannot be opened, contact the postmaster
+      C: STAT
+      S: -ERR STAT is not valid in this state
+      `,
+    );
+    assert.equal(h.lock.held.size, 0);
+  });
 });
 
 describe('RFC 5034: AUTH PLAIN (RFC 4616)', () => {
@@ -589,6 +608,42 @@ describe('RFC 1939 section 5: TRANSACTION', () => {
     );
     const first = (await h.mailbox.messages(ALICE, 'INBOX')).messages[0];
     assert.deepEqual(first?.flags, [], 'only the retrieved message is flagged');
+  });
+
+  it('pipelined RETRs are all flagged \\Seen, before QUIT frees the maildrop', async (t) => {
+    const h = await start(t, { messages: [MSG1, MSG2, MSG1] });
+    /** Counts flag updates: RETRs made while one is in flight go together in the next. */
+    let stores = 0;
+    const storeFlags = h.mailbox.storeFlags.bind(h.mailbox);
+    h.mailbox.storeFlags = async (...args) => {
+      stores++;
+      return storeFlags(...args);
+    };
+    const client = await login(h);
+    client.send('RETR 1\r\nRETR 2\r\nRETR 3\r\nQUIT\r\n');
+    for (let i = 0; i < 3; i++) {
+      assert.match((await client.readLine()) ?? '', /^\+OK \d+ octets$/);
+      await client.readMultiline();
+    }
+    await converse(client, 'S: +OK *\nS: <closed>');
+    await until(() => h.lock.held.size === 0);
+    const flags = (await h.mailbox.messages(ALICE, 'INBOX')).messages.map((m) => m.flags);
+    assert.deepEqual(flags, [['\\Seen'], ['\\Seen'], ['\\Seen']]);
+    assert.ok(stores >= 1 && stores <= 3);
+  });
+
+  it('RETR succeeds when the store cannot set \\Seen', async (t) => {
+    const h = await start(t);
+    h.mailbox.failNext('storeFlags', new Error('store down'));
+    const client = await login(h);
+    await converse(client, `C: RETR 1\nS: +OK ${MSG1.length} octets\nS: From: bob@example.org`);
+    await client.readMultiline();
+    await converse(client, 'C: RETR 2\nS: +OK *');
+    await client.readMultiline();
+    await until(
+      async () => (await h.mailbox.messages(ALICE, 'INBOX')).messages[1]?.flags.includes('\\Seen') === true,
+    );
+    assert.deepEqual((await h.mailbox.messages(ALICE, 'INBOX')).messages[0]?.flags, []);
   });
 
   it('RETR of a body without a final CRLF still ends the response properly', async (t) => {
@@ -1257,6 +1312,95 @@ describe('RFC 2595 section 4: STLS', { skip: !haveOpenssl() && 'openssl not inst
       `,
     );
     assert.equal(h.lock.held.size, 0);
+  });
+
+  it('RFC 8314 section 3.3: implicit TLS greets after the handshake and takes passwords', async (t) => {
+    // A non-loopback peer: without TLS it would be refused USER (RFC 2595 section 2.3).
+    const host = externalAddress() ?? '127.0.0.1';
+    const h = await start(t, { tls: tlsOptions, host });
+    const port = await h.server.listenTls(0, host);
+    const socket = tlsConnect({ host, port, rejectUnauthorized: false });
+    await new Promise((resolve, reject) => socket.once('secureConnect', resolve).once('error', reject));
+    const client = new Client(socket);
+    await converse(
+      client,
+      `
+      S: +OK pop.test POP3 ready <*@pop.test>
+      C: CAPA
+      S: +OK capability list follows
+      S: TOP
+      S: UIDL
+      S: RESP-CODES
+      S: AUTH-RESP-CODE
+      S: PIPELINING
+      S: USER
+      S: SASL PLAIN
+      S: IMPLEMENTATION Postino
+      S: .
+      C: STLS
+      S: -ERR TLS is already active
+      C: AUTH PLAIN ${Buffer.from(`\0${ALICE}\0${PASSWORD}`).toString('base64')}
+      S: +OK maildrop has 2 messages *
+      C: QUIT
+      S: +OK *
+      S: <closed>
+      `,
+    );
+  });
+
+  it('implicit TLS: plaintext, or a handshake never finished, is dropped without a reply', async (t) => {
+    const h = await start(t, { tls: tlsOptions, limits: { tlsHandshakeTimeoutMs: 200 } });
+    const port = await h.server.listenTls(0, '127.0.0.1');
+    const plaintext = await Client.open(port);
+    plaintext.send(`USER ${ALICE}\r\n`);
+    const silent = await Client.open(port);
+    assert.equal(await plaintext.readLine(), null);
+    assert.equal(await silent.readLine(), null);
+    assert.equal(plaintext.rest + silent.rest, '');
+    assert.equal(h.server.sessions(), 0);
+  });
+
+  it('a rotated certificate applies to the next handshake, on STLS and on implicit TLS', async (t) => {
+    const dir = mkdtempSync(join(tmpdir(), 'pop3-rotate-'));
+    t.after(() => rmSync(dir, { recursive: true, force: true }));
+    const certFile = join(dir, 'cert.pem');
+    const keyFile = join(dir, 'key.pem');
+    const write = (pair: { key: Buffer; cert: Buffer }): void => {
+      writeFileSync(keyFile, pair.key);
+      writeFileSync(certFile, pair.cert);
+    };
+    write(makeCertificate());
+    const provider = await TlsProvider.load(
+      { certFile, keyFile, hostname: 'pop.test', dataDir: dir, pollMs: 20 },
+      pino({ level: 'silent' }),
+    );
+    t.after(() => provider.close());
+    const h = await start(t, { tls: provider });
+    const tlsPort = await h.server.listenTls(0, '127.0.0.1');
+    const viaImplicit = async (): Promise<string> => {
+      const socket = tlsConnect({ host: '127.0.0.1', port: tlsPort, rejectUnauthorized: false });
+      await new Promise((resolve, reject) => socket.once('secureConnect', resolve).once('error', reject));
+      const fingerprint = socket.getPeerCertificate().fingerprint256;
+      const client = new Client(socket);
+      await converse(client, 'S: +OK *\nC: QUIT\nS: +OK *\nS: <closed>');
+      return fingerprint;
+    };
+    const viaStls = async (): Promise<string> => {
+      const client = await Client.open(h.port);
+      await converse(client, 'S: +OK *\nC: STLS\nS: +OK begin TLS negotiation');
+      const secure = await upgrade(client);
+      const fingerprint = (secure.socket as TLSSocket).getPeerCertificate().fingerprint256;
+      await converse(secure, 'C: QUIT\nS: +OK *\nS: <closed>');
+      return fingerprint;
+    };
+    const before = await viaImplicit();
+    assert.equal(await viaStls(), before);
+    const rotated = new Promise((resolve) => provider.once('change', resolve));
+    write(makeCertificate());
+    await rotated;
+    const after = await viaImplicit();
+    assert.notEqual(after, before);
+    assert.equal(await viaStls(), after);
   });
 
   it('without a TLS configuration STLS is refused', async (t) => {

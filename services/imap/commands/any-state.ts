@@ -1,14 +1,24 @@
 /**
- * Commands valid in every state: CAPABILITY, NOOP, LOGOUT (RFC 9051 6.1) and ID (RFC 2971).
+ * Commands valid in every state: CAPABILITY, NOOP, LOGOUT (RFC 9051 6.1) and ID (RFC 2971);
+ * and COMPRESS (RFC 4978), which changes the connection rather than the mailbox.
  */
-import { atom, ok, statusLine } from '../response.ts';
-import { ANY_STATE } from './common.ts';
+import { atom, bad, no, ok, statusLine } from '../response.ts';
+import { ANY_STATE, AUTHENTICATED } from './common.ts';
 import type { CommandFamily } from './common.ts';
 
 /** RFC 2971 3.3: what the server says about itself. No version: it helps attackers more than users. */
 const SERVER_ID = ['name', 'Postino', 'vendor', 'Postino'];
 
-export const ANY_STATE_COMMANDS: CommandFamily<'CAPABILITY' | 'NOOP' | 'LOGOUT' | 'ID'> = {
+export const ANY_STATE_COMMANDS: CommandFamily<'CAPABILITY' | 'NOOP' | 'LOGOUT' | 'ID' | 'COMPRESS'> = {
+  COMPRESS: {
+    // RFC 4978 3: after authentication, once per connection, DEFLATE only.
+    states: AUTHENTICATED,
+    async handle(ctx, command) {
+      if (command.args.mechanism !== 'DEFLATE') return bad('Unknown compression mechanism');
+      if (ctx.compressed) return no('Compression is already active', 'COMPRESSIONACTIVE');
+      return { status: 'OK', text: 'DEFLATE active', after: async () => ctx.startCompression() };
+    },
+  },
   CAPABILITY: {
     states: ANY_STATE,
     async handle(ctx) {

@@ -8,7 +8,7 @@ import type { CommandName, CommandOf } from '../parser.ts';
 import { bad, no } from '../response.ts';
 import type { Outcome } from '../response.ts';
 import type { SelectedMailbox } from '../selected-mailbox.ts';
-import { maxExplicit, resolveSequenceNumbers, resolveUids } from '../sequence-set.ts';
+import { SAVED_RESULT, maxExplicit, resolveSequenceNumbers, resolveUids } from '../sequence-set.ts';
 import type { SequenceSet } from '../sequence-set.ts';
 
 /** One entry of the command table: the states it is allowed in, and its handler. */
@@ -44,6 +44,8 @@ export function selectedOf(ctx: SessionContext): SelectedMailbox {
  * mailbox are a client error (BAD); UIDs that do not exist are simply ignored.
  */
 export function resolveSet(mailbox: SelectedMailbox, set: SequenceSet, uid: boolean): number[] | Outcome {
+  // RFC 5182 2.1: `$` is the saved result, UIDs of messages still there, in either form.
+  if (set === SAVED_RESULT) return mailbox.uids.filter((u) => mailbox.savedSearch.has(u));
   if (uid) return resolveUids(set, mailbox.uids);
   if (maxExplicit(set) > mailbox.exists) return bad('Invalid message sequence number');
   return resolveSequenceNumbers(set, mailbox.exists).map((seq) => mailbox.uidAt(seq) as number);

@@ -19,10 +19,11 @@ import {
 } from '../mime-tree.ts';
 import type { ParsedMessage } from '../mime-tree.ts';
 import type { FetchItem, Section } from '../parser.ts';
-import { Literal, StreamLiteral, atom, formatInternalDate, ok, responseLine } from '../response.ts';
+import { Literal, StreamLiteral, atom, bad, formatInternalDate, ok, responseLine } from '../response.ts';
 import type { ImapValue } from '../response.ts';
 import type { SelectedMailbox } from '../selected-mailbox.ts';
 import { SELECTED, isOutcome, resolveSet, selectedOf, userOf } from './common.ts';
+import { formatSequenceSet, inSet } from '../sequence-set.ts';
 import type { CommandFamily } from './common.ts';
 
 /** Items that set \Seen when fetched (RFC 9051 6.4.5: BODY[...] without .PEEK, RFC822, RFC822.TEXT). */
@@ -39,9 +40,37 @@ function isWholeMessage(item: FetchItem): boolean {
   );
 }
 
+/** BODY[]<start.length>: a range of the raw message, streamable without parsing. */
+function isWholeRange(item: FetchItem): item is Extract<FetchItem, { kind: 'section' }> {
+  return (
+    item.kind === 'section' &&
+    !item.binary &&
+    item.section.part.length === 0 &&
+    item.section.text === null &&
+    item.partial !== null
+  );
+}
+
+/** The octets [start, start + length) of a stream, without holding more than a chunk. */
+async function* sliceStream(
+  source: AsyncIterable<Uint8Array>,
+  start: number,
+  length: number,
+): AsyncIterable<Uint8Array> {
+  let offset = 0;
+  const end = start + length;
+  for await (const chunk of source) {
+    const from = Math.max(start - offset, 0);
+    const to = Math.min(end - offset, chunk.byteLength);
+    offset += chunk.byteLength;
+    if (to > from) yield chunk.subarray(from, to);
+    if (offset >= end) return;
+  }
+}
+
 function needsBody(item: FetchItem): boolean {
   if (item.kind === 'attribute') {
-    return !['UID', 'FLAGS', 'INTERNALDATE', 'RFC822.SIZE'].includes(item.name);
+    return !['UID', 'FLAGS', 'INTERNALDATE', 'RFC822.SIZE', 'MODSEQ'].includes(item.name);
   }
   return true;
 }
@@ -103,8 +132,11 @@ async function fetchValues(
   flagsChanged: boolean,
 ): Promise<ImapValue[]> {
   const bodyItems = items.filter(needsBody);
-  const stream = bodyItems.length === 1 && isWholeMessage(bodyItems[0] as FetchItem);
-  const parsed = bodyItems.length > 0 && !stream ? await ctx.parsedMessage(meta) : null;
+  const only = bodyItems.length === 1 ? (bodyItems[0] as FetchItem) : null;
+  const stream = only !== null && (isWholeMessage(only) || isWholeRange(only));
+  // A cached message is served from memory even where it could be streamed.
+  const parsed =
+    bodyItems.length > 0 ? (stream ? ctx.cachedMessage(meta.blob) : await ctx.parsedMessage(meta)) : null;
   const values: ImapValue[] = [];
   const whole = (): ImapValue =>
     parsed ? new Literal(parsed.raw) : new StreamLiteral(meta.size, ctx.storage.openBody(meta.blob));
@@ -113,6 +145,16 @@ async function fetchValues(
       const label = atom(sectionLabel(item));
       if (isWholeMessage(item)) {
         values.push(label, whole());
+      } else if (stream && !parsed && isWholeRange(item) && item.partial) {
+        // RFC 9051 6.4.5: a range past the end is empty, one running over it is cut short.
+        const { start, length } = item.partial;
+        const size = Math.max(0, Math.min(length, meta.size - start));
+        values.push(
+          label,
+          size === 0
+            ? new Literal(Buffer.alloc(0))
+            : new StreamLiteral(size, sliceStream(ctx.storage.openBody(meta.blob), start, size)),
+        );
       } else {
         const data = slice(sectionBytes(parsed as ParsedMessage, item.section, item.binary), item.partial);
         values.push(label, new Literal(data, item.binary));
@@ -130,7 +172,10 @@ async function fetchValues(
         values.push(meta.uid);
         break;
       case 'FLAGS':
-        values.push(mailbox.reportedFlags(meta.uid).map(atom));
+        values.push(ctx.reportedFlags(meta.uid));
+        break;
+      case 'MODSEQ':
+        values.push([meta.modseq]);
         break;
       case 'INTERNALDATE':
         values.push(formatInternalDate(meta.internalDate));
@@ -159,8 +204,11 @@ async function fetchValues(
     }
   }
   // RFC 9051 6.4.5: when fetching sets \Seen, the new flags are part of the response.
-  if (flagsChanged && !items.some((i) => i.kind === 'attribute' && i.name === 'FLAGS')) {
-    values.push(atom('FLAGS'), mailbox.reportedFlags(meta.uid).map(atom));
+  const has = (name: string): boolean => items.some((i) => i.kind === 'attribute' && i.name === name);
+  if (flagsChanged && !has('FLAGS')) values.push(atom('FLAGS'), ctx.reportedFlags(meta.uid));
+  // RFC 7162 3.1.4: with CONDSTORE on, FLAGS in a FETCH response comes with MODSEQ.
+  if (ctx.enabled.has('CONDSTORE') && (flagsChanged || has('FLAGS')) && !has('MODSEQ')) {
+    values.push(atom('MODSEQ'), [meta.modseq]);
   }
   return values;
 }
@@ -174,6 +222,26 @@ export const FETCH_COMMANDS: CommandFamily<'FETCH'> = {
       const uids = resolveSet(mailbox, command.args.set, command.uid);
       if (isOutcome(uids)) return uids;
       const items = [...command.args.items];
+      const { changedSince, vanished } = command.args;
+      // RFC 7162 3.1: MODSEQ and CHANGEDSINCE are CONDSTORE-enabling.
+      if (changedSince !== null || items.some((i) => i.kind === 'attribute' && i.name === 'MODSEQ')) {
+        ctx.enabled.add('CONDSTORE');
+      }
+      if (vanished) {
+        // RFC 7162 3.2.6: VANISHED only in UID FETCH, once QRESYNC is on.
+        if (!command.uid) return bad('VANISHED needs UID FETCH');
+        if (!ctx.enabled.has('QRESYNC')) return bad('QRESYNC is not enabled');
+        const gone = await ctx.storage.expungedSince(user, mailbox.name, changedSince as number);
+        const star = Math.max(mailbox.maxUid, 1);
+        const reported = (gone ?? []).filter(
+          (uid) => inSet(command.args.set, uid, star) && !mailbox.has(uid),
+        );
+        if (reported.length > 0) await ctx.untagged(`VANISHED (EARLIER) ${formatSequenceSet(reported)}`);
+      }
+      // RFC 7162 3.1.4.1: CHANGEDSINCE implies MODSEQ in the response.
+      if (changedSince !== null && !items.some((i) => i.kind === 'attribute' && i.name === 'MODSEQ')) {
+        items.push({ kind: 'attribute', name: 'MODSEQ' });
+      }
       // RFC 9051 6.4.9: UID FETCH always returns the UID.
       if (command.uid && !items.some((i) => i.kind === 'attribute' && i.name === 'UID')) {
         items.unshift({ kind: 'attribute', name: 'UID' });
@@ -207,6 +275,7 @@ export const FETCH_COMMANDS: CommandFamily<'FETCH'> = {
           const seq = mailbox.seqOf(uid);
           // Expunged by another session and not yet reported: nothing to return (RFC 2180 4.1.2).
           if (!meta || seq === 0) continue;
+          if (changedSince !== null && meta.modseq <= changedSince) continue;
           const changed = mailbox.setFlags(uid, meta.flags) || seenNow.has(uid);
           const values = await fetchValues(ctx, mailbox, meta, items, changed);
           await ctx.write(responseLine(`* ${seq} FETCH`, [values]));

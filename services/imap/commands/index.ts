@@ -10,6 +10,8 @@ import { FETCH_COMMANDS } from './fetch.ts';
 import { IDLE_COMMANDS } from './idle.ts';
 import { MAILBOX_COMMANDS } from './mailbox.ts';
 import { MESSAGE_COMMANDS } from './message.ts';
+import { QUOTA_COMMANDS } from './quota.ts';
+import { SORT_COMMANDS } from './sort.ts';
 import { SEARCH_COMMANDS } from './search.ts';
 
 export type CommandTable = { [K in CommandName]: CommandSpec<K> };
@@ -22,4 +24,6 @@ export const COMMANDS: CommandTable = {
   ...FETCH_COMMANDS,
   ...SEARCH_COMMANDS,
   ...IDLE_COMMANDS,
+  ...QUOTA_COMMANDS,
+  ...SORT_COMMANDS,
 };

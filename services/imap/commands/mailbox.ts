@@ -8,65 +8,132 @@ import type { SessionContext } from '../context.ts';
 import { DELIMITER, encodeMailboxName, listMatcher } from '../mailbox-name.ts';
 import { atom, bad, no, ok } from '../response.ts';
 import type { ImapValue, Outcome } from '../response.ts';
+import type { ListArgs, QresyncParams, SelectArgs } from '../parser.ts';
 import { SelectedMailbox } from '../selected-mailbox.ts';
+import { formatSequenceSet, inSet } from '../sequence-set.ts';
 import { AUTHENTICATED, SELECTED, attempt, selectedOf, userOf } from './common.ts';
 import type { CommandFamily } from './common.ts';
 
 const SYSTEM_FLAGS = ['\\Answered', '\\Flagged', '\\Deleted', '\\Seen', '\\Draft'];
 
-/** The name as sent to clients: modified UTF-7, quoted. */
-function wireName(name: string): Buffer {
+/** The name as sent to clients: modified UTF-7, or UTF-8 once UTF8=ACCEPT is on (RFC 6855 3). */
+export function wireName(ctx: SessionContext, name: string): Buffer {
+  if (ctx.enabled.has('UTF8=ACCEPT')) return Buffer.from(name, 'utf8');
   return Buffer.from(encodeMailboxName(name), 'latin1');
 }
 
-async function select(ctx: SessionContext, name: string, readOnly: boolean): Promise<Outcome> {
+async function select(ctx: SessionContext, args: SelectArgs, readOnly: boolean): Promise<Outcome> {
   const user = userOf(ctx);
+  const name = args.mailbox;
+  // RFC 7162 3.2.5: QRESYNC parameters need ENABLE QRESYNC first.
+  if (args.qresync && !ctx.enabled.has('QRESYNC')) return bad('QRESYNC is not enabled');
   if (ctx.state.kind === 'selected') {
     // RFC 9051 6.3.2: selecting closes the current mailbox (without expunge), said with [CLOSED].
     ctx.setState({ kind: 'authenticated', user });
     await ctx.untagged('OK [CLOSED] Previous mailbox closed');
   }
+  // RFC 7162 3.1.8: SELECT (CONDSTORE) is a CONDSTORE-enabling command.
+  if (args.condstore) ctx.enabled.add('CONDSTORE');
   const mark = ctx.changeMark();
   const loaded = await attempt(ctx, () => ctx.storage.messages(user, name));
   if (!loaded.ok) return loaded.outcome;
   const { folder, messages } = loaded.value;
   const mailbox = new SelectedMailbox(folder, messages, readOnly);
+  const rev2 = ctx.enabled.has('IMAP4rev2');
   const flags = [...SYSTEM_FLAGS, ...mailbox.keywords()];
   await ctx.untagged('FLAGS', [flags.map(atom)]);
   const permanent = readOnly ? '()' : `(${SYSTEM_FLAGS.join(' ')} \\*)`;
   await ctx.untagged(`OK [PERMANENTFLAGS ${permanent}] Flags permitted`);
   await ctx.untagged(`${mailbox.exists} EXISTS`);
-  await ctx.untagged(`${mailbox.recentCount} RECENT`);
-  const firstUnseen = mailbox.uids.findIndex((uid) => !mailbox.flags(uid).includes('\\Seen'));
-  if (firstUnseen >= 0) await ctx.untagged(`OK [UNSEEN ${firstUnseen + 1}] First unseen`);
+  // RFC 9051 7.4: IMAP4rev2 drops RECENT and UNSEEN from SELECT.
+  if (!rev2) {
+    await ctx.untagged(`${mailbox.recentCount} RECENT`);
+    const firstUnseen = mailbox.uids.findIndex((uid) => !mailbox.flags(uid).includes('\\Seen'));
+    if (firstUnseen >= 0) await ctx.untagged(`OK [UNSEEN ${firstUnseen + 1}] First unseen`);
+  }
   await ctx.untagged(`OK [UIDVALIDITY ${folder.uidValidity}] UIDs valid`);
   await ctx.untagged(`OK [UIDNEXT ${folder.uidNext}] Predicted next UID`);
+  // RFC 7162 3.1.2.1: HIGHESTMODSEQ on every successful SELECT/EXAMINE.
+  await ctx.untagged(`OK [HIGHESTMODSEQ ${folder.highestModseq}] Highest`);
+  if (rev2) await ctx.untagged('LIST', [[], DELIMITER, wireName(ctx, folder.name)]);
   ctx.setState({ kind: 'selected', user, mailbox });
+  const q = args.qresync;
+  if (q && q.uidValidity === folder.uidValidity) {
+    const resynced = await attempt(ctx, () => qresync(ctx, user, mailbox, q));
+    if (!resynced.ok) return resynced.outcome;
+  }
   // Changes that arrived while the mailbox loaded are reported after this command.
   ctx.replayChanges(mark);
   return ok(`${readOnly ? 'EXAMINE' : 'SELECT'} completed`, readOnly ? 'READ-ONLY' : 'READ-WRITE');
 }
 
-/** LIST attributes (RFC 9051 7.3.1, RFC 3348 CHILDREN, RFC 6154 SPECIAL-USE). */
-function attributes(folder: FolderInfo, names: ReadonlySet<string>): string[] {
+/**
+ * RFC 7162 3.2.5.1: what changed since the client's mod-sequence — VANISHED (EARLIER) for
+ * expunged UIDs, then FETCH of the changed messages' flags.
+ */
+async function qresync(
+  ctx: SessionContext,
+  user: string,
+  mailbox: SelectedMailbox,
+  q: QresyncParams,
+): Promise<void> {
+  const star = Math.max(mailbox.maxUid, 1);
+  let known = (uid: number): boolean => (q.knownUids ? inSet(q.knownUids, uid, star) : true);
+  // RFC 7162 3.2.5.2: seq-match-data only narrows the search of a server without a full
+  // expunge journal; with the journal it is not needed, and is ignored.
+  let vanished = await ctx.storage.expungedSince(user, mailbox.name, q.modseq);
+  if (vanished === null) {
+    // The journal no longer reaches that far: every known UID that is gone is reported.
+    const present = new Set(mailbox.uids);
+    const top = mailbox.maxUid;
+    vanished = [];
+    if (q.knownUids) {
+      for (const range of q.knownUids) {
+        const a = range.start === '*' ? top : range.start;
+        const b = range.end === '*' ? top : range.end;
+        for (let uid = Math.min(a, b); uid <= Math.max(a, b) && uid <= top; uid++) {
+          if (!present.has(uid)) vanished.push(uid);
+        }
+      }
+    } else {
+      for (let uid = 1; uid <= top; uid++) if (!present.has(uid)) vanished.push(uid);
+    }
+    known = () => true;
+  }
+  const gone = vanished.filter((uid) => known(uid) && !mailbox.has(uid));
+  if (gone.length > 0) await ctx.untagged(`VANISHED (EARLIER) ${formatSequenceSet(gone)}`);
+  const changed = await ctx.storage.changedSince(user, mailbox.name, q.modseq);
+  for (const meta of changed) {
+    const seq = mailbox.seqOf(meta.uid);
+    if (seq === 0 || !known(meta.uid)) continue;
+    mailbox.setFlags(meta.uid, meta.flags);
+    await ctx.untagged(`${seq} FETCH`, [
+      [atom('UID'), meta.uid, atom('FLAGS'), ctx.reportedFlags(meta.uid), atom('MODSEQ'), [meta.modseq]],
+    ]);
+  }
+}
+
+/** LIST attributes (RFC 9051 7.3.1, RFC 3348 CHILDREN, RFC 6154 SPECIAL-USE, RFC 5258 \Subscribed). */
+function attributes(folder: FolderInfo, names: ReadonlySet<string>, subscribedAttr: boolean): string[] {
   const prefix = folder.name + DELIMITER;
   const hasChildren = [...names].some((n) => n.startsWith(prefix));
   const attrs = [hasChildren ? '\\HasChildren' : '\\HasNoChildren'];
   if (folder.specialUse) attrs.push(folder.specialUse);
+  if (subscribedAttr && folder.subscribed) attrs.push('\\Subscribed');
   return attrs;
 }
 
-async function list(
-  ctx: SessionContext,
-  reference: string,
-  pattern: string,
-  lsub: boolean,
-): Promise<Outcome> {
+async function list(ctx: SessionContext, args: ListArgs, lsub: boolean): Promise<Outcome> {
   const kind = lsub ? 'LSUB' : 'LIST';
-  if (pattern === '' && !lsub) {
+  const { reference, patterns, selection, returnOptions, statusItems } = args;
+  if (patterns.length === 1 && patterns[0] === '' && !lsub && !args.extended) {
     // RFC 9051 6.3.9: an empty pattern asks for the delimiter and the root.
     await ctx.untagged(kind, [[atom('\\Noselect')], DELIMITER, '']);
     return ok('LIST completed');
+  }
+  if (statusItems) {
+    const unknown = statusItems.find((item) => !STATUS_ITEMS.has(item));
+    if (unknown) return bad(`Unknown status item ${unknown.slice(0, 20)}`);
   }
   const user = userOf(ctx);
   const loaded = await attempt(ctx, () => ctx.storage.listFolders(user));
@@ -75,18 +142,46 @@ async function list(
     a.name === 'INBOX' ? -1 : b.name === 'INBOX' ? 1 : a.name < b.name ? -1 : a.name > b.name ? 1 : 0,
   );
   const names = new Set(folders.map((f) => f.name));
-  const matches = listMatcher(reference + pattern);
+  const matchers = patterns.map((pattern) => listMatcher(reference + pattern));
+  const matches = (name: string): boolean => matchers.some((m) => m(name));
+  // RFC 5258 3.1: SUBSCRIBED selects subscribed names; RFC 6154 5.1: SPECIAL-USE those with a use.
+  const onlySubscribed = lsub || selection.includes('SUBSCRIBED');
+  const onlySpecial = selection.includes('SPECIAL-USE');
+  const recursive = selection.includes('RECURSIVEMATCH');
+  const subscribedAttr = !lsub && (selection.includes('SUBSCRIBED') || returnOptions.includes('SUBSCRIBED'));
+  const selected = (f: FolderInfo): boolean =>
+    (!onlySubscribed || f.subscribed) && (!onlySpecial || f.specialUse !== '');
   for (const folder of folders) {
-    if (lsub && !folder.subscribed) continue;
     if (!matches(folder.name)) continue;
-    const attrs = lsub ? [] : attributes(folder, names);
-    await ctx.untagged(kind, [attrs.map(atom), DELIMITER, wireName(folder.name)]);
+    let childInfo = false;
+    if (!selected(folder)) {
+      // RFC 5258 3.5: with RECURSIVEMATCH a parent is listed when a child matches the selection.
+      if (!recursive) continue;
+      const prefix = folder.name + DELIMITER;
+      childInfo = folders.some((f) => f.name.startsWith(prefix) && selected(f));
+      if (!childInfo) continue;
+    }
+    const attrs = lsub ? [] : attributes(folder, names, subscribedAttr);
+    if (childInfo && !subscribedAttr) attrs.length = 0;
+    const values: ImapValue[] = [attrs.map(atom), DELIMITER, wireName(ctx, folder.name)];
+    if (childInfo)
+      values.push([
+        atom('CHILDINFO'),
+        [atom(selection.includes('SUBSCRIBED') ? 'SUBSCRIBED' : 'SPECIAL-USE')],
+      ]);
+    await ctx.untagged(kind, values);
+    // RFC 5819 2: the STATUS of each listed, selectable mailbox follows its LIST response.
+    if (statusItems && statusItems.length > 0) {
+      const status = await attempt(ctx, () => statusValues(ctx, user, folder.name, statusItems));
+      if (status.ok) await ctx.untagged('STATUS', [wireName(ctx, folder.name), status.value]);
+    }
   }
-  if (pattern.includes('%')) {
+  const wildcard = patterns.some((p) => p.includes('%'));
+  if (wildcard && !onlySpecial) {
     // RFC 9051 6.3.9: `%` lists a level whose mailbox does not exist as \Noselect (or \NonExistent).
     const implied = new Set<string>();
     for (const folder of folders) {
-      if (lsub && !folder.subscribed) continue;
+      if (onlySubscribed && !folder.subscribed) continue;
       const parts = folder.name.split(DELIMITER);
       for (let i = 1; i < parts.length; i++) {
         const parent = parts.slice(0, i).join(DELIMITER);
@@ -94,14 +189,81 @@ async function list(
       }
     }
     for (const parent of implied) {
-      const attrs = lsub ? ['\\Noselect'] : ['\\Noselect', '\\HasChildren'];
-      await ctx.untagged(kind, [attrs.map(atom), DELIMITER, wireName(parent)]);
+      const attrs = lsub ? ['\\Noselect'] : ['\\NonExistent', '\\HasChildren'];
+      if (!lsub && !args.extended && !ctx.enabled.has('IMAP4rev2')) attrs[0] = '\\Noselect';
+      await ctx.untagged(kind, [attrs.map(atom), DELIMITER, wireName(ctx, parent)]);
     }
   }
   return ok(`${kind} completed`);
 }
 
-const STATUS_ITEMS = new Set(['MESSAGES', 'RECENT', 'UIDNEXT', 'UIDVALIDITY', 'UNSEEN', 'DELETED', 'SIZE']);
+const STATUS_ITEMS = new Set([
+  'MESSAGES',
+  'RECENT',
+  'UIDNEXT',
+  'UIDVALIDITY',
+  'UNSEEN',
+  'DELETED',
+  'SIZE',
+  'HIGHESTMODSEQ',
+  'APPENDLIMIT',
+]);
+
+/** The values of a STATUS response (RFC 9051 6.3.11, RFC 7162 3.1.6, RFC 7889 4). */
+async function statusValues(
+  ctx: SessionContext,
+  user: string,
+  mailbox: string,
+  items: readonly string[],
+): Promise<ImapValue[]> {
+  const needsMessages = items.includes('DELETED') || items.includes('SIZE');
+  const { folder, messages } = needsMessages
+    ? await ctx.storage.messages(user, mailbox)
+    : { folder: await ctx.storage.status(user, mailbox), messages: [] };
+  const values: ImapValue[] = [];
+  for (const item of items) {
+    values.push(atom(item));
+    switch (item) {
+      case 'MESSAGES':
+        values.push(folder.exists);
+        break;
+      case 'RECENT':
+        values.push(folder.recent);
+        break;
+      case 'UIDNEXT':
+        values.push(folder.uidNext);
+        break;
+      case 'UIDVALIDITY':
+        values.push(folder.uidValidity);
+        break;
+      case 'UNSEEN':
+        values.push(folder.unseen);
+        break;
+      case 'DELETED':
+        values.push(messages.filter((m) => m.flags.includes('\\Deleted')).length);
+        break;
+      case 'SIZE':
+        values.push(messages.reduce((n, m) => n + m.size, 0));
+        break;
+      case 'HIGHESTMODSEQ':
+        values.push(folder.highestModseq);
+        break;
+      case 'APPENDLIMIT':
+        values.push(ctx.limits.maxLiteralBytes);
+        break;
+    }
+  }
+  return values;
+}
+
+/** RFC 5161 3.1 / RFC 9051 6.3.1: the extensions ENABLE can turn on. */
+const ENABLEABLE = new Map([
+  ['CONDSTORE', 'CONDSTORE'],
+  ['QRESYNC', 'QRESYNC'],
+  ['UTF8=ACCEPT', 'UTF8=ACCEPT'],
+  ['UTF8=ONLY', 'UTF8=ACCEPT'],
+  ['IMAP4REV2', 'IMAP4rev2'],
+]);
 
 export const MAILBOX_COMMANDS: CommandFamily<
   | 'SELECT'
@@ -122,11 +284,11 @@ export const MAILBOX_COMMANDS: CommandFamily<
 > = {
   SELECT: {
     states: AUTHENTICATED,
-    handle: (ctx, command) => select(ctx, command.args.mailbox, false),
+    handle: (ctx, command) => select(ctx, command.args, false),
   },
   EXAMINE: {
     states: AUTHENTICATED,
-    handle: (ctx, command) => select(ctx, command.args.mailbox, true),
+    handle: (ctx, command) => select(ctx, command.args, true),
   },
   CREATE: {
     states: AUTHENTICATED,
@@ -189,11 +351,11 @@ export const MAILBOX_COMMANDS: CommandFamily<
   },
   LIST: {
     states: AUTHENTICATED,
-    handle: (ctx, command) => list(ctx, command.args.reference, command.args.pattern, false),
+    handle: (ctx, command) => list(ctx, command.args, false),
   },
   LSUB: {
     states: AUTHENTICATED,
-    handle: (ctx, command) => list(ctx, command.args.reference, command.args.pattern, true),
+    handle: (ctx, command) => list(ctx, command.args, true),
   },
   STATUS: {
     states: AUTHENTICATED,
@@ -202,42 +364,9 @@ export const MAILBOX_COMMANDS: CommandFamily<
       const unknown = items.find((item) => !STATUS_ITEMS.has(item));
       if (unknown) return bad(`Unknown status item ${unknown.slice(0, 20)}`);
       const user = userOf(ctx);
-      const needsMessages = items.includes('DELETED') || items.includes('SIZE');
-      const loaded = await attempt(ctx, async () =>
-        needsMessages
-          ? ctx.storage.messages(user, mailbox)
-          : { folder: await ctx.storage.status(user, mailbox), messages: [] },
-      );
+      const loaded = await attempt(ctx, () => statusValues(ctx, user, mailbox, items));
       if (!loaded.ok) return loaded.outcome;
-      const { folder, messages } = loaded.value;
-      const values: ImapValue[] = [];
-      for (const item of items) {
-        values.push(atom(item));
-        switch (item) {
-          case 'MESSAGES':
-            values.push(folder.exists);
-            break;
-          case 'RECENT':
-            values.push(folder.recent);
-            break;
-          case 'UIDNEXT':
-            values.push(folder.uidNext);
-            break;
-          case 'UIDVALIDITY':
-            values.push(folder.uidValidity);
-            break;
-          case 'UNSEEN':
-            values.push(folder.unseen);
-            break;
-          case 'DELETED':
-            values.push(messages.filter((m) => m.flags.includes('\\Deleted')).length);
-            break;
-          case 'SIZE':
-            values.push(messages.reduce((n, m) => n + m.size, 0));
-            break;
-        }
-      }
-      await ctx.untagged('STATUS', [wireName(folder.name), values]);
+      await ctx.untagged('STATUS', [wireName(ctx, mailbox), loaded.value]);
       return ok('STATUS completed');
     },
   },
@@ -251,9 +380,18 @@ export const MAILBOX_COMMANDS: CommandFamily<
   },
   ENABLE: {
     states: AUTHENTICATED,
-    async handle(ctx) {
-      // RFC 5161 3.1: unknown or unsupported capabilities are ignored; none of ours need enabling.
-      await ctx.untagged('ENABLED');
+    async handle(ctx, command) {
+      // RFC 5161 3.1: unknown capabilities are ignored; ENABLED lists those newly turned on.
+      const now: string[] = [];
+      for (const requested of command.args.capabilities) {
+        const name = ENABLEABLE.get(requested);
+        if (!name || ctx.enabled.has(name)) continue;
+        ctx.enabled.add(name);
+        // RFC 7162 3.2.3: enabling QRESYNC enables CONDSTORE too.
+        if (name === 'QRESYNC') ctx.enabled.add('CONDSTORE');
+        now.push(name === 'UTF8=ACCEPT' ? requested : name);
+      }
+      await ctx.untagged('ENABLED', now.map(atom));
       return ok('ENABLE completed');
     },
   },

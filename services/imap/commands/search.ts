@@ -13,19 +13,20 @@ import { bodyText, decodeCharset } from '../mime-tree.ts';
 import type { ParsedMessage } from '../mime-tree.ts';
 import type { SearchKey } from '../parser.ts';
 import { atom, no, ok } from '../response.ts';
+import type { ImapValue } from '../response.ts';
 import type { SelectedMailbox } from '../selected-mailbox.ts';
-import { inSet } from '../sequence-set.ts';
+import { SAVED_RESULT, formatSequenceSet, inSet } from '../sequence-set.ts';
 import { SELECTED, selectedOf, userOf } from './common.ts';
 import type { CommandFamily } from './common.ts';
 
 /** RFC 9051 6.4.4: the charsets a server must support. */
-const CHARSETS = new Set(['UTF-8', 'US-ASCII']);
+export const CHARSETS = new Set(['UTF-8', 'US-ASCII']);
 
 const DAY_MS = 86_400_000;
 const MONTHS = ['jan', 'feb', 'mar', 'apr', 'may', 'jun', 'jul', 'aug', 'sep', 'oct', 'nov', 'dec'];
 
 /** One message being tested, with what is loaded lazily. */
-class Candidate {
+export class Candidate {
   readonly seq: number;
   readonly meta: MessageMeta;
   readonly #ctx: SessionContext;
@@ -59,6 +60,12 @@ class Candidate {
 function decodeHeader(value: Buffer): string {
   const text = decodeCharset(value, 'utf-8');
   return libmime.decodeWords(text);
+}
+
+/** Milliseconds of a Date header (RFC 5322 3.3), or null when it cannot be read. */
+export function sentTime(value: string): number | null {
+  const parsed = Date.parse(value.replace(/\([^)]*\)/g, ' ').trim());
+  return Number.isNaN(parsed) ? null : parsed;
 }
 
 /** The calendar day of the Date header as written (RFC 9051 6.4.4: time and timezone disregarded). */
@@ -111,9 +118,14 @@ async function matches(key: SearchKey, m: Candidate, mailbox: SelectedMailbox): 
     case 'old':
       return !mailbox.isRecent(m.meta.uid);
     case 'seq':
-      return inSet(key.set, m.seq, mailbox.exists);
     case 'uid':
-      return inSet(key.set, m.meta.uid, mailbox.maxUid);
+      // RFC 5182 2.1: `$` is the saved result, whether written as a sequence set or after UID.
+      if (key.set === SAVED_RESULT) return mailbox.savedSearch.has(m.meta.uid);
+      return key.op === 'seq'
+        ? inSet(key.set, m.seq, mailbox.exists)
+        : inSet(key.set, m.meta.uid, mailbox.maxUid);
+    case 'modseq':
+      return m.meta.modseq >= key.modseq;
     case 'larger':
       return m.meta.size > key.size;
     case 'smaller':
@@ -142,6 +154,42 @@ async function matches(key: SearchKey, m: Candidate, mailbox: SelectedMailbox): 
   }
 }
 
+/** The messages of the selected mailbox that match `key`, in sequence order; null if the connection closed. */
+export async function findMatches(ctx: SessionContext, key: SearchKey): Promise<Candidate[] | null> {
+  const mailbox = selectedOf(ctx);
+  const user = userOf(ctx);
+  const found: Candidate[] = [];
+  const uids = [...mailbox.uids];
+  for (let i = 0; i < uids.length; i += ctx.limits.storageBatch) {
+    const batch = uids.slice(i, i + ctx.limits.storageBatch);
+    const { messages } = await ctx.storage.messages(user, mailbox.name, batch);
+    for (const meta of messages) {
+      if (ctx.closed) return null;
+      const seq = mailbox.seqOf(meta.uid);
+      if (seq === 0) continue;
+      const candidate = new Candidate(ctx, seq, meta);
+      if (await matches(key, candidate, mailbox)) found.push(candidate);
+    }
+  }
+  return found.sort((a, b) => a.seq - b.seq);
+}
+
+/** Whether a MODSEQ key appears (RFC 7162 3.1.5: the response then carries the highest MODSEQ). */
+function usesModseq(key: SearchKey): boolean {
+  switch (key.op) {
+    case 'modseq':
+      return true;
+    case 'and':
+      return key.keys.some(usesModseq);
+    case 'or':
+      return usesModseq(key.left) || usesModseq(key.right);
+    case 'not':
+      return usesModseq(key.key);
+    default:
+      return false;
+  }
+}
+
 export const SEARCH_COMMANDS: CommandFamily<'SEARCH'> = {
   SEARCH: {
     states: SELECTED,
@@ -150,26 +198,53 @@ export const SEARCH_COMMANDS: CommandFamily<'SEARCH'> = {
       if (charset !== null && !CHARSETS.has(charset)) {
         return no('Unsupported charset', `BADCHARSET (${[...CHARSETS].join(' ')})`);
       }
+      const modseq = usesModseq(key);
+      // RFC 7162 3.1: SEARCH MODSEQ is a CONDSTORE-enabling command.
+      if (modseq) ctx.enabled.add('CONDSTORE');
       const mailbox = selectedOf(ctx);
-      const user = userOf(ctx);
-      const found: number[] = [];
-      const uids = [...mailbox.uids];
-      for (let i = 0; i < uids.length; i += ctx.limits.storageBatch) {
-        const batch = uids.slice(i, i + ctx.limits.storageBatch);
-        const { messages } = await ctx.storage.messages(user, mailbox.name, batch);
-        for (const meta of messages) {
-          if (ctx.closed) return ok('SEARCH aborted');
-          const seq = mailbox.seqOf(meta.uid);
-          if (seq === 0) continue;
-          if (await matches(key, new Candidate(ctx, seq, meta), mailbox))
-            found.push(command.uid ? meta.uid : seq);
-        }
+      const matched = await findMatches(ctx, key);
+      if (!matched) return ok('SEARCH aborted');
+      const found = matched.map((c) => ({ seq: c.seq, uid: c.meta.uid }));
+      const highest = matched.reduce((n, c) => Math.max(n, c.meta.modseq), 0);
+      const numbers = found.map((f) => (command.uid ? f.uid : f.seq));
+      // RFC 9051 6.4.4: IMAP4rev2 answers a plain SEARCH as RETURN (ALL), with ESEARCH.
+      let returns = command.args.returns;
+      if (returns === null && ctx.enabled.has('IMAP4rev2')) returns = ['ALL'];
+      if (returns === null) {
+        const values = numbers.map((n) => atom(String(n)));
+        if (modseq && numbers.length > 0)
+          await ctx.untagged('SEARCH', [...values, [atom('MODSEQ'), highest]]);
+        else await ctx.untagged('SEARCH', values);
+        return ok('SEARCH completed');
       }
-      found.sort((a, b) => a - b);
-      await ctx.untagged(
-        'SEARCH',
-        found.map((n) => atom(String(n))),
-      );
+      // RFC 4731 3.1: RETURN () means RETURN (ALL).
+      const options = new Set(returns.length === 0 ? ['ALL'] : returns);
+      if (options.has('SAVE')) {
+        // RFC 5182 2.4: with MIN/MAX, only those are saved.
+        let saved = found;
+        if (options.has('MIN') || options.has('MAX')) {
+          saved = [];
+          if (found.length > 0 && options.has('MIN')) saved.push(found[0] as (typeof found)[0]);
+          if (found.length > 1 && options.has('MAX'))
+            saved.push(found[found.length - 1] as (typeof found)[0]);
+        }
+        mailbox.savedSearch = new Set(saved.map((f) => f.uid));
+        options.delete('SAVE');
+        // RFC 5182 2.4: SAVE alone returns no ESEARCH response.
+        if (options.size === 0) return ok('SEARCH completed, result saved');
+      }
+      // RFC 4731 3.1: `* ESEARCH (TAG "t") [UID] MIN n MAX n COUNT n ALL set`.
+      const values: ImapValue[] = [[atom('TAG'), command.tag]];
+      if (command.uid) values.push(atom('UID'));
+      if (numbers.length > 0) {
+        if (options.has('MIN')) values.push(atom('MIN'), numbers[0] as number);
+        if (options.has('MAX')) values.push(atom('MAX'), numbers[numbers.length - 1] as number);
+      }
+      if (options.has('ALL') && numbers.length > 0)
+        values.push(atom('ALL'), atom(formatSequenceSet(numbers)));
+      if (options.has('COUNT')) values.push(atom('COUNT'), numbers.length);
+      if (modseq && numbers.length > 0) values.push(atom('MODSEQ'), highest);
+      await ctx.untagged('ESEARCH', values);
       return ok('SEARCH completed');
     },
   },

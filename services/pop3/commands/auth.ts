@@ -2,6 +2,7 @@
  * AUTHORIZATION state commands: USER and PASS (RFC 1939 section 7), AUTH PLAIN (RFC 5034,
  * RFC 4616), and what follows a successful login: the maildrop lock and the INBOX snapshot.
  */
+import { MailboxError } from '../../core/mailbox-api.ts';
 import { Maildrop } from '../maildrop.ts';
 import { decodeSaslPlain, parseSaslResponse } from '../parser.ts';
 import { err, ok } from '../replies.ts';
@@ -12,6 +13,9 @@ import {
   type Outcome,
   type SessionState,
 } from './command.ts';
+
+/** Store error codes that opening the maildrop again will not cure. */
+const PERMANENT: ReadonlySet<string> = new Set(['NONEXISTENT', 'CANNOT', 'INVALID']);
 
 /** The AUTHORIZATION state with nothing pending. */
 const FRESH: SessionState = { kind: 'authorization', pendingUser: null, sasl: null };
@@ -101,6 +105,11 @@ async function login(
   } catch (error) {
     ctx.logger.error({ err: error }, 'cannot read the maildrop');
     await releaseLock(ctx.logger, release);
+    // RFC 3206 section 4: [SYS/PERM] when the store says the maildrop itself is broken (no INBOX,
+    // refused), so trying again will not help; anything else (a store down) is [SYS/TEMP].
+    if (error instanceof MailboxError && PERMANENT.has(error.code)) {
+      return { reply: err('maildrop cannot be opened, contact the postmaster', 'SYS/PERM'), next: FRESH };
+    }
     return { reply: err('maildrop is unavailable, try again later', 'SYS/TEMP'), next: FRESH };
   }
   ctx.logger.info({ user, messages: maildrop.count }, 'logged in');

@@ -59,6 +59,8 @@ export interface CommandContext<S extends StateKind = StateKind> {
   readonly tlsAvailable: boolean;
   /** USER/PASS and SASL PLAIN may be used on this connection (TLS, loopback, or allowed by configuration). */
   readonly plaintextAllowed: boolean;
+  /** Flags a message \Seen in the background (RETR); done before the maildrop lock is released. */
+  markSeen(uid: number): void;
   /** Counts a failed login; true when the connection has used up its attempts. */
   authFailed(): boolean;
 }

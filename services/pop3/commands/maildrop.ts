@@ -36,21 +36,14 @@ export const UIDL = defineCommand('UIDL', ['transaction'], (ctx, { msg }) => {
 });
 
 export const RETR = defineCommand('RETR', ['transaction'], (ctx, { msg }) => {
-  const { maildrop, user } = ctx.state;
+  const { maildrop } = ctx.state;
   const found = maildrop.get(msg);
   if (!found.ok) return { reply: err(found.error) };
   const { uid, size, blob } = found.entry;
   const reply = { kind: 'message' as const, text: `${size} octets`, blob, maxBodyLines: null };
   if (!ctx.retrSetsSeen) return { reply };
-  const markSeen = async (): Promise<void> => {
-    // The message reached the client; failing to flag it must not fail the RETR.
-    try {
-      await ctx.mailbox.storeFlags(user, 'INBOX', [uid], 'add', ['\\Seen']);
-    } catch (error) {
-      ctx.logger.warn({ err: error, uid }, 'could not set \\Seen after RETR');
-    }
-  };
-  return { reply: { ...reply, delivered: markSeen } };
+  // Once the last byte is written: a RETR cut short does not mark the message read.
+  return { reply: { ...reply, delivered: async () => ctx.markSeen(uid) } };
 });
 
 export const TOP = defineCommand('TOP', ['transaction'], (ctx, { msg, lines }) => {

@@ -1,0 +1,85 @@
+/**
+ * Queue control in the admin API (the `postino queue` CLI speaks to it):
+ *   GET  /api/queue[?domain=d][&queue_id=q]      deferred and held messages, next attempt, last error
+ *   POST /api/queue/retry    {domain?|id?|queueId?}  make them due now
+ *   POST /api/queue/hold     {domain?|id?|queueId?}  park them (no attempt until released)
+ *   POST /api/queue/release  {domain?|id?|queueId?}  make held ones due now
+ *   POST /api/queue/delete   {domain?|id?|queueId?}  drop them without a bounce (as postsuper -d)
+ * `id` is "<queue-id>:<domain>", one message's entry for one destination.
+ */
+import type { IncomingMessage, ServerResponse } from 'node:http';
+import type { Logger } from 'pino';
+import type { Route } from '../core/http.ts';
+import { isLoopback } from '../core/net.ts';
+import type { Runtime } from '../core/runtime.ts';
+import { QueueStore } from '../delivery/queue-store.ts';
+
+const MAX_BODY = 16 * 1024;
+const ACTIONS = ['retry', 'hold', 'release', 'delete'] as const;
+type Action = (typeof ACTIONS)[number];
+
+function send(res: ServerResponse, status: number, body: unknown): true {
+  res.statusCode = status;
+  res.setHeader('content-type', 'application/json');
+  res.end(`${JSON.stringify(body)}\n`);
+  return true;
+}
+
+async function body(req: IncomingMessage): Promise<Record<string, unknown> | null> {
+  let raw = '';
+  for await (const c of req) {
+    raw += (c as Buffer).toString('utf8');
+    if (raw.length > MAX_BODY) return null;
+  }
+  try {
+    const v: unknown = JSON.parse(raw || '{}');
+    return typeof v === 'object' && v !== null && !Array.isArray(v) ? (v as Record<string, unknown>) : null;
+  } catch {
+    return null;
+  }
+}
+
+export function queueRoute(rt: Runtime, logger: Logger): Route {
+  const queue = new QueueStore(rt.redis, rt.config.redisPrefix);
+  const token = rt.config.adminToken;
+  return async (req, res, url) => {
+    if (url.pathname !== '/api/queue' && !url.pathname.startsWith('/api/queue/')) return false;
+    const authorized = token
+      ? req.headers.authorization === `Bearer ${token}`
+      : isLoopback(req.socket.remoteAddress ?? '');
+    if (!authorized) return send(res, 401, { error: 'unauthorized' });
+    const action = url.pathname.slice('/api/queue/'.length) as Action;
+    if (url.pathname === '/api/queue' && req.method === 'GET') {
+      const entries = await queue.list({
+        domain: url.searchParams.get('domain') ?? undefined,
+        queueId: url.searchParams.get('queue_id') ?? undefined,
+      });
+      return send(res, 200, {
+        entries: entries.map((e) => ({
+          ...e,
+          nextAttempt: e.state === 'held' ? null : new Date(e.nextAttempt).toISOString(),
+          receivedAt: new Date(e.receivedAt).toISOString(),
+        })),
+      });
+    }
+    if (req.method !== 'POST' || !ACTIONS.includes(action)) {
+      return send(res, 404, { error: `no route ${req.method} ${url.pathname}` });
+    }
+    const b = await body(req);
+    if (!b) return send(res, 400, { error: 'body must be a JSON object' });
+    const pick = (k: string) => (typeof b[k] === 'string' && b[k] !== '' ? (b[k] as string) : undefined);
+    const id = pick('id');
+    const domain = pick('domain');
+    const queueId = pick('queueId');
+    if (!id && !domain && !queueId) return send(res, 400, { error: 'give "id", "queueId" or "domain"' });
+    const ids = id ? [id] : (await queue.list({ domain, queueId }, 100_000)).map((e) => e.id);
+    let changed = 0;
+    for (const one of ids) {
+      const ok = action === 'delete' ? await queue.remove(one) : await queue.control(one, action);
+      if (ok) changed++;
+    }
+    logger.info({ action, id, domain, queueId, changed }, 'queue control');
+    if (changed === 0 && id) return send(res, 404, { error: `no queue entry ${id} to ${action}` });
+    return send(res, 200, { action, changed });
+  };
+}
