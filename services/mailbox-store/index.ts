@@ -3,6 +3,7 @@
  * the mailbox RPC API that imap and pop3 use.
  */
 import type { Runtime, Service } from '../core/runtime.ts';
+import type { BlobInfo, BlobStore } from '../core/blobs.ts';
 import { consume } from '../core/nats.ts';
 import { pb, decode } from '../core/codec.ts';
 import { recordEvent } from '../core/events.ts';
@@ -64,7 +65,13 @@ export async function start(rt: Runtime): Promise<Service> {
     handler: async (msg) => {
       const d = decode(pb.LocalDelivery, msg.data);
       const folder = d.folder || 'INBOX';
-      const body = { id: d.body?.id ?? '', size: Number(d.body?.size ?? 0) };
+      // RFC 5321 4.4: the final delivery adds Return-Path with the reverse path (<> for a bounce).
+      // Every local recipient of one envelope gets the same bytes, so the blob is still stored once.
+      const body = await withReturnPath(
+        rt.blobs,
+        { id: d.body?.id ?? '', size: Number(d.body?.size ?? 0) },
+        d.mailFrom,
+      );
       const receivedAt = Number(d.receivedAt) || Date.now();
       // The idempotency key makes a redelivered entry a no-op (invariant 3).
       const fileInto = (f: string) => store.appendBlob(d.user, f, body, [], receivedAt, d.idempotencyKey);
@@ -115,4 +122,33 @@ export async function start(rt: Runtime): Promise<Service> {
       await consumer.stop();
     },
   };
+}
+
+/** Recent Return-Path copies by (body, sender): the recipients of one envelope share one copy. */
+const RETURN_PATH_MEMO_MAX = 1000;
+const returnPathMemo = new Map<string, Promise<BlobInfo>>();
+
+/**
+ * A copy of the body with a Return-Path header in front, streamed (never held whole). Deliveries
+ * of the same envelope running at once wait for one copy instead of each writing it.
+ */
+function withReturnPath(blobs: BlobStore, body: BlobInfo, mailFrom: string): Promise<BlobInfo> {
+  const key = `${body.id}\n${mailFrom}`;
+  let copy = returnPathMemo.get(key);
+  if (!copy) {
+    const header = Buffer.from(`Return-Path: <${mailFrom.replace(/[\r\n<>]/g, '')}>\r\n`, 'utf8');
+    async function* bytes(): AsyncIterable<Uint8Array> {
+      yield header;
+      yield* blobs.open(body.id);
+    }
+    copy = blobs.putStream(bytes());
+    returnPathMemo.set(key, copy);
+    // A failed copy is not remembered: the redelivery tries again.
+    copy.catch(() => returnPathMemo.delete(key));
+    if (returnPathMemo.size > RETURN_PATH_MEMO_MAX) {
+      const oldest = returnPathMemo.keys().next().value;
+      if (oldest !== undefined) returnPathMemo.delete(oldest);
+    }
+  }
+  return copy;
 }

@@ -165,6 +165,8 @@ describe('the journey of a message', () => {
     assert.match(list, /^1 \d+\r?$/m);
     const { stdout: message } = await curl('-u', 'bob@example.test:bob-password', `${pop}/1`);
     assert.match(message, /Subject: over POP3/);
+    // RFC 5321 4.4: the final delivery put the reverse path in front.
+    assert.match(message, /^Return-Path: <alice@example\.test>\r?\n/);
     assert.match(message, /^\.a line that starts with a dot\r?$/m);
     assert.match(message, /Received: from [^\r\n]*\r?\n\s+by mx\.example\.test \(Postino\) with ESMTPA id /);
     // DELE then QUIT: deleted in the UPDATE state.

@@ -14,6 +14,7 @@ import { start as mailboxStore } from '../../services/mailbox-store/index.ts';
 import { start as admin } from '../../services/admin/index.ts';
 import { publish, SUBJECTS, CONSUMERS, STREAMS } from '../../services/core/nats.ts';
 import { encode, pb } from '../../services/core/codec.ts';
+import { BlobStore } from '../../services/core/blobs.ts';
 import { MailboxStore } from '../../services/mailbox-store/store.ts';
 import { MailboxRpcClient } from '../../services/mailbox-store/rpc.ts';
 import { BlobRefs } from '../../services/mailbox-store/blob-refs.ts';
@@ -53,6 +54,13 @@ after(async () => {
   await Promise.all([natsProc.cleanup(), redisProc.cleanup()]);
 });
 
+/** What the mailbox holds for a body sent by sender@remote.test: a Return-Path in front (RFC 5321 4.4). */
+const RETURN_PATH = Buffer.from('Return-Path: <sender@remote.test>\r\n');
+const asFiled = (bytes: Buffer) => ({
+  id: BlobStore.idOf([RETURN_PATH, bytes]),
+  size: RETURN_PATH.length + bytes.length,
+});
+
 async function deliver(user: string, blob: { id: string; size: number }, key: string): Promise<void> {
   const d = {
     queueId: key,
@@ -80,7 +88,8 @@ async function drained(): Promise<void> {
 
 test('a redelivered LOCAL entry never makes a second copy', async () => {
   const user = 'dup@example.test';
-  const blob = await running.runtime.blobs.put([Buffer.from('Subject: once\r\n\r\nonce\r\n')]);
+  const bytes = Buffer.from('Subject: once\r\n\r\nonce\r\n');
+  const blob = await running.runtime.blobs.put([bytes]);
   await deliver(user, blob, 'Q-dup-1');
   await deliver(user, blob, 'Q-dup-1');
   await deliver(user, blob, 'Q-dup-1');
@@ -89,7 +98,7 @@ test('a redelivered LOCAL entry never makes a second copy', async () => {
   const { messages } = await client.messages(user, 'INBOX');
   assert.deepEqual(
     messages.map((m) => [m.uid, m.blob]),
-    [[1, blob.id]],
+    [[1, asFiled(bytes).id]],
   );
   await deliver(user, blob, 'Q-dup-2');
   await until('second message', async () => (await store.status(user, 'INBOX')).exists === 2);
@@ -101,7 +110,8 @@ test('a full mailbox defers LOCAL delivery (452 4.2.2) and takes it once there i
   await rt.directory.addUser(user, 'password123');
   await rt.directory.setDomainQuota('example.test', { bytes: 0, messages: 0 });
   await rt.directory.setUserQuota(user, { bytes: 0, messages: 1 });
-  const a = await rt.blobs.put([Buffer.from('Subject: 1\r\n\r\n1\r\n')]);
+  const aBytes = Buffer.from('Subject: 1\r\n\r\n1\r\n');
+  const a = await rt.blobs.put([aBytes]);
   const b = await rt.blobs.put([Buffer.from('Subject: 2\r\n\r\n2\r\n')]);
   await deliver(user, a, 'Q-full-1');
   await until('first stored', async () => (await client.status(user, 'INBOX')).exists === 1);
@@ -116,7 +126,7 @@ test('a full mailbox defers LOCAL delivery (452 4.2.2) and takes it once there i
   });
   assert.equal((await client.status(user, 'INBOX')).exists, 1);
   assert.deepEqual(await client.quota(user), {
-    storageUsed: a.size,
+    storageUsed: asFiled(aBytes).size,
     storageLimit: 0,
     messagesUsed: 1,
     messagesLimit: 1,
@@ -174,7 +184,8 @@ test('the admin API sets and shows quotas (domain default, user override, usage)
 
 test('a body delivered to 100 local users is stored once and counted 100 times by the collector', async () => {
   const rt = running.runtime;
-  const blob = await rt.blobs.put([Buffer.from(`Subject: everyone\r\n\r\n${'y'.repeat(10_000)}\r\n`)]);
+  const bytes = Buffer.from(`Subject: everyone\r\n\r\n${'y'.repeat(10_000)}\r\n`);
+  const blob = await rt.blobs.put([bytes]);
   const users = Array.from({ length: 100 }, (_, i) => `all${i}@example.test`);
   await Promise.all(users.map((u) => deliver(u, blob, `Q-all:${u}`)));
   await drained();
@@ -183,7 +194,7 @@ test('a body delivered to 100 local users is stored once and counted 100 times b
     deleteBody: async () => undefined,
   });
   // The service's own collector rounds copy the references to the blob's record.
-  await until('100 holders', async () => (await refs.holders(blob.id)) === 100);
+  await until('100 holders', async () => (await refs.holders(asFiled(bytes).id)) === 100);
   for (const u of users) assert.equal((await store.status(u, 'INBOX')).exists, 1);
 });
 
