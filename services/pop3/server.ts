@@ -25,6 +25,8 @@ export interface Pop3ServerOptions {
   hostname: string;
   /** Allow USER/PASS and SASL PLAIN without TLS from any peer (loopback peers always may). */
   allowPlaintextAuth: boolean;
+  /** Peers whose connections count as secure without TLS (default: loopback, as Dovecot does). */
+  trustedPeer?: (address: string | undefined) => boolean;
   /** RETR sets \Seen on the message. */
   retrSetsSeen: boolean;
   /** Inactivity autologout; default 10 minutes (RFC 1939 section 3). */
@@ -107,6 +109,7 @@ export function createPop3Server(options: Pop3ServerOptions): Pop3Server {
       logger,
       hostname: options.hostname,
       allowPlaintextAuth: options.allowPlaintextAuth,
+      trustedPeer: options.trustedPeer,
       retrSetsSeen: options.retrSetsSeen,
       // Read at STLS time, so a session upgrades with the certificate current then.
       secureContext: source ? () => source.context : null,

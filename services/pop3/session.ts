@@ -37,6 +37,8 @@ export interface SessionOptions {
   logger: Logger;
   hostname: string;
   allowPlaintextAuth: boolean;
+  /** Peers whose connections count as secure without TLS (default: loopback). */
+  trustedPeer?: (address: string | undefined) => boolean;
   retrSetsSeen: boolean;
   /** The current certificate, when STLS is offered (read at STLS time, so rotation applies). */
   secureContext: (() => SecureContext) | null;
@@ -111,7 +113,8 @@ export class Pop3Session {
     this.#limits = options.limits;
     this.#socket = socket;
     this.#remoteAddress = socket.remoteAddress ?? '';
-    this.#plaintextPeer = options.allowPlaintextAuth || isLoopbackAddress(socket.remoteAddress);
+    this.#plaintextPeer =
+      options.allowPlaintextAuth || (options.trustedPeer ?? isLoopbackAddress)(socket.remoteAddress);
     this.#secure = options.implicitTls === true;
     this.#logger = options.logger.child({ session: this.id, remote: this.#remoteAddress });
   }
