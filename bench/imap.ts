@@ -36,7 +36,7 @@ const PASSWORD = 'bench-password';
 /** A minimal pipelining-free IMAP client: one command at a time, literals skipped by count. */
 class Client {
   readonly #socket: net.Socket;
-  #buffer = Buffer.alloc(0);
+  #buffer: Buffer = Buffer.alloc(0);
   #literalLeft = 0;
   #waiting: { tag: string; resolve: (line: string) => void; lines: string[] } | null = null;
   #greeted: Promise<void>;

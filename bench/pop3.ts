@@ -11,7 +11,7 @@
  */
 import { connect, type Socket } from 'node:net';
 import { MailboxRpcClient } from '../services/mailbox-store/rpc.ts';
-import { spawnServicesReady, startServices, testConfig } from '../test/helpers/postino.ts';
+import { spawnServices, startServices, testConfig } from '../test/helpers/postino.ts';
 import { freePort, startNats, startRedis } from '../test/helpers/servers.ts';
 
 const USERS = 20;
@@ -124,7 +124,7 @@ async function main(): Promise<void> {
   });
   const store = await startServices(setup.config, ['mailbox-store']);
   const pop3Port = await freePort();
-  const pop3 = await spawnServicesReady(
+  const pop3 = await spawnServices(
     { ...setup.env, POP3_PORT: String(pop3Port), POP3S_PORT: String(await freePort()) },
     ['pop3'],
   );
