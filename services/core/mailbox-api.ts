@@ -157,3 +157,16 @@ export interface MaildropLock {
   /** Takes the lock; returns a release function, or null if another session holds it. */
   acquire(user: string): Promise<(() => Promise<void>) | null>;
 }
+
+/** True when a user has no room left for one more message (a limit of 0 means none). */
+export function quotaReached(q: {
+  storageUsed: number;
+  storageLimit: number;
+  messagesUsed: number;
+  messagesLimit: number;
+}): boolean {
+  return (
+    (q.storageLimit > 0 && q.storageUsed >= q.storageLimit) ||
+    (q.messagesLimit > 0 && q.messagesUsed >= q.messagesLimit)
+  );
+}

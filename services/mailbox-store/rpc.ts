@@ -12,6 +12,7 @@ import { SpanKind, extractTrace, withSpan } from '../core/telemetry.ts';
 import { userToken } from '../core/address.ts';
 import {
   MailboxError,
+  quotaReached,
   type FlagOp,
   type FolderInfo,
   type MailboxChange,
@@ -539,12 +540,7 @@ export class MailboxRpcClient implements MailboxClient {
   ): Promise<{ uid: number; uidValidity: number }> {
     // Fail early, before storing the body, when the folder is missing or the user is at the limit.
     const [q] = await Promise.all([this.quota(user), this.status(user, folder)]);
-    if (
-      (q.storageLimit > 0 && q.storageUsed >= q.storageLimit) ||
-      (q.messagesLimit > 0 && q.messagesUsed >= q.messagesLimit)
-    ) {
-      throw new MailboxError('OVERQUOTA', 'mailbox is full');
-    }
+    if (quotaReached(q)) throw new MailboxError('OVERQUOTA', 'mailbox is full');
     const blob = await this.#blobs.putStream(body);
     const r = await this.#call(
       'append',

@@ -10,6 +10,7 @@ import type { Redis } from 'ioredis';
 import type { BlobStore } from '../core/blobs.ts';
 import {
   MailboxError,
+  quotaReached,
   type FlagOp,
   type FolderInfo,
   type MailboxChange,
@@ -373,12 +374,7 @@ export class MailboxStore implements MailboxClient {
   ): Promise<{ uid: number; uidValidity: number }> {
     // Fail early, before storing the body, when the folder is missing or the user is at the limit.
     const [q] = await Promise.all([this.quota(user), this.status(user, folder)]);
-    if (
-      (q.storageLimit > 0 && q.storageUsed >= q.storageLimit) ||
-      (q.messagesLimit > 0 && q.messagesUsed >= q.messagesLimit)
-    ) {
-      throw new MailboxError('OVERQUOTA', 'mailbox is full');
-    }
+    if (quotaReached(q)) throw new MailboxError('OVERQUOTA', 'mailbox is full');
     const blob = await this.#blobs.putStream(body);
     const { uid, uidValidity } = await this.appendBlob(user, folder, blob, flags, internalDate, '', origin);
     return { uid, uidValidity };
