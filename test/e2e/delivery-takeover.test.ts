@@ -76,6 +76,8 @@ describe('delivery replicas and partition takeover', () => {
         });
       },
     });
+    // Connections of a SIGKILLed replica end in ECONNRESET: expected, not a test failure.
+    sink.on('error', () => undefined);
     await new Promise<void>((resolve) => sink.listen(port, '127.0.0.7', () => resolve()));
     dns = await startDns(DOMAINS.map((d) => `--host-record=${d},127.0.0.7`));
     const { config, env } = await testConfig({

@@ -82,6 +82,7 @@ describe('dashboards and alert rules', () => {
       logger: false,
       onData: (s, _x, cb) => s.on('end', () => cb()).resume(),
     });
+    sink.on('error', () => undefined); // a sender that resets is not a test failure
     await new Promise<void>((resolve) => sink.listen(sinkPort, '127.0.0.4', () => resolve()));
     // down.test's MX answers 451 to every recipient: its mail is deferred (a failed attempt, a retry).
     greylist = new SMTPServer({
@@ -91,6 +92,7 @@ describe('dashboards and alert rules', () => {
       onRcptTo: (_a, _s, cb) =>
         cb(Object.assign(new Error('4.7.1 Greylisted, try again later'), { responseCode: 451 })),
     });
+    greylist.on('error', () => undefined); // a sender that resets is not a test failure
     await new Promise<void>((resolve) => greylist.listen(sinkPort, '127.0.0.5', () => resolve()));
     dns = await startDns([
       '--mx-host=down.test,mx.down.test,10',
