@@ -1,11 +1,13 @@
 /**
  * Delivery benchmark (traffic to 127.0.0.0/8 only, bounded in time):
  *   - remote deliveries per second to a local SMTP sink, with one and with three
- *     `postino run delivery` replicas (entries published straight to OUTBOUND, 20 domains);
+ *     `postino run delivery` replicas (entries published straight to OUTBOUND, 20 domains, a body
+ *     of its own for each message);
  *   - partition takeover: time from SIGKILL of one of three replicas until the survivors hold
  *     every partition (DELIVERY_LEASE=2s and 5s).
  * Run: npx node bench/delivery.ts
  */
+import { readFileSync } from 'node:fs';
 import { Kvm } from '@nats-io/kv';
 import { SMTPServer } from 'smtp-server';
 import { freePort, startDns, startNats, startRedis, until } from '../test/helpers/servers.ts';
@@ -36,10 +38,18 @@ const sink = new SMTPServer({
     });
   },
 });
+sink.on('error', () => undefined); // a replica killed mid-session resets its connections
 await new Promise<void>((r) => sink.listen(port, '127.0.0.8', () => r()));
 const dns = await startDns(DOMAINS.map((d) => `--host-record=${d},127.0.0.8`));
 
 const rows: string[][] = [];
+
+/** CPU time (user + system, ms) a process has used, from /proc (clock ticks of 10 ms). */
+function cpuMs(pid: number | undefined): number {
+  if (!pid) return 0;
+  const fields = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1]?.split(' ') ?? [];
+  return (Number(fields[11]) + Number(fields[12])) * 10;
+}
 
 async function scenario(replicas: number, lease: string, measure: 'throughput' | 'takeover'): Promise<void> {
   const [nats, redis] = await Promise.all([startNats(), startRedis()]);
@@ -75,9 +85,29 @@ async function scenario(replicas: number, lease: string, measure: 'throughput' |
       60_000,
     );
     if (measure === 'throughput') {
-      const body = await main.runtime.blobs.put([
-        Buffer.from(`Subject: bench\r\n\r\n${'x'.repeat(2000)}\r\n`),
-      ]);
+      // Each message its own body, as in real mail (one shared body would measure a cache).
+      const bodies = await Promise.all(
+        Array.from({ length: MESSAGES }, (_, i) =>
+          main.runtime.blobs.put([
+            Buffer.from(`Subject: bench ${replicas}/${i}\r\n\r\n${'x'.repeat(2000)}\r\n`),
+          ]),
+        ),
+      );
+      // Work per message, independent of how loaded the machine is: Redis commands and JetStream
+      // API requests (object-store opens, consumer creation, direct gets) over the whole run.
+      const redisCommands = async () =>
+        Number(/total_commands_processed:(\d+)/.exec(await main.runtime.redis.info('stats'))?.[1] ?? 0);
+      const jsApi = async () => (await main.runtime.nats.jsm.getAccountInfo()).api.total;
+      const [r0, a0] = [await redisCommands(), await jsApi()];
+      // CPU used per message by the delivery replicas, nats-server and redis-server: the work a
+      // message costs, which a loaded machine stretches in time but does not change.
+      const pids: (number | undefined)[][] = [
+        procs.map((p) => p.child.pid),
+        [nats.child.pid],
+        [redis.child.pid],
+      ];
+      const cpu = (): number[] => pids.map((list) => list.reduce((n: number, pid) => n + cpuMs(pid), 0));
+      const cpu0 = cpu();
       const start = received;
       const t0 = performance.now();
       await Promise.all(
@@ -90,7 +120,7 @@ async function scenario(replicas: number, lease: string, measure: 'throughput' |
               queueId: `B${replicas}X${i}`,
               domain,
               recipients: [{ address: `u${i}@${domain}` }],
-              body,
+              body: bodies[i],
               mailFrom: 'bench@example.test',
               receivedAt: Date.now(),
               mx: [{ host: domain, preference: 0, addresses: ['127.0.0.8'] }],
@@ -109,7 +139,16 @@ async function scenario(replicas: number, lease: string, measure: 'throughput' |
         clearInterval(progress),
       );
       const s = (performance.now() - t0) / 1000;
+      const [r1, a1] = [await redisCommands(), await jsApi()];
+      const cpu1 = cpu();
+      const perMsg = cpu1.map((v, i) => ((v - (cpu0[i] ?? 0)) / MESSAGES).toFixed(2));
       rows.push([`deliveries/s, ${replicas} replica(s)`, `${MESSAGES} msgs`, (MESSAGES / s).toFixed(0)]);
+      rows.push([
+        `  per message: Redis commands, JetStream API requests`,
+        '',
+        `${((r1 - r0) / MESSAGES).toFixed(1)}, ${((a1 - a0) / MESSAGES).toFixed(1)}`,
+      ]);
+      rows.push([`  per message: CPU ms of delivery, nats-server, redis-server`, '', perMsg.join(', ')]);
     } else {
       const victim = procs.shift();
       const t0 = performance.now();

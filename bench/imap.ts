@@ -6,10 +6,13 @@
  * 1. Throughput: 50 concurrent clients against one imap instance wired to a real nats-server,
  *    redis-server and mailbox-store (in this process), each sending one command at a time for a
  *    few seconds: UID FETCH of headers, of whole bodies, UID STORE, UID SEARCH (flags; header).
- * 2. A big folder in the same cluster: SELECT, FETCH 1:* FLAGS, then SELECT with QRESYNC after
+ * 2. A folder of ENVELOPE_FOLDER distinct messages (filled for at most ENVELOPE_FILL_SECONDS):
+ *    FETCH 1:* (ENVELOPE BODYSTRUCTURE) on a fresh instance cache, again, then a header SEARCH.
+ *    Messages keep the MIME structure parsed at append, so none of these reads a body.
+ * 3. A big folder in the same cluster: SELECT, FETCH 1:* FLAGS, then SELECT with QRESYNC after
  *    10 flag changes. The folder is filled through the mailbox RPC for at most FILL_SECONDS, so
  *    its size is what that allows (the figure printed); 100,000 when the machine is fast enough.
- * 3. Memory per idle IDLE connection: a child process runs the IMAP server on the in-memory store
+ * 4. Memory per idle IDLE connection: a child process runs the IMAP server on the in-memory store
  *    (scrypt logins against the real directory would take minutes for 10,000 sessions), and
  *    IDLE_CONNECTIONS sessions log in, select INBOX and IDLE; its resident memory is compared
  *    before and after.
@@ -29,7 +32,10 @@ const PHASE_MS = 4000;
 const SMALL_FOLDER = 200;
 const BIG_FOLDER = 100_000;
 const FILL_SECONDS = 35;
-const IDLE_CONNECTIONS = 10_000;
+const ENVELOPE_FOLDER = 5_000;
+const ENVELOPE_FILL_SECONDS = 25;
+/** IMAP_BENCH_IDLE=0 skips part 4 (minutes on a loaded machine). */
+const IDLE_CONNECTIONS = Number(process.env.IMAP_BENCH_IDLE ?? 10_000);
 const USER = 'bench@example.test';
 const PASSWORD = 'bench-password';
 
@@ -167,13 +173,21 @@ async function idleServer(): Promise<void> {
 
 async function main(): Promise<void> {
   const started = Date.now();
-  const rows: Array<[string, string]> = [];
+  // Each figure is also printed as soon as it is measured: a run cut short still reports.
+  const rows = new (class extends Array<[string, string]> {
+    override push(...items: Array<[string, string]>): number {
+      for (const [k, v] of items) console.log(`${k}: ${v}`);
+      return super.push(...items);
+    }
+  })();
   const [nats, redis] = await Promise.all([startNats(), startRedis()]);
   const { config, ports } = await testConfig({
     NATS_URL: nats.url,
     REDIS_URL: redis.url,
     IMAPS_PORT: '0',
     LOG_LEVEL: 'silent',
+    // Every client of the benchmark comes from 127.0.0.1.
+    IMAP_MAX_CONNECTIONS_PER_IP: '1000',
   });
   const running = await startServices(config, ['mailbox-store', 'imap']);
   try {
@@ -200,6 +214,10 @@ async function main(): Promise<void> {
         'UID STORE FLAGS.SILENT',
         await phase(clients, (c, i) => `UID STORE ${uid(c, i)} ${i % 2 ? '-' : '+'}FLAGS.SILENT (\\Seen)`),
       ],
+      [
+        'UID FETCH (ENVELOPE BODYSTRUCTURE)',
+        await phase(clients, (c, i) => `UID FETCH ${uid(c, i)} (ENVELOPE BODYSTRUCTURE)`),
+      ],
       [`UID SEARCH UNSEEN (${SMALL_FOLDER} msgs)`, await phase(clients, () => 'UID SEARCH UNSEEN')],
       [
         `UID SEARCH SUBJECT (${SMALL_FOLDER} msgs)`,
@@ -214,7 +232,39 @@ async function main(): Promise<void> {
     }
     for (const c of clients) c.close();
 
-    // 2. The big folder.
+    // 2. ENVELOPE and BODYSTRUCTURE of a folder of distinct messages, never fetched before.
+    await rpc.createFolder(USER, 'Env');
+    const envEnd = Date.now() + ENVELOPE_FILL_SECONDS * 1000;
+    let envFilled = 0;
+    await Promise.all(
+      Array.from({ length: 16 }, async () => {
+        while (envFilled < ENVELOPE_FOLDER && Date.now() < envEnd) {
+          const n = 1_000_000 + envFilled++;
+          await rpc.append(USER, 'Env', message(n), []);
+        }
+      }),
+    );
+    const env = new Client(ports.imap);
+    await env.command(`LOGIN ${USER} ${PASSWORD}`);
+    const envInfo = await env.command('SELECT Env');
+    const envCount = /\* (\d+) EXISTS/.exec(envInfo.lines.join('\n'))?.[1] ?? '?';
+    for (const pass of ['first', 'second']) {
+      const [ms, r] = await timed(() => env.command('FETCH 1:* (ENVELOPE BODYSTRUCTURE)'));
+      rows.push([
+        `FETCH 1:* (ENVELOPE BODYSTRUCTURE), ${envCount} msgs, ${pass} time`,
+        `${ms.toFixed(0)} ms (${r.lines.length - 1} responses, ${r.status})`,
+      ]);
+    }
+    const [searchMs, found] = await timed(() =>
+      env.command('UID SEARCH FROM "sender3" SUBJECT "message 1000"'),
+    );
+    rows.push([
+      `UID SEARCH FROM SUBJECT, ${envCount} msgs`,
+      `${searchMs.toFixed(0)} ms (${(found.lines[0] ?? '').split(' ').length - 2} found)`,
+    ]);
+    env.close();
+
+    // 3. The big folder.
     await rpc.createFolder(USER, 'Big');
     const body = message(1);
     const fillEnd = Date.now() + FILL_SECONDS * 1000;
@@ -256,7 +306,17 @@ async function main(): Promise<void> {
     await Promise.all([nats.cleanup(), redis.cleanup()]);
   }
 
-  // 3. Memory per IDLE connection.
+  // 4. Memory per IDLE connection.
+  if (IDLE_CONNECTIONS > 0) await idleMemory(rows);
+
+  const width = Math.max(...rows.map(([k]) => k.length));
+  console.log(`\n${'measure'.padEnd(width)} | result`);
+  console.log(`${'-'.repeat(width)}-|-${'-'.repeat(40)}`);
+  for (const [k, v] of rows) console.log(`${k.padEnd(width)} | ${v}`);
+  console.log(`\ntotal ${((Date.now() - started) / 1000).toFixed(0)} s`);
+}
+
+async function idleMemory(rows: Array<[string, string]>): Promise<void> {
   const child = fork(import.meta.filename, ['--idle-server'], {
     execArgv: ['--expose-gc'],
     stdio: ['ignore', 'ignore', 'inherit', 'ipc'],
@@ -295,12 +355,6 @@ async function main(): Promise<void> {
   ]);
   for (const c of idlers) c.close();
   child.kill();
-
-  const width = Math.max(...rows.map(([k]) => k.length));
-  console.log(`\n${'measure'.padEnd(width)} | result`);
-  console.log(`${'-'.repeat(width)}-|-${'-'.repeat(40)}`);
-  for (const [k, v] of rows) console.log(`${k.padEnd(width)} | ${v}`);
-  console.log(`\ntotal ${((Date.now() - started) / 1000).toFixed(0)} s`);
 }
 
 if (process.argv.includes('--idle-server')) await idleServer();

@@ -7,11 +7,12 @@
  *   postino admin domain add|remove|list [<domain>]
  *   postino admin user add <address> [--password <p>]   (else the password is read from stdin)
  *   postino admin user remove|passwd <address> | list [<domain>]
+ *   postino admin import <file|->   NDJSON of domains, users and aliases (services/admin/import.ts)
  *   postino trace <queue-id|message-id>
  *   postino queue list [<domain>] | retry|hold|release|delete <queue-id[:domain]> | --domain <domain>
  *   postino config                   the environment variables and their defaults
  */
-import { ConfigError, configTable, loadConfig } from '../services/core/config.ts';
+import { ConfigError, configTable, loadConfig, redactUrl } from '../services/core/config.ts';
 
 /** Service names, in start order (services/services.ts holds their start functions, loaded only to serve). */
 const SERVICE_NAMES = ['mailbox-store', 'router', 'delivery', 'admin', 'imap', 'pop3', 'smtp-ingress'];
@@ -27,6 +28,7 @@ const USAGE = `usage:
   postino admin alias add <address> <target>... | remove <address> | list [<domain>]
   postino admin user add <address> [--password <password>] | remove <address> | passwd <address> | list [<domain>]
   postino admin dkim generate <domain> [--selector <selector>] | show <domain>
+  postino admin import <file.ndjson | ->
   postino trace <queue-id|message-id>
   postino queue list [<domain>]
   postino queue retry|hold|release|delete <queue-id>[:<domain>] | --domain <domain>
@@ -67,9 +69,57 @@ async function api(method: string, path: string, body?: unknown): Promise<unknow
   return data;
 }
 
+/** `postino admin import <file|->`: streams the NDJSON to POST /api/import and prints the summary. */
+async function importFile(path: string | undefined): Promise<void> {
+  if (!path) fail(USAGE, 2);
+  const { createReadStream } = await import('node:fs');
+  const { Readable } = await import('node:stream');
+  const config = loadConfig();
+  const headers: Record<string, string> = { 'content-type': 'application/x-ndjson' };
+  if (config.adminToken) headers.authorization = `Bearer ${config.adminToken}`;
+  const source = path === '-' ? process.stdin : createReadStream(path);
+  const opened = new Promise<void>((resolve, reject) => {
+    if (path === '-') return resolve();
+    source.once('open', () => resolve());
+    source.once('error', reject);
+  });
+  await opened.catch((err: unknown) => fail(`cannot read ${path}: ${(err as Error).message}`));
+  let res: Response;
+  try {
+    res = await fetch(new URL('/api/import', config.adminUrl), {
+      method: 'POST',
+      headers,
+      body: Readable.toWeb(source) as ReadableStream<Uint8Array>,
+      duplex: 'half',
+    } as RequestInit);
+  } catch (err) {
+    fail(
+      `cannot reach the admin API at ${config.adminUrl} (${(err as Error).cause ?? (err as Error).message}); is Postino running? set ADMIN_URL`,
+    );
+  }
+  const data = (await res.json().catch(() => ({}))) as {
+    error?: string;
+    lines?: number;
+    domains?: { added: number; existing: number };
+    users?: { added: number; existing: number };
+    aliases?: { added: number };
+    errorCount?: number;
+    errors?: { line: number; error: string }[];
+  };
+  if (!res.ok) fail(data.error ?? `HTTP ${res.status}`);
+  console.log(
+    `imported ${data.lines ?? 0} lines: domains ${data.domains?.added ?? 0} added (${data.domains?.existing ?? 0} existed), ` +
+      `users ${data.users?.added ?? 0} added (${data.users?.existing ?? 0} existed), aliases ${data.aliases?.added ?? 0} added, ` +
+      `${data.errorCount ?? 0} errors`,
+  );
+  for (const e of data.errors ?? []) console.log(`  line ${e.line}: ${e.error}`);
+  if ((data.errorCount ?? 0) > 0) process.exitCode = 1;
+}
+
 async function admin(args: string[]): Promise<void> {
   const [what, verb, name, ...rest] = args;
   const enc = encodeURIComponent;
+  if (what === 'import') return importFile(verb);
   if (what === 'domain') {
     if (verb === 'list') {
       const r = (await api('GET', '/api/domains')) as { domains: string[] };
@@ -225,7 +275,7 @@ async function serve(names: string[], embedded: boolean): Promise<void> {
         `  IMAP        ${c.bindHost}:${c.imapPort}\n` +
         `  POP3        ${c.bindHost}:${c.pop3Port}\n` +
         `  HTTP        http://${c.httpHost}:${running.runtime.http.port}  (/api, /metrics, /healthz, /readyz)\n` +
-        `  NATS ${c.natsUrl}   Redis ${c.redisUrl}\n\n`,
+        `  NATS ${redactUrl(c.natsUrl)}   Redis ${redactUrl(c.redisUrl)}\n\n`,
     );
   }
 }

@@ -13,16 +13,17 @@
  *   PUT    /api/domains/<name>/catch-all  {target}   ('' clears it)
  *   POST   /api/domains/<name>/aliases    {target}   make <name> a domain alias of target
  *   GET    /api/trace/<queue-id|message-id> a message's journey from the EVENTS stream
+ *   POST   /api/import        NDJSON of domains, users, aliases (services/admin/import.ts)
  * Requests need `Authorization: Bearer <ADMIN_TOKEN>`; with no token configured only loopback clients are served.
  */
 import type { IncomingMessage, ServerResponse } from 'node:http';
-import { timingSafeEqual } from 'node:crypto';
 import type { Logger } from 'pino';
 import { DirectoryError, type Directory } from '../core/directory.ts';
 import type { Route } from '../core/http.ts';
-import { isLoopback } from '../core/net.ts';
+import { adminAuthorizer } from './auth.ts';
 import type { Nats } from '../core/nats.ts';
 import { traceMessage } from './trace.ts';
+import { ImportLineTooLong, importDirectory, ndjsonLines } from './import.ts';
 
 const MAX_BODY = 64 * 1024;
 
@@ -72,12 +73,7 @@ const STATUS_OF: Record<DirectoryError['code'], number> = {
 };
 
 export function adminRoute(directory: Directory, nats: Nats, token: string, logger: Logger): Route {
-  const authorized = (req: IncomingMessage): boolean => {
-    if (!token) return isLoopback(req.socket.remoteAddress ?? '');
-    const given = Buffer.from(req.headers.authorization ?? '');
-    const want = Buffer.from(`Bearer ${token}`);
-    return given.length === want.length && timingSafeEqual(given, want);
-  };
+  const authorized = adminAuthorizer(token);
 
   return async (req, res, url) => {
     if (!url.pathname.startsWith('/api/')) return false;
@@ -155,12 +151,19 @@ export function adminRoute(directory: Directory, nats: Nats, token: string, logg
         logger.info({ user: id }, 'user removed');
         return (json(res, 200, { removed: id }), true);
       }
+      // Bulk import (services/admin/import.ts): NDJSON streamed in, a JSON summary out.
+      if (resource === 'import' && !id && method === 'POST') {
+        const summary = await importDirectory(directory, ndjsonLines(req));
+        logger.info({ ...summary, errors: undefined }, 'directory import');
+        return (json(res, 200, summary), true);
+      }
       if (resource === 'trace' && id && method === 'GET') {
         return (json(res, 200, { events: await traceMessage(nats, id) }), true);
       }
       throw new HttpError(404, `no route ${method} ${url.pathname}`);
     } catch (err) {
       if (err instanceof HttpError) json(res, err.status, { error: err.message });
+      else if (err instanceof ImportLineTooLong) json(res, 413, { error: err.message });
       else if (err instanceof DirectoryError) json(res, STATUS_OF[err.code], { error: err.message });
       else {
         logger.error({ err }, 'admin request failed');

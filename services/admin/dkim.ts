@@ -6,12 +6,12 @@
  * smtp-ingress signs submitted mail of the domain with the key as soon as it is stored.
  * Same access rule as the rest of the API: `Authorization: Bearer <ADMIN_TOKEN>`, or loopback only.
  */
-import { generateKeyPairSync, timingSafeEqual } from 'node:crypto';
+import { generateKeyPairSync } from 'node:crypto';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { Logger } from 'pino';
 import type { Directory } from '../core/directory.ts';
 import type { Route } from '../core/http.ts';
-import { isLoopback } from '../core/net.ts';
+import { adminAuthorizer } from './auth.ts';
 
 const MAX_BODY = 4096;
 
@@ -73,12 +73,7 @@ async function readSelector(req: IncomingMessage): Promise<string | null> {
 }
 
 export function dkimRoute(directory: Directory, token: string, logger: Logger): Route {
-  const authorized = (req: IncomingMessage): boolean => {
-    if (!token) return isLoopback(req.socket.remoteAddress ?? '');
-    const given = Buffer.from(req.headers.authorization ?? '');
-    const want = Buffer.from(`Bearer ${token}`);
-    return given.length === want.length && timingSafeEqual(given, want);
-  };
+  const authorized = adminAuthorizer(token);
   return async (req, res, url) => {
     const m = /^\/api\/domains\/([^/]+)\/dkim$/.exec(url.pathname);
     if (!m?.[1]) return false;

@@ -10,9 +10,20 @@
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { Logger } from 'pino';
 import type { Route } from '../core/http.ts';
-import { isLoopback } from '../core/net.ts';
+import { adminAuthorizer } from './auth.ts';
 import type { Runtime } from '../core/runtime.ts';
 import { QueueStore } from '../delivery/queue-store.ts';
+import { BlobHolder } from '../core/blobs.ts';
+import { decode, pb } from '../core/codec.ts';
+
+/** Drops a queue entry, then its hold on the body (services/core/blobs.ts): nothing will send it now. */
+async function deleteEntry(rt: Runtime, queue: QueueStore, id: string): Promise<boolean> {
+  const rec = await queue.data(id);
+  const removed = await queue.remove(id);
+  if (removed && rec)
+    await rt.blobs.release(decode(pb.OutboundDelivery, rec.data).body?.id ?? '', BlobHolder.outbound(id));
+  return removed;
+}
 
 const MAX_BODY = 16 * 1024;
 const ACTIONS = ['retry', 'hold', 'release', 'delete'] as const;
@@ -41,13 +52,10 @@ async function body(req: IncomingMessage): Promise<Record<string, unknown> | nul
 
 export function queueRoute(rt: Runtime, logger: Logger): Route {
   const queue = new QueueStore(rt.redis, rt.config.redisPrefix);
-  const token = rt.config.adminToken;
+  const authorized = adminAuthorizer(rt.config.adminToken);
   return async (req, res, url) => {
     if (url.pathname !== '/api/queue' && !url.pathname.startsWith('/api/queue/')) return false;
-    const authorized = token
-      ? req.headers.authorization === `Bearer ${token}`
-      : isLoopback(req.socket.remoteAddress ?? '');
-    if (!authorized) return send(res, 401, { error: 'unauthorized' });
+    if (!authorized(req)) return send(res, 401, { error: 'unauthorized' });
     const action = url.pathname.slice('/api/queue/'.length) as Action;
     if (url.pathname === '/api/queue' && req.method === 'GET') {
       const entries = await queue.list({
@@ -75,7 +83,7 @@ export function queueRoute(rt: Runtime, logger: Logger): Route {
     const ids = id ? [id] : (await queue.list({ domain, queueId }, 100_000)).map((e) => e.id);
     let changed = 0;
     for (const one of ids) {
-      const ok = action === 'delete' ? await queue.remove(one) : await queue.control(one, action);
+      const ok = action === 'delete' ? await deleteEntry(rt, queue, one) : await queue.control(one, action);
       if (ok) changed++;
     }
     logger.info({ action, id, domain, queueId, changed }, 'queue control');

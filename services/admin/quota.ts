@@ -7,14 +7,13 @@
  * Usage comes from the mailbox store over its RPC. Same access rule as the rest of the API:
  * `Authorization: Bearer <ADMIN_TOKEN>`, or loopback only.
  */
-import { timingSafeEqual } from 'node:crypto';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { Logger } from 'pino';
 import type { Directory } from '../core/directory.ts';
 import { DirectoryError } from '../core/directory.ts';
 import type { Route } from '../core/http.ts';
 import type { MailboxClient } from '../core/mailbox-api.ts';
-import { isLoopback } from '../core/net.ts';
+import { adminAuthorizer } from './auth.ts';
 
 const MAX_BODY = 4096;
 
@@ -48,12 +47,7 @@ export function quotaRoute(
   token: string,
   logger: Logger,
 ): Route {
-  const authorized = (req: IncomingMessage): boolean => {
-    if (!token) return isLoopback(req.socket.remoteAddress ?? '');
-    const given = Buffer.from(req.headers.authorization ?? '');
-    const want = Buffer.from(`Bearer ${token}`);
-    return given.length === want.length && timingSafeEqual(given, want);
-  };
+  const authorized = adminAuthorizer(token);
   return async (req, res, url) => {
     const m = /^\/api\/(users|domains)\/([^/]+)\/quota$/.exec(url.pathname);
     if (!m?.[1] || !m[2]) return false;

@@ -2,6 +2,32 @@
  * Content-addressed blob store for message bodies on the JetStream object store (bucket BLOBS):
  * on disk, replicated with the streams, never only in Redis memory. A body is stored once under
  * its SHA-256, however many envelopes and mailboxes refer to it.
+ *
+ * Who still needs a body is kept in its record in Redis, `P {b:<sha>}` (BlobRecords below; one key,
+ * so every step is one single-slot script and works on Redis Cluster). Two kinds of holder:
+ *  - mailboxes, copied from the users' reference stamps by the collector (fields `u:<user>`,
+ *    services/mailbox-store/blob-refs.ts);
+ *  - queue entries, held and released by the stages themselves (fields `q:<holder>`): smtp-ingress
+ *    (and bounce.ts for a DSN) holds the body for its INGRESS envelope before storing it; the
+ *    router holds it for each LOCAL and OUTBOUND entry before publishing it, then releases the
+ *    envelope's hold; mailbox-store releases a LOCAL entry's hold once the message is filed;
+ *    delivery releases an OUTBOUND entry's on its final outcome (delivered, bounced, expired) and
+ *    queue control on delete. A hold is '1'; a release leaves '0', a tombstone, so that a
+ *    redelivered hold after its release (a router envelope redelivered after its entries were
+ *    done) is a no-op, and a repeated release changes nothing: holds are idempotent under
+ *    redelivery, and each holder only ever drops its own hold.
+ * `live` counts both kinds. When it drops to 0 the body joins `P blobs:gc`, and the sweeper
+ * deletes it after BLOB_GC_GRACE (blob-refs.ts). So a body is never deleted while a queue entry
+ * or a mailbox still holds it; tombstones go with the record when the body goes. What a crash or a
+ * failure can do is leak (a body kept for ever), never delete early:
+ *  - ingress answers 451 after storing the body (JetStream slow or down): the envelope may or may
+ *    not have been published, so its hold stays;
+ *  - a redelivered envelope routed differently (the directory or DNS changed in between): an entry
+ *    held the first time but never published keeps its hold;
+ *  - a redelivered bounce stores a new DSN body (new boundary and date) whose envelope JetStream
+ *    then drops as a duplicate.
+ * The one assumption: an entry is not redelivered after its own release plus the grace period
+ * (JetStream redelivers within its ack wait, seconds, and the grace is a day by default).
  */
 import { createHash, randomUUID } from 'node:crypto';
 import { createReadStream } from 'node:fs';
@@ -9,12 +35,203 @@ import { open as openFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Readable } from 'node:stream';
+import type { Redis } from 'ioredis';
 import { Objm, type ObjectStore } from '@nats-io/obj';
 import { StorageType } from '@nats-io/jetstream';
 import type { Nats } from './nats.ts';
 import { histogram } from './metrics.ts';
 
 export const BLOB_BUCKET = 'BLOBS';
+
+/** Holder names of queue entries in a blob's record: one per entry, stable across redeliveries. */
+export const BlobHolder = {
+  /** An accepted envelope on INGRESS (a message from SMTP, or a DSN). */
+  ingress: (queueId: string) => `i:${queueId}`,
+  /** One local recipient's entry on LOCAL (its idempotency key). */
+  local: (idempotencyKey: string) => `l:${idempotencyKey}`,
+  /** One destination domain's entry on OUTBOUND and in the deferred queue (`<queue-id>:<domain>`). */
+  outbound: (entryId: string) => `o:${entryId}`,
+} as const;
+
+/** ARGV: holder, now ms, stale ms. -1 = wait (being deleted), else the live holders after the hold. */
+const ENTRY_HOLD = `
+local B = KEYS[1]
+local d = tonumber(redis.call('HGET', B, 'deleting') or '0')
+if d > 0 and tonumber(ARGV[2]) - d < tonumber(ARGV[3]) then return -1 end
+redis.call('HDEL', B, 'deleting')
+local f = 'q:' .. ARGV[1]
+local live = tonumber(redis.call('HGET', B, 'live') or '0')
+if redis.call('HGET', B, f) then return live end
+live = live + 1
+redis.call('HSET', B, f, '1', 'live', live)
+redis.call('HDEL', B, 'zero')
+return live
+`;
+
+/** ARGV: holder, now ms. Drops the holder's hold; returns live holders, or -1 when it held nothing. */
+const ENTRY_RELEASE = `
+local B = KEYS[1]
+local f = 'q:' .. ARGV[1]
+local cur = redis.call('HGET', B, f)
+local live = tonumber(redis.call('HGET', B, 'live') or '0')
+if cur == '0' then return -1 end
+redis.call('HSET', B, f, '0')
+if cur ~= '1' then return -1 end
+live = live - 1
+redis.call('HSET', B, 'live', live)
+if live == 0 and not redis.call('HGET', B, 'zero') then redis.call('HSET', B, 'zero', ARGV[2]) end
+return live
+`;
+
+/** ARGV: user, version, held (1|0), now ms. Copies a user's holding at a version; returns live holders. */
+const MAILBOX_HOLD = `
+local B = KEYS[1]
+local f = 'u:' .. ARGV[1]
+local ver = tonumber(ARGV[2])
+local cur = tonumber(redis.call('HGET', B, f) or '0')
+local live = tonumber(redis.call('HGET', B, 'live') or '0')
+if math.abs(cur) >= ver then return live end
+local held = ARGV[3] == '1'
+if held then redis.call('HSET', B, f, ver) else redis.call('HSET', B, f, -ver) end
+if held and cur <= 0 then live = live + 1 end
+if not held and cur > 0 then live = live - 1 end
+redis.call('HSET', B, 'live', live)
+if live == 0 then
+  if not redis.call('HGET', B, 'zero') then redis.call('HSET', B, 'zero', ARGV[4]) end
+else
+  redis.call('HDEL', B, 'zero')
+end
+return live
+`;
+
+/** ARGV: now ms, stale ms. A put is about to rely on the body: 0 = wait (being deleted), 1 = go. */
+const TOUCH = `
+local B = KEYS[1]
+local d = tonumber(redis.call('HGET', B, 'deleting') or '0')
+if d > 0 and tonumber(ARGV[1]) - d < tonumber(ARGV[2]) then return 0 end
+redis.call('HDEL', B, 'deleting')
+redis.call('HSET', B, 'touched', ARGV[1])
+return 1
+`;
+
+/** ARGV: now ms, grace ms. 'live', 'young' (retry at the returned time) or 'claimed'. */
+const CLAIM = `
+local B = KEYS[1]
+local h = redis.call('HMGET', B, 'live', 'zero', 'touched', 'deleting')
+if tonumber(h[1] or '0') > 0 then return { 'live', 0 } end
+local since = math.max(tonumber(h[2] or '0'), tonumber(h[3] or '0'))
+if tonumber(ARGV[1]) - since < tonumber(ARGV[2]) then return { 'young', since + tonumber(ARGV[2]) } end
+if h[4] then return { 'young', tonumber(ARGV[1]) + tonumber(ARGV[2]) } end
+redis.call('HSET', B, 'deleting', ARGV[1])
+return { 'claimed', 0 }
+`;
+
+/** ARGV: the claim's time. Drops the record if the claim still holds and nobody took the blob back. */
+const FINISH = `
+local B = KEYS[1]
+if redis.call('HGET', B, 'deleting') ~= ARGV[1] then return 0 end
+if tonumber(redis.call('HGET', B, 'live') or '0') > 0 then redis.call('HDEL', B, 'deleting'); return 0 end
+redis.call('DEL', B)
+return 1
+`;
+
+const SCRIPTS = {
+  blobEntryHold: ENTRY_HOLD,
+  blobEntryRelease: ENTRY_RELEASE,
+  blobHold: MAILBOX_HOLD,
+  blobTouch: TOUCH,
+  blobClaim: CLAIM,
+  blobFinish: FINISH,
+} as const;
+
+/** A `deleting` mark older than this belongs to a sweeper that died: a put or a hold may go on. */
+export const DELETING_STALE_MS = 30_000;
+
+/**
+ * The blobs' records in Redis (see the header): holds and releases of queue entries, the
+ * mailbox holdings the collector copies, and the sweeper's claim. Every operation is one script
+ * on the one key of one blob, so it runs in one slot of a Redis Cluster.
+ */
+export class BlobRecords {
+  readonly #redis: Redis;
+  readonly #p: string;
+
+  constructor(redis: Redis, prefix: string) {
+    this.#redis = redis;
+    this.#p = prefix;
+    for (const [name, lua] of Object.entries(SCRIPTS)) {
+      if (!(name in redis)) redis.defineCommand(name, { numberOfKeys: 1, lua });
+    }
+  }
+
+  /** The work set of bodies that may have no holder left: blob id -> when to look at it. */
+  get gcKey(): string {
+    return `${this.#p}blobs:gc`;
+  }
+
+  #key(id: string): string {
+    return `${this.#p}{b:${id.replace(/^sha256:/, '')}}`;
+  }
+
+  #call(name: keyof typeof SCRIPTS, id: string, ...args: (string | number)[]): Promise<unknown> {
+    const fn = (this.#redis as unknown as Record<string, (...a: unknown[]) => Promise<unknown>>)[name];
+    if (!fn) throw new Error(`script ${name} not defined`);
+    return fn.call(this.#redis, this.#key(id), ...args);
+  }
+
+  /** Waits (bounded backoff) while the body is being deleted; then runs `step`, which returns -1 to wait. */
+  async #afterDeletion(step: () => Promise<number>): Promise<number> {
+    for (let wait = 20; ; wait = Math.min(wait * 2, 1000)) {
+      const r = await step();
+      if (r !== -1) return r;
+      await new Promise((res) => setTimeout(res, wait));
+    }
+  }
+
+  /**
+   * Holds a body for a queue entry (BlobHolder). Idempotent; a no-op once the holder released it.
+   * Waits while the body is being deleted, so a hold made before a put keeps the put's body.
+   */
+  async hold(id: string, holder: string): Promise<void> {
+    await this.#afterDeletion(async () =>
+      Number(await this.#call('blobEntryHold', id, holder, Date.now(), DELETING_STALE_MS)),
+    );
+  }
+
+  /** Releases a queue entry's hold. Idempotent; when it was the last holder, the body joins the work set. */
+  async release(id: string, holder: string): Promise<void> {
+    const live = Number(await this.#call('blobEntryRelease', id, holder, Date.now()));
+    if (live === 0) await this.#redis.zadd(this.gcKey, Date.now(), id);
+  }
+
+  /** A put is about to rely on an existing body: waits while it is being deleted, stamps the put time. */
+  async touch(id: string): Promise<void> {
+    await this.#afterDeletion(async () =>
+      (await this.#call('blobTouch', id, Date.now(), DELETING_STALE_MS)) === 1 ? 0 : -1,
+    );
+  }
+
+  /** Live holders (queue entries and mailboxes, as far as collected). */
+  async holders(id: string): Promise<number> {
+    return Number((await this.#redis.hget(this.#key(id), 'live')) ?? 0);
+  }
+
+  /** Copies a user's holding at a version (the collector); returns live holders. */
+  async copyMailboxHolding(id: string, user: string, version: string, held: boolean): Promise<number> {
+    return Number(await this.#call('blobHold', id, user, version, held ? 1 : 0, Date.now()));
+  }
+
+  /** The sweeper's claim before deleting a body. */
+  async claim(id: string, now: number, graceMs: number): Promise<[string, number]> {
+    const [state, at] = (await this.#call('blobClaim', id, now, graceMs)) as [string, number];
+    return [state, Number(at)];
+  }
+
+  /** After the delete: drops the record if the claim still holds. */
+  async finish(id: string, claimedAt: number): Promise<void> {
+    await this.#call('blobFinish', id, claimedAt);
+  }
+}
 
 export interface BlobInfo {
   /** `sha256:<hex>` */
@@ -24,19 +241,47 @@ export interface BlobInfo {
 
 const putSeconds = histogram('postino_blob_put_seconds', 'Time to store a body in the blob store');
 
+/** How a put relies on its body: held for a queue entry (BlobHolder), or only touched. */
+export interface PutOptions {
+  holder?: string;
+}
+
 export class BlobStore {
   readonly #store: ObjectStore;
+  readonly #records: BlobRecords | undefined;
   #touch: ((id: string) => Promise<void>) | undefined;
 
-  private constructor(store: ObjectStore) {
+  private constructor(store: ObjectStore, records?: BlobRecords) {
     this.#store = store;
+    this.#records = records;
+    this.#touch = records ? (id) => records.touch(id) : undefined;
   }
 
-  /** Opens (and creates on first use) the bucket. */
-  static async open(nats: Nats, replicas: number): Promise<BlobStore> {
+  /**
+   * Opens (and creates on first use) the bucket. With the blobs' records (every service's
+   * runtime), puts touch or hold the body and hold/release work; without them (tools, benchmarks)
+   * nothing is ever collected, so holds are not needed.
+   */
+  static async open(nats: Nats, replicas: number, records?: BlobRecords): Promise<BlobStore> {
     const objm = new Objm(nats.js);
     const store = await objm.create(BLOB_BUCKET, { storage: StorageType.File, replicas });
-    return new BlobStore(store);
+    return new BlobStore(store, records);
+  }
+
+  /** Holds a stored body for a queue entry (BlobHolder): before publishing the entry. */
+  async hold(id: string, holder: string): Promise<void> {
+    if (id) await this.#records?.hold(id, holder);
+  }
+
+  /** Releases a queue entry's hold: when the entry is done with the body (idempotent). */
+  async release(id: string, holder: string): Promise<void> {
+    if (id) await this.#records?.release(id, holder);
+  }
+
+  /** Before a put relies on a body that may be stored already: hold it for its entry, or touch it. */
+  async #rely(id: string, opts: PutOptions): Promise<void> {
+    if (opts.holder && this.#records) await this.#records.hold(id, opts.holder);
+    else await this.#touch?.(id);
   }
 
   /**
@@ -63,12 +308,12 @@ export class BlobStore {
    * Stores a body given as its chunks; resolves once it is durable. Skips the write when the
    * same content is already stored (content addressing).
    */
-  async put(chunks: Uint8Array[]): Promise<BlobInfo> {
+  async put(chunks: Uint8Array[], opts: PutOptions = {}): Promise<BlobInfo> {
     const end = putSeconds.startTimer();
     const id = BlobStore.idOf(chunks);
     const size = chunks.reduce((n, c) => n + c.byteLength, 0);
     const name = BlobStore.#name(id);
-    await this.#touch?.(id);
+    await this.#rely(id, opts);
     const existing = await this.#store.info(name);
     if (!existing || existing.deleted || existing.size !== size) {
       let i = 0;
@@ -91,7 +336,11 @@ export class BlobStore {
    * object is known only at the end), then copied from the file into the object store in the
    * store's chunks. Only one chunk is in memory at a time.
    */
-  async putStream(source: AsyncIterable<Uint8Array>, spoolDir = tmpdir()): Promise<BlobInfo> {
+  async putStream(
+    source: AsyncIterable<Uint8Array>,
+    spoolDir = tmpdir(),
+    opts: PutOptions = {},
+  ): Promise<BlobInfo> {
     const end = putSeconds.startTimer();
     const path = join(spoolDir, `postino-blob-${randomUUID()}`);
     const file = await openFile(path, 'wx', 0o600);
@@ -109,7 +358,7 @@ export class BlobStore {
       }
       const id = `sha256:${h.digest('hex')}`;
       const name = BlobStore.#name(id);
-      await this.#touch?.(id);
+      await this.#rely(id, opts);
       const existing = await this.#store.info(name);
       if (!existing || existing.deleted || existing.size !== size) {
         const rs = Readable.toWeb(

@@ -5,7 +5,7 @@
  */
 import { randomBytes } from 'node:crypto';
 import type { Logger } from 'pino';
-import type { BlobStore } from './blobs.ts';
+import { BlobHolder, type BlobStore } from './blobs.ts';
 import { pb, encode, type Envelope, type Recipient } from './codec.ts';
 import { publish, STREAMS, SUBJECTS, type Nats } from './nats.ts';
 import { recordEvent } from './events.ts';
@@ -193,9 +193,10 @@ export async function sendDsn(
     .read(source.body.id)
     .catch(() => Buffer.from('(original message no longer available)\r\n'));
   const dsn = buildDsn(deps.hostname, source, wanted, original, new Date(), kind, retryUntil);
-  const stored = await deps.blobs.put([dsn.text]);
   const letter = kind === 'failed' ? 'B' : kind === 'delayed' ? 'W' : 'S';
   const bounceId = `${source.queueId}${letter}${createHashShort(wanted.map((f) => f.recipient.address).join(','))}`;
+  // Held for its INGRESS envelope like any accepted message (services/core/blobs.ts).
+  const stored = await deps.blobs.put([dsn.text], { holder: BlobHolder.ingress(bounceId) });
   const envelope: Envelope = {
     queueId: bounceId,
     mailFrom: '',

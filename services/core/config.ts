@@ -5,6 +5,8 @@
  * variable's name and what was expected (ConfigError). Services receive the parsed object; nothing
  * else reads process.env.
  */
+import { PROXY_LISTENERS } from './net.ts';
+import { TrustedSources } from './proxy-protocol.ts';
 
 export class ConfigError extends Error {
   constructor(message: string) {
@@ -110,6 +112,28 @@ const hostPortList: Parser<string[]> = (raw, name) => {
   return items;
 };
 
+/** Addresses or CIDRs (PROXY_PROTOCOL_TRUSTED). */
+const cidrList: Parser<string[]> = (raw, name) => {
+  const items = list(raw, name);
+  try {
+    new TrustedSources(items);
+  } catch (err) {
+    throw new ConfigError(`${name}: ${(err as Error).message}`);
+  }
+  return items;
+};
+
+const proxyListenerList: Parser<string[]> = (raw, name) => {
+  const items = list(raw, name);
+  for (const item of items) {
+    if (!(PROXY_LISTENERS as readonly string[]).includes(item))
+      throw new ConfigError(
+        `${name}: expected listener names among ${PROXY_LISTENERS.join(', ')}, got ${JSON.stringify(item)}`,
+      );
+  }
+  return items;
+};
+
 const logLevel: Parser<string> = (raw, name) => {
   const levels = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'];
   if (!levels.includes(raw))
@@ -141,15 +165,65 @@ export const schema = {
     'NATS_URL',
     url('nats', 'tls'),
     'nats://127.0.0.1:4222',
-    'NATS server URL(s), comma-separated',
+    'NATS server URL(s), comma-separated; may carry `user:password@` or `token@`; `tls://` requires TLS',
   ),
+  natsUser: setting(
+    'NATS_USER',
+    str,
+    '',
+    'NATS user (with NATS_PASSWORD), instead of credentials in NATS_URL',
+  ),
+  natsPassword: setting('NATS_PASSWORD', str, '', 'Password of NATS_USER'),
+  natsCredsFile: setting(
+    'NATS_CREDS_FILE',
+    str,
+    '',
+    'NATS credentials file (JWT and nkey seed) for decentralized auth; takes precedence over users and tokens',
+  ),
+  natsNkeySeedFile: setting(
+    'NATS_NKEY_SEED_FILE',
+    str,
+    '',
+    'File holding the nkey seed (SU...) the client signs the server nonce with',
+  ),
+  natsTlsCaFile: setting(
+    'NATS_TLS_CA_FILE',
+    str,
+    '',
+    'PEM CA certificates the NATS server certificate must chain to (setting it requires TLS)',
+  ),
+  natsTlsCertFile: setting(
+    'NATS_TLS_CERT_FILE',
+    str,
+    '',
+    'PEM client certificate for NATS servers that verify clients',
+  ),
+  natsTlsKeyFile: setting('NATS_TLS_KEY_FILE', str, '', 'PEM private key of NATS_TLS_CERT_FILE'),
   natsReplicas: setting(
     'NATS_STREAM_REPLICAS',
     int(1, 5),
     1,
     'Replicas of each JetStream stream (3 in a cluster)',
   ),
-  redisUrl: setting('REDIS_URL', url('redis', 'rediss'), 'redis://127.0.0.1:6379', 'Redis URL'),
+  redisUrl: setting(
+    'REDIS_URL',
+    url('redis', 'rediss'),
+    'redis://127.0.0.1:6379',
+    'Redis URL; `redis://user:password@host` for an ACL user, `rediss://` for TLS',
+  ),
+  redisTlsCaFile: setting(
+    'REDIS_TLS_CA_FILE',
+    str,
+    '',
+    'PEM CA certificates the Redis server certificate must chain to (rediss:// URLs)',
+  ),
+  redisTlsCertFile: setting(
+    'REDIS_TLS_CERT_FILE',
+    str,
+    '',
+    'PEM client certificate for Redis servers with tls-auth-clients (rediss:// URLs)',
+  ),
+  redisTlsKeyFile: setting('REDIS_TLS_KEY_FILE', str, '', 'PEM private key of REDIS_TLS_CERT_FILE'),
   redisPrefix: setting('REDIS_PREFIX', str, 'postino:', 'Prefix of every Redis key (inside hash tags)'),
   mailboxJournalMax: setting(
     'MAILBOX_JOURNAL_MAX',
@@ -161,7 +235,7 @@ export const schema = {
     'BLOB_GC_GRACE',
     duration,
     86_400_000,
-    'How long a body stays in the blob store after its last mailbox reference went and its last put',
+    'How long a body stays in the blob store after its last holder (mailbox or queue entry) and its last put',
   ),
   mailboxOverQuotaRetry: setting(
     'MAILBOX_OVERQUOTA_RETRY',
@@ -237,7 +311,7 @@ export const schema = {
     'SMTP_AUTH_FAILURES',
     int(1, 1_000_000),
     10,
-    'AUTH failures per client IP and per account in 15 minutes before AUTH is refused (454)',
+    'AUTH failures per client IP and per account in 15 minutes before SMTP, IMAP and POP3 refuse AUTH',
   ),
   submissionSenderCheck: setting(
     'SUBMISSION_SENDER_CHECK',
@@ -364,12 +438,30 @@ export const schema = {
     [],
     'Per-domain delivery policy, e.g. bank.test:require-tls,corp.test:smarthost,*:smarthost',
   ),
+  deliveryMtaSts: setting(
+    'DELIVERY_MTA_STS',
+    bool,
+    true,
+    'Fetch, cache and apply the MTA-STS policies of destination domains (RFC 8461)',
+  ),
+  deliveryTlsCaFile: setting(
+    'DELIVERY_TLS_CA_FILE',
+    str,
+    '',
+    'PEM CA certificates trusted for outbound TLS (verify-tls, MTA-STS, smarthost) besides the system roots',
+  ),
   retrSetsSeen: setting('POP3_RETR_SETS_SEEN', bool, true, 'POP3 RETR marks the message \\Seen for IMAP'),
   pop3IdleTimeout: setting(
     'POP3_IDLE_TIMEOUT',
     duration,
     10 * 60_000,
     'POP3 inactivity timeout (RFC 1939: at least 10m)',
+  ),
+  pop3MaxConnectionsPerIp: setting(
+    'POP3_MAX_CONNECTIONS_PER_IP',
+    int(1, 1_000_000),
+    50,
+    'Open POP3 sessions per client IP per replica (-ERR [SYS/TEMP] past it)',
   ),
   pop3LockLease: setting(
     'POP3_LOCK_LEASE',
@@ -382,6 +474,12 @@ export const schema = {
     duration,
     30 * 60_000,
     'IMAP inactivity timeout (RFC 3501: at least 30m)',
+  ),
+  imapMaxConnectionsPerIp: setting(
+    'IMAP_MAX_CONNECTIONS_PER_IP',
+    int(1, 1_000_000),
+    50,
+    'Open IMAP sessions per client IP per replica (* BYE [UNAVAILABLE] past it)',
   ),
   adminToken: setting(
     'ADMIN_TOKEN',
@@ -410,9 +508,25 @@ export const schema = {
   ),
   proxyTrusted: setting(
     'PROXY_PROTOCOL_TRUSTED',
-    list,
+    cidrList,
     [],
-    'CIDRs of load balancers whose connections start with a PROXY protocol v1/v2 header (empty: none)',
+    'Load balancer CIDRs whose connections must start with a PROXY protocol v1/v2 header (empty: off)',
+  ),
+  proxyListeners: setting(
+    'PROXY_PROTOCOL_LISTENERS',
+    proxyListenerList,
+    [...PROXY_LISTENERS],
+    'Listeners that take the PROXY header from PROXY_PROTOCOL_TRUSTED',
+  ),
+  proxyTimeout: setting(
+    'PROXY_PROTOCOL_TIMEOUT',
+    (raw, name) => {
+      const ms = duration(raw, name);
+      if (ms < 1000) throw new ConfigError(`${name}: expected at least 1s, got ${JSON.stringify(raw)}`);
+      return ms;
+    },
+    10_000,
+    'Time a trusted balancer gets to send its PROXY header before the connection is closed',
   ),
   operatorNamespace: setting(
     'OPERATOR_NAMESPACE',
@@ -462,6 +576,23 @@ export function loadConfig(env: Record<string, string | undefined> = process.env
   }
   if (errors.length > 0) throw new ConfigError(`invalid configuration:\n  ${errors.join('\n  ')}`);
   return out as Config;
+}
+
+/** URL(s) as they may be shown: the password (or token) of each replaced by `***`. */
+export function redactUrl(urls: string): string {
+  return urls
+    .split(',')
+    .map((raw) => {
+      try {
+        const u = new URL(raw.trim());
+        if (u.password) u.password = '***';
+        else if (u.username) u.username = '***';
+        return u.href.replace(/\/$/, '');
+      } catch {
+        return '***';
+      }
+    })
+    .join(',');
 }
 
 /** Markdown table of every variable, for the README. */

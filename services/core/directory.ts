@@ -10,10 +10,26 @@
  *   P dir:alias:<address>    SET of target addresses (local users, other aliases, or external: forwarding)
  *   P dir:aliases:<d>        SET of the domain's alias addresses
  *   P dir:domalias:<d>       STRING target domain of a domain alias (mail for x@d goes to x@target)
+ *   P dir:dkim:<d>           HASH selector, privateKey, publicKey, createdAt
  *
  * Recipient expansion (resolveRecipient) applies, in order: domain alias, exact user, alias
  * (recursively, each address once, loops and depth bounded), plus-addressing (user+tag@), and the
  * domain's catch-all.
+ *
+ * Redis Cluster: these keys are spread over hash slots on purpose (the directory is read on every
+ * RCPT and login, and one slot would put all of it on one master), so no write uses MULTI across
+ * keys. Each write is a sequence of single-key, idempotent steps, ordered so that a crash half way
+ * leaves a state that is safe and that a retry of the same call repairs:
+ *  - One key is authoritative for each entry: `dir:domains` membership for a domain, the user HASH
+ *    with a `password` field for a user, a non-empty `dir:alias:<a>` SET for an alias. It is
+ *    written last when an entry is created and removed first when it is deleted, so an entry is
+ *    either fully there or not there at all for the readers (RCPT, routing, login).
+ *  - Index SETs (`dir:users:<d>`, `dir:aliases:<d>`) and metadata (`dir:domain:<d>`, domain alias,
+ *    DKIM key) are written before the authoritative key and removed after it. Readers skip an index
+ *    member without its entry, and a retried call (or removeDomain) cleans what a crash left.
+ *  - A user is created by one single-key script (password and fields together, only if absent),
+ *    and a password or quota is set by a single-key script that checks the user still exists, so
+ *    a concurrent removeUser never leaves a record without a password behind.
  */
 import type { Redis } from 'ioredis';
 import type { Authenticator } from './mailbox-api.ts';
@@ -47,6 +63,23 @@ export class DirectoryError extends Error {
   }
 }
 
+/** KEYS[1]: user HASH. ARGV: field/value pairs. Creates the user only if it has no password yet. */
+const CREATE_USER = `
+if redis.call('HEXISTS', KEYS[1], 'password') == 1 then return 0 end
+redis.call('DEL', KEYS[1])
+redis.call('HSET', KEYS[1], unpack(ARGV))
+return 1
+`;
+
+/** KEYS[1]: HASH; ARGV[1]: field that must exist; then field/value pairs. Sets them only on an existing entry. */
+const HSET_IF = `
+if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 0 then return 0 end
+redis.call('HSET', KEYS[1], unpack(ARGV, 2))
+return 1
+`;
+
+/** The form hashPassword writes (services/core/passwords.ts), the only one verifyPassword reads. */
+const PASSWORD_HASH_RE = /^\$scrypt\$ln=\d+,r=\d+,p=\d+\$[A-Za-z0-9+/=]+\$[A-Za-z0-9+/=]+$/;
 const DOMAIN_RE = /^(?=.{1,253}$)([a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z0-9-]{2,63}$/;
 const LOCAL_RE = /^[a-z0-9!#$%&'*+/=?^_`{|}~.-]{1,64}$/;
 
@@ -65,6 +98,20 @@ export class Directory implements Authenticator {
   constructor(redis: Redis, prefix: string) {
     this.#redis = redis;
     this.#p = prefix;
+    for (const [name, lua] of Object.entries({ dirCreateUser: CREATE_USER, dirHsetIf: HSET_IF })) {
+      if (!(name in redis)) redis.defineCommand(name, { numberOfKeys: 1, lua });
+    }
+  }
+
+  #script(name: 'dirCreateUser' | 'dirHsetIf', key: string, ...args: string[]): Promise<unknown> {
+    const fn = (this.#redis as unknown as Record<string, (...a: unknown[]) => Promise<unknown>>)[name];
+    if (!fn) throw new Error(`script ${name} not defined`);
+    return fn.call(this.#redis, key, ...args);
+  }
+
+  /** HSET on an existing entry only (HSET_IF); false when the entry is gone. */
+  async #hsetIf(key: string, guard: string, fields: Record<string, string>): Promise<boolean> {
+    return (await this.#script('dirHsetIf', key, guard, ...Object.entries(fields).flat())) === 1;
   }
 
   #k(...parts: string[]): string {
@@ -75,25 +122,44 @@ export class Directory implements Authenticator {
     const domain = name.trim().toLowerCase().replace(/\.$/, '');
     if (!validDomain(domain))
       throw new DirectoryError('INVALID', `not a valid domain name: ${JSON.stringify(name)}`);
-    const added = await this.#redis
-      .multi()
-      .sadd(this.#k('domains'), domain)
-      .hsetnx(this.#k('domain', domain), 'createdAt', String(Date.now()))
-      .exec();
-    if (added?.[0]?.[1] === 0) throw new DirectoryError('EXISTS', `domain ${domain} already exists`);
+    if (await this.isLocalDomain(domain))
+      throw new DirectoryError('EXISTS', `domain ${domain} already exists`);
+    // Metadata first, then the authoritative membership (see the header: Redis Cluster).
+    await this.#redis.hsetnx(this.#k('domain', domain), 'createdAt', String(Date.now()));
+    if ((await this.#redis.sadd(this.#k('domains'), domain)) === 0)
+      throw new DirectoryError('EXISTS', `domain ${domain} already exists`);
     return domain;
   }
 
+  /**
+   * Removes a hosted domain (or domain alias) with its aliases, catch-all, quotas and DKIM key; it
+   * must have no users left. Hosting stops first; the rest is cleaned after, so a retry after a
+   * crash finishes the job (and answers NOT_FOUND only when nothing was left).
+   */
   async removeDomain(name: string): Promise<void> {
-    const domain = name.trim().toLowerCase();
-    if (!(await this.isLocalDomain(domain))) throw new DirectoryError('NOT_FOUND', `no domain ${domain}`);
-    if ((await this.#redis.scard(this.#k('users', domain))) > 0) {
+    const domain = name.trim().toLowerCase().replace(/\.$/, '');
+    const users = await this.#liveMembers(this.#k('users', domain), (a) => this.#k('user', a), 'password');
+    if (users.length > 0) {
       throw new DirectoryError('NOT_EMPTY', `domain ${domain} still has users; remove them first`);
     }
-    // One key at a time (not MULTI): directory keys live in different Redis Cluster slots.
-    await this.#redis.srem(this.#k('domains'), domain);
-    await this.#redis.del(this.#k('domain', domain));
-    await this.#redis.del(this.#k('domalias', domain));
+    const hosted = (await this.#redis.srem(this.#k('domains'), domain)) === 1;
+    let left = 0;
+    for (const a of await this.#redis.smembers(this.#k('aliases', domain))) {
+      left += await this.#redis.del(this.#k('alias', a));
+      await this.#redis.srem(this.#k('aliases', domain), a);
+    }
+    for (const key of ['users', 'aliases', 'domain', 'domalias', 'dkim'])
+      left += await this.#redis.del(this.#k(key, domain));
+    if (!hosted && left === 0) throw new DirectoryError('NOT_FOUND', `no domain ${domain}`);
+  }
+
+  /** Members of an index SET whose entry exists (a crash may leave a member without it). */
+  async #liveMembers(index: string, keyOf: (m: string) => string, guard: string): Promise<string[]> {
+    const out: string[] = [];
+    for (const m of await this.#redis.smembers(index)) {
+      if (await this.#redis.hexists(keyOf(m), guard)) out.push(m);
+    }
+    return out;
   }
 
   async listDomains(): Promise<string[]> {
@@ -128,12 +194,9 @@ export class Directory implements Authenticator {
   /** Sets a user's own limits (0: fall back to the domain's default). */
   async setUserQuota(address: string, limits: { bytes: number; messages: number }): Promise<void> {
     const addr = canonicalAddress(address);
-    if (!(await this.#redis.exists(this.#k('user', addr))))
+    const fields = { quota: String(limits.bytes), quotaMessages: String(limits.messages) };
+    if (!(await this.#hsetIf(this.#k('user', addr), 'password', fields)))
       throw new DirectoryError('NOT_FOUND', `no user ${addr}`);
-    await this.#redis.hset(this.#k('user', addr), {
-      quota: String(limits.bytes),
-      quotaMessages: String(limits.messages),
-    });
   }
 
   /** Sets a domain's default limits for its users (0: none). */
@@ -160,30 +223,33 @@ export class Directory implements Authenticator {
     }
     if (password.length < 8) throw new DirectoryError('INVALID', 'password must have at least 8 characters');
     const hash = await hashPassword(password);
-    const created = await this.#redis.hsetnx(this.#k('user', addr), 'password', hash);
+    // The index first, then the user in one single-key script (see the header: Redis Cluster).
+    await this.#redis.sadd(this.#k('users', p.domain), addr);
+    const fields = { password: hash, createdAt: String(Date.now()), quota: '0', disabled: '0' };
+    const created = await this.#script(
+      'dirCreateUser',
+      this.#k('user', addr),
+      ...Object.entries(fields).flat(),
+    );
     if (created === 0) throw new DirectoryError('EXISTS', `user ${addr} already exists`);
-    await this.#redis
-      .multi()
-      .hset(this.#k('user', addr), { createdAt: String(Date.now()), quota: '0', disabled: '0' })
-      .sadd(this.#k('users', p.domain), addr)
-      .exec();
     return addr;
   }
 
   async setPassword(address: string, password: string): Promise<void> {
     const addr = canonicalAddress(address);
-    if (!(await this.#redis.exists(this.#k('user', addr))))
-      throw new DirectoryError('NOT_FOUND', `no user ${addr}`);
     if (password.length < 8) throw new DirectoryError('INVALID', 'password must have at least 8 characters');
-    await this.#redis.hset(this.#k('user', addr), 'password', await hashPassword(password));
+    const hash = await hashPassword(password);
+    if (!(await this.#hsetIf(this.#k('user', addr), 'password', { password: hash })))
+      throw new DirectoryError('NOT_FOUND', `no user ${addr}`);
   }
 
+  /** Removes a user: the record first (no more logins or mail), then its index entry, even on a retry. */
   async removeUser(address: string): Promise<void> {
     const addr = canonicalAddress(address);
     const p = parseAddress(addr);
     const removed = await this.#redis.del(this.#k('user', addr));
-    if (!removed || !p) throw new DirectoryError('NOT_FOUND', `no user ${addr}`);
-    await this.#redis.srem(this.#k('users', p.domain), addr);
+    const unlisted = p ? await this.#redis.srem(this.#k('users', p.domain), addr) : 0;
+    if (!removed && !unlisted) throw new DirectoryError('NOT_FOUND', `no user ${addr}`);
   }
 
   async listUsers(domain?: string): Promise<UserRecord[]> {
@@ -233,29 +299,38 @@ export class Directory implements Authenticator {
     if (clean.length === 0 || clean.some((t) => !parseAddress(t))) {
       throw new DirectoryError('INVALID', 'an alias needs one or more target addresses');
     }
-    await this.#redis
-      .multi()
-      .sadd(this.#k('alias', addr), ...clean.map(canonicalAddress))
-      .sadd(this.#k('aliases', p.domain), addr)
-      .exec();
-    // Refuse what would loop back to itself with no mailbox at the end.
+    const wanted = [...new Set(clean.map(canonicalAddress))];
+    const had = new Set(await this.#redis.smembers(this.#k('alias', addr)));
+    const added = wanted.filter((t) => !had.has(t));
+    // The index first, then the targets (see the header: Redis Cluster). A crash before the loop
+    // check below leaves a looping alias, which routing refuses (5.4.6); the retry removes it.
+    await this.#redis.sadd(this.#k('aliases', p.domain), addr);
+    await this.#redis.sadd(this.#k('alias', addr), ...wanted);
+    // Refuse what would loop back to itself with no mailbox at the end: only the targets added
+    // now are taken back, the alias keeps the ones it had.
+    const undo = async () => {
+      if (added.length > 0) await this.#redis.srem(this.#k('alias', addr), ...added);
+      if (!(await this.#redis.exists(this.#k('alias', addr))))
+        await this.#redis.srem(this.#k('aliases', p.domain), addr);
+    };
     const exp = await this.resolveRecipient(addr).catch(async (err: unknown) => {
-      await this.removeAlias(addr);
+      await undo();
       throw err;
     });
     if (exp && exp.users.length === 0 && exp.external.length === 0) {
-      await this.removeAlias(addr);
+      await undo();
       throw new DirectoryError('LOOP', `alias ${addr} leads to no mailbox`);
     }
     return addr;
   }
 
+  /** Removes an alias: its targets first (no more mail), then its index entry, even on a retry. */
   async removeAlias(alias: string): Promise<void> {
     const addr = canonicalAddress(alias);
     const p = parseAddress(addr);
     const removed = await this.#redis.del(this.#k('alias', addr));
-    if (p) await this.#redis.srem(this.#k('aliases', p.domain), addr);
-    if (!removed) throw new DirectoryError('NOT_FOUND', `no alias ${addr}`);
+    const unlisted = p ? await this.#redis.srem(this.#k('aliases', p.domain), addr) : 0;
+    if (!removed && !unlisted) throw new DirectoryError('NOT_FOUND', `no alias ${addr}`);
   }
 
   async listAliases(domain?: string): Promise<{ alias: string; targets: string[] }[]> {
@@ -263,7 +338,9 @@ export class Directory implements Authenticator {
     const out: { alias: string; targets: string[] }[] = [];
     for (const d of domains) {
       for (const a of (await this.#redis.smembers(this.#k('aliases', d))).sort()) {
-        out.push({ alias: a, targets: (await this.#redis.smembers(this.#k('alias', a))).sort() });
+        const targets = (await this.#redis.smembers(this.#k('alias', a))).sort();
+        // An index entry without targets is one a crash left half made (or half removed).
+        if (targets.length > 0) out.push({ alias: a, targets });
       }
     }
     return out;
@@ -286,9 +363,11 @@ export class Directory implements Authenticator {
     if (!validDomain(a))
       throw new DirectoryError('INVALID', `not a valid domain name: ${JSON.stringify(alias)}`);
     if (!(await this.isLocalDomain(t))) throw new DirectoryError('NOT_FOUND', `no domain ${t}`);
-    if ((await this.#redis.scard(this.#k('users', a))) > 0)
+    if ((await this.#liveMembers(this.#k('users', a), (u) => this.#k('user', u), 'password')).length > 0)
       throw new DirectoryError('NOT_EMPTY', `domain ${a} has users`);
-    await this.#redis.multi().sadd(this.#k('domains'), a).set(this.#k('domalias', a), t).exec();
+    // The target first, then the membership that makes the alias domain hosted (Redis Cluster).
+    await this.#redis.set(this.#k('domalias', a), t);
+    await this.#redis.sadd(this.#k('domains'), a);
   }
 
   /**
@@ -358,6 +437,70 @@ export class Directory implements Authenticator {
     }
     const ok = await verifyPassword(password, stored);
     return ok && h[1] !== '1' ? addr : null;
+  }
+
+  /**
+   * Bulk import (services/admin/import.ts): adds many domains, then many users, each step sent
+   * pipelined (all commands of a step written back to back, one round trip per step) and in the
+   * write order of the header: a domain's metadata before its membership; a user's index entry
+   * before the single-key script that creates the record. Users come with a password hash already
+   * made (`$scrypt$...`, as hashPassword makes): hashing a million passwords here would take hours.
+   * Existing entries are left as they are and counted. Aliases go through addAlias (loop checks).
+   */
+  async importBatch(batch: {
+    domains: string[];
+    users: { address: string; passwordHash: string; quota?: number }[];
+  }): Promise<{
+    domainsAdded: number;
+    usersAdded: number;
+    /** Entries refused: which list and the position in it. */
+    errors: { kind: 'domain' | 'user'; index: number; error: string }[];
+  }> {
+    const errors: { kind: 'domain' | 'user'; index: number; error: string }[] = [];
+    const domains: string[] = [];
+    for (const [index, name] of batch.domains.entries()) {
+      const d = name.trim().toLowerCase().replace(/\.$/, '');
+      if (validDomain(d)) domains.push(d);
+      else errors.push({ kind: 'domain', index, error: `not a valid domain name: ${JSON.stringify(name)}` });
+    }
+    const now = String(Date.now());
+    await Promise.all(domains.map((d) => this.#redis.hsetnx(this.#k('domain', d), 'createdAt', now)));
+    const added = await Promise.all(domains.map((d) => this.#redis.sadd(this.#k('domains'), d)));
+    const domainsAdded = added.filter((n) => n === 1).length;
+
+    const users: { index: number; addr: string; domain: string; hash: string; quota: number }[] = [];
+    for (const [index, u] of batch.users.entries()) {
+      const addr = canonicalAddress(u.address);
+      const p = parseAddress(addr);
+      if (!p || !LOCAL_RE.test(p.local))
+        errors.push({ kind: 'user', index, error: `not a valid address: ${JSON.stringify(u.address)}` });
+      else if (!PASSWORD_HASH_RE.test(u.passwordHash))
+        errors.push({ kind: 'user', index, error: 'passwordHash must be a $scrypt$ hash' });
+      else users.push({ index, addr, domain: p.domain, hash: u.passwordHash, quota: u.quota ?? 0 });
+    }
+    const userDomains = [...new Set(users.map((u) => u.domain))];
+    const hosted = await Promise.all(userDomains.map((d) => this.isLocalDomain(d)));
+    const unhosted = new Set(userDomains.filter((_, i) => !hosted[i]));
+    const ready = users.filter((u) => {
+      if (!unhosted.has(u.domain)) return true;
+      errors.push({
+        kind: 'user',
+        index: u.index,
+        error: `domain ${u.domain} is not hosted here; add it first`,
+      });
+      return false;
+    });
+    await Promise.all(ready.map((u) => this.#redis.sadd(this.#k('users', u.domain), u.addr)));
+    const created = await Promise.all(
+      ready.map((u) =>
+        this.#script(
+          'dirCreateUser',
+          this.#k('user', u.addr),
+          ...['password', u.hash, 'createdAt', now, 'quota', String(u.quota), 'disabled', '0'],
+        ),
+      ),
+    );
+    return { domainsAdded, usersAdded: created.filter((n) => n === 1).length, errors };
   }
 
   /** Stores the DKIM signing key of a hosted domain (P dir:dkim:<d> HASH selector, privateKey, publicKey, createdAt). */

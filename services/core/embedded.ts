@@ -8,6 +8,7 @@ import { existsSync, mkdirSync } from 'node:fs';
 import { connect } from 'node:net';
 import { join, resolve } from 'node:path';
 import type { Logger } from 'pino';
+import { redactUrl } from './config.ts';
 
 export function reachable(host: string, port: number, timeoutMs = 500): Promise<boolean> {
   return new Promise((done) => {
@@ -69,7 +70,7 @@ export async function ensureBackends(
   const natsHost = nats.hostname.replace(/^\[|\]$/g, '');
   const natsPort = Number(nats.port || 4222);
   if (!(await reachable(natsHost, natsPort))) {
-    if (!LOOPBACK.has(nats.hostname)) throw new Error(`NATS at ${natsUrl} does not answer`);
+    if (!LOOPBACK.has(nats.hostname)) throw new Error(`NATS at ${redactUrl(natsUrl)} does not answer`);
     const bin = findBinary('nats-server');
     if (!bin)
       throw new Error(
@@ -88,7 +89,7 @@ export async function ensureBackends(
   const redisHost = redis.hostname.replace(/^\[|\]$/g, '');
   const redisPort = Number(redis.port || 6379);
   if (!(await reachable(redisHost, redisPort))) {
-    if (!LOOPBACK.has(redis.hostname)) throw new Error(`Redis at ${redisUrl} does not answer`);
+    if (!LOOPBACK.has(redis.hostname)) throw new Error(`Redis at ${redactUrl(redisUrl)} does not answer`);
     const bin = findBinary('redis-server');
     if (!bin)
       throw new Error(

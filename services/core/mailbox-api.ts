@@ -32,6 +32,17 @@ export interface MessageMeta {
   /** Blob reference (`sha256:<hex>`) for reading the body. */
   blob: string;
   modseq: number;
+  /**
+   * The MIME structure parsed at append (an encoded pb.MimeStructure, services/core/mime-structure.ts):
+   * only when asked for with `{ structure: true }`, and absent for messages stored before it was kept.
+   */
+  structure?: Uint8Array;
+}
+
+/** Options of the message listings. */
+export interface MessagesOptions {
+  /** Include each message's stored MIME structure (FETCH ENVELOPE/BODYSTRUCTURE, header SEARCH). */
+  structure?: boolean;
 }
 
 export type FlagOp = 'add' | 'remove' | 'replace';
@@ -65,6 +76,7 @@ export interface MailboxClient {
     user: string,
     folder: string,
     uids?: number[],
+    options?: MessagesOptions,
   ): Promise<{ folder: FolderInfo; messages: MessageMeta[] }>;
   /** Changes flags; returns the messages as they are afterwards (only those that still exist). */
   storeFlags(
@@ -135,6 +147,7 @@ export interface MailboxClient {
     first: number,
     last: number,
     limit?: number,
+    options?: MessagesOptions,
   ): Promise<{ folder: FolderInfo; messages: MessageMeta[] }>;
   /** APPEND of a large literal, streamed to the blob store without holding it whole. */
   appendStream(

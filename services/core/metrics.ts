@@ -31,3 +31,18 @@ export function histogram(
 ): client.Histogram<string> {
   return once(name, () => new client.Histogram({ name, help, labelNames, buckets, registers: [registry] }));
 }
+
+/** Command durations: most commands take well under a millisecond, DATA and FETCH of a big message seconds. */
+const COMMAND_BUCKETS = [
+  0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60,
+];
+
+/** postino_<protocol>_command_seconds{command}: the time from a command to its (final) reply. */
+export function commandHistogram(protocol: string): client.Histogram<string> {
+  return histogram(
+    `postino_${protocol}_command_seconds`,
+    `Time from a ${protocol.toUpperCase()} command to its final reply, by command (unknown commands: other)`,
+    ['command'],
+    COMMAND_BUCKETS,
+  );
+}

@@ -2,7 +2,16 @@
  * NATS and JetStream: connection, idempotent provisioning of streams and consumers, traced
  * publish/request, and the consume loop every stage uses.
  */
-import { connect, headers, type NatsConnection, type Msg } from '@nats-io/transport-node';
+import { readFileSync } from 'node:fs';
+import {
+  connect,
+  credsAuthenticator,
+  headers,
+  nkeyAuthenticator,
+  type ConnectionOptions,
+  type NatsConnection,
+  type Msg,
+} from '@nats-io/transport-node';
 import {
   AckPolicy,
   DeliverPolicy,
@@ -38,14 +47,21 @@ export const SUBJECTS = {
   directoryChanges: 'dir.changes',
 } as const;
 
+/**
+ * How long a delivered message stays with a consumer without an ack or a progress heartbeat
+ * (handlers send one every third of it): the in-flight work of a replica that died comes back to
+ * the others after at most this long.
+ */
+const ACK_WAIT_MS = 15_000;
+
 /** Durable consumers: one per stage, shared by that stage's replicas. */
 export const CONSUMERS = {
-  router: { stream: STREAMS.INGRESS, durable: 'router', filter: 'mail.ingress', ackWaitMs: 60_000 },
+  router: { stream: STREAMS.INGRESS, durable: 'router', filter: 'mail.ingress', ackWaitMs: ACK_WAIT_MS },
   mailboxStore: {
     stream: STREAMS.LOCAL,
     durable: 'mailbox-store',
     filter: 'mail.local.>',
-    ackWaitMs: 60_000,
+    ackWaitMs: ACK_WAIT_MS,
   },
   // OUTBOUND has no shared consumer: one durable per partition (`delivery-<n>` on
   // mail.outbound.<n>), consumed only by the replica holding the partition's lease (services/delivery).
@@ -66,9 +82,81 @@ export interface Nats {
   jsm: JetStreamManager;
 }
 
-export async function connectNats(url: string, name: string, logger: Logger): Promise<Nats> {
+/**
+ * How a client proves who it is to NATS and checks the server. Credentials may also ride in
+ * NATS_URL (`nats://user:password@host` or `nats://token@host`); a creds file (JWT + nkey seed) or
+ * an nkey seed file take precedence over them.
+ */
+export interface NatsSecurity {
+  user?: string;
+  password?: string;
+  /** A `.creds` file (decentralized JWT auth, `nsc generate creds`). */
+  credsFile?: string;
+  /** A file holding an nkey user seed (`SU...`). */
+  nkeySeedFile?: string;
+  /** PEM CA bundle the server certificate must chain to (default: the system roots). */
+  tlsCaFile?: string;
+  /** Client certificate and key, for servers that verify clients (`verify: true`). */
+  tlsCertFile?: string;
+  tlsKeyFile?: string;
+}
+
+/**
+ * The connect options for NATS_URL and the security settings: the servers without their
+ * credentials (so they never reach a log), one authenticator, and TLS when the URL says `tls://` or
+ * a TLS file is set (the client then refuses a server that does not offer TLS).
+ */
+export function natsConnectOptions(url: string, security: NatsSecurity = {}): ConnectionOptions {
+  const servers: string[] = [];
+  let user = security.user ?? '';
+  let password = security.password ?? '';
+  let token = '';
+  let tls = false;
+  for (const raw of url
+    .split(',')
+    .map((s) => s.trim())
+    .filter(Boolean)) {
+    const u = new URL(raw);
+    if (u.protocol === 'tls:') tls = true;
+    if (u.username && !user && !token) {
+      if (u.password) {
+        user = decodeURIComponent(u.username);
+        password = decodeURIComponent(u.password);
+      } else token = decodeURIComponent(u.username);
+    }
+    servers.push(`${u.protocol}//${u.host}`);
+  }
+  const opts: ConnectionOptions = { servers };
+  if (security.credsFile) {
+    const file = security.credsFile;
+    opts.authenticator = credsAuthenticator(() => readFileSync(file));
+  } else if (security.nkeySeedFile) {
+    const file = security.nkeySeedFile;
+    opts.authenticator = nkeyAuthenticator(() => new TextEncoder().encode(readFileSync(file, 'utf8').trim()));
+  } else if (user) {
+    opts.user = user;
+    opts.pass = password;
+  } else if (token) {
+    opts.token = token;
+  }
+  if (tls || security.tlsCaFile || security.tlsCertFile) {
+    opts.tls = {
+      ...(security.tlsCaFile ? { caFile: security.tlsCaFile } : {}),
+      ...(security.tlsCertFile ? { certFile: security.tlsCertFile } : {}),
+      ...(security.tlsKeyFile ? { keyFile: security.tlsKeyFile } : {}),
+    };
+  }
+  return opts;
+}
+
+export async function connectNats(
+  url: string,
+  name: string,
+  logger: Logger,
+  security: NatsSecurity = {},
+): Promise<Nats> {
   const nc = await connect({
-    servers: url.split(',').map((s) => s.trim()),
+    ...natsConnectOptions(url, security),
     name,
     maxReconnectAttempts: -1,
     reconnectTimeWait: 500,
@@ -115,8 +203,40 @@ function streamConfigs(replicas: number): (Partial<StreamConfig> & { name: strin
   ];
 }
 
-/** Creates or updates every stream and durable consumer. Safe to run from every replica at every start. */
+/** True when every field of `want` already has that value in `have`. */
+function sameConfig(want: object, have: object): boolean {
+  const h = have as Record<string, unknown>;
+  return Object.entries(want).every(([k, v]) => JSON.stringify(h[k]) === JSON.stringify(v));
+}
+
+/**
+ * Runs a JetStream management call again while it fails (a request times out while a clustered
+ * JetStream elects its leaders, or while every replica of every service starts at once after a
+ * full restart), with a growing wait, until the deadline; then the last error is thrown.
+ */
+export async function retryJetStream<T>(fn: () => Promise<T>, deadlineMs = 60_000): Promise<T> {
+  const end = Date.now() + deadlineMs;
+  for (let wait = 250; ; wait = Math.min(wait * 2, 5000)) {
+    try {
+      return await fn();
+    } catch (err) {
+      if (Date.now() + wait > end) throw err;
+      await new Promise((r) => setTimeout(r, wait));
+    }
+  }
+}
+
+/**
+ * Creates or updates every stream and durable consumer. Safe to run from every replica at every
+ * start: nothing is written when the configuration is already right (on a clustered JetStream,
+ * every replica of every service updating the streams at once would queue behind one another in
+ * the meta group), and calls that time out are tried again.
+ */
 export async function provision(nats: Nats, replicas: number): Promise<void> {
+  await retryJetStream(() => provisionOnce(nats, replicas));
+}
+
+async function provisionOnce(nats: Nats, replicas: number): Promise<void> {
   for (const cfg of streamConfigs(replicas)) {
     const name = cfg.name;
     const existing = await nats.jsm.streams.info(name).catch(() => null);
@@ -125,7 +245,7 @@ export async function provision(nats: Nats, replicas: number): Promise<void> {
         // Another replica created it between our info and add.
         if (!(await nats.jsm.streams.info(name).catch(() => null))) throw err;
       });
-    } else {
+    } else if (!sameConfig(cfg, existing.config)) {
       await nats.jsm.streams.update(name, { ...existing.config, ...cfg });
     }
   }
@@ -145,10 +265,8 @@ export async function provision(nats: Nats, replicas: number): Promise<void> {
         if (!(await nats.jsm.consumers.info(c.stream, c.durable).catch(() => null))) throw err;
       });
     } else {
-      await nats.jsm.consumers.update(c.stream, c.durable, {
-        ack_wait: cfg.ack_wait,
-        max_ack_pending: cfg.max_ack_pending,
-      });
+      const update = { ack_wait: cfg.ack_wait, max_ack_pending: cfg.max_ack_pending };
+      if (!sameConfig(update, existing.config)) await nats.jsm.consumers.update(c.stream, c.durable, update);
     }
   }
 }
@@ -163,7 +281,7 @@ export async function publish(
   nats: Nats,
   subject: string,
   data: Uint8Array,
-  opts: { msgId?: string; stream: string },
+  opts: { msgId?: string; stream: string; timeoutMs?: number },
 ): Promise<void> {
   await withSpan(
     `send ${opts.stream}`,
@@ -179,7 +297,11 @@ export async function publish(
     async () => {
       const h = headers();
       injectTrace(h);
-      await nats.js.publish(subject, data, { headers: h, msgID: opts.msgId, timeout: 10_000 });
+      await nats.js.publish(subject, data, {
+        headers: h,
+        msgID: opts.msgId,
+        timeout: opts.timeoutMs ?? 10_000,
+      });
       published.inc({ stream: opts.stream });
     },
   );

@@ -223,16 +223,20 @@ export interface ClientInfo {
 
 /**
  * For a socket a listener just accepted: if its peer is a trusted balancer, reads and removes the
- * PROXY header (v1 or v2), puts back any bytes that followed it, and makes `socket.remoteAddress`
- * and `socket.remotePort` report the client's address (so code that reads them needs no change).
- * Peers that are not trusted are returned untouched, without reading a byte. Rejects (and destroys
- * the socket) on a missing or malformed header, or when none arrives in `timeoutMs`.
+ * PROXY header (v1 or v2), puts back any bytes that followed it, and makes `socket.remoteAddress`,
+ * `socket.remotePort` and `socket.remoteFamily` report the client (so code that reads them needs
+ * no change). v2 LOCAL and v1 UNKNOWN keep the socket's own addresses (spec §2.1, §2.2). Peers that
+ * are not trusted are returned untouched, without reading a byte. Rejects (and destroys the socket)
+ * on a missing or malformed header, or when none is complete within `timeoutMs`.
  *
- * The socket is returned paused, with the bytes that followed the header unread: the service's
- * `pipe()` (or `on('data')` then `resume()`) starts reading.
+ * The header is read in paused mode (`'readable'` and `read()`), never more than the socket has
+ * buffered, and the bytes after it go back with `unshift()`: afterwards the socket is in the same
+ * state as a freshly accepted one — a `'data'` listener or `pipe()` starts reading, and a
+ * `tls.TLSSocket` built on it takes the buffered bytes as the start of the handshake.
  *
  * Must be called before anything else reads the socket or writes a greeting: in server-speaks-first
- * protocols (SMTP, IMAP, POP3) the balancer sends the header first and the banner waits for it.
+ * protocols (SMTP, IMAP, POP3) the balancer sends the header first and the banner waits for it
+ * (spec §2: the receiver must not start processing the connection before a complete header).
  */
 export async function acceptProxied(
   socket: Socket,
@@ -241,58 +245,79 @@ export async function acceptProxied(
 ): Promise<ClientInfo> {
   const peer = { remoteAddress: socket.remoteAddress ?? '', remotePort: socket.remotePort ?? 0 };
   if (!trusted.has(socket.remoteAddress)) return peer;
-  const header = await new Promise<{ header: ProxyHeader; rest: Buffer }>((resolve, reject) => {
+  const header = await readHeader(socket, timeoutMs);
+  const src = header.command === 'proxy' ? header.source : undefined;
+  const info: ClientInfo = src
+    ? { remoteAddress: src.address, remotePort: src.port, proxy: header }
+    : { ...peer, proxy: header };
+  if (src) reportClient(socket, info);
+  return info;
+}
+
+/**
+ * Makes `socket` report the client of `info` as its remote end (own properties shadowing the
+ * prototype getters, on this socket only). For the TLS socket built on a proxied connection, whose
+ * getters would ask the TCP handle (the balancer's address) again.
+ */
+export function reportClient(socket: Socket, info: ClientInfo): void {
+  Object.defineProperty(socket, 'remoteAddress', { value: info.remoteAddress, configurable: true });
+  Object.defineProperty(socket, 'remotePort', { value: info.remotePort, configurable: true });
+  Object.defineProperty(socket, 'remoteFamily', {
+    value: isIPv4(info.remoteAddress) ? 'IPv4' : 'IPv6',
+    configurable: true,
+  });
+}
+
+function readHeader(socket: Socket, timeoutMs: number): Promise<ProxyHeader> {
+  return new Promise<ProxyHeader>((resolve, reject) => {
     let buf: Buffer = Buffer.alloc(0);
-    const cleanup = () => {
+    const cleanup = (): void => {
       clearTimeout(timer);
-      socket.off('data', onData);
+      socket.off('readable', onReadable);
       socket.off('end', onEnd);
       socket.off('error', onError);
       socket.off('close', onEnd);
     };
-    const fail = (err: Error) => {
+    const fail = (err: Error): void => {
       cleanup();
       socket.destroy();
       reject(err);
     };
-    const onData = (chunk: Buffer) => {
-      buf = buf.length === 0 ? chunk : Buffer.concat([buf, chunk]);
-      let r: ParseResult;
-      try {
-        r = parseProxyHeader(buf);
-      } catch (err) {
-        return fail(err as Error);
+    const onReadable = (): void => {
+      // What the socket has buffered (at most its high-water mark): the parser decides after each
+      // chunk, so a header is never held past its complete length nor past 107 / 4112 bytes.
+      for (
+        let chunk = socket.read() as Buffer | null;
+        chunk !== null;
+        chunk = socket.read() as Buffer | null
+      ) {
+        buf = buf.length === 0 ? chunk : Buffer.concat([buf, chunk]);
+        let r: ParseResult;
+        try {
+          r = parseProxyHeader(buf);
+        } catch (err) {
+          fail(err as Error);
+          return;
+        }
+        if (r.state === 'incomplete') continue;
+        cleanup();
+        // Removing the 'readable' listener returns the socket to its initial state (not flowing).
+        if (buf.length > r.length) socket.unshift(buf.subarray(r.length));
+        resolve(r.header);
+        return;
       }
-      if (r.state === 'incomplete') return;
-      cleanup();
-      socket.pause();
-      resolve({ header: r.header, rest: buf.subarray(r.length) });
     };
-    const onEnd = () => fail(new ProxyProtocolError('connection closed before the PROXY header'));
-    const onError = (err: Error) => fail(err);
+    const onEnd = (): void => fail(new ProxyProtocolError('connection closed before the PROXY header'));
+    const onError = (err: Error): void => fail(err);
     const timer = setTimeout(
       () => fail(new ProxyProtocolError(`no PROXY header within ${timeoutMs} ms`)),
       timeoutMs,
     );
-    socket.on('data', onData);
+    socket.on('readable', onReadable);
     socket.once('end', onEnd);
     socket.once('error', onError);
     socket.once('close', onEnd);
   });
-  if (header.rest.length > 0) socket.unshift(header.rest);
-  const src = header.header.command === 'proxy' ? header.header.source : undefined;
-  const info: ClientInfo = src
-    ? { remoteAddress: src.address, remotePort: src.port, proxy: header.header }
-    : { ...peer, proxy: header.header };
-  // Shadow the prototype getters on this socket only.
-  Object.defineProperty(socket, 'remoteAddress', { value: info.remoteAddress, configurable: true });
-  Object.defineProperty(socket, 'remotePort', { value: info.remotePort, configurable: true });
-  if (src)
-    Object.defineProperty(socket, 'remoteFamily', {
-      value: isIPv4(src.address) ? 'IPv4' : 'IPv6',
-      configurable: true,
-    });
-  return info;
 }
 
 /** Builds a v1 header (for tests and for clients that speak through a balancer). */

@@ -8,9 +8,9 @@ import type { Redis } from 'ioredis';
 import type { Config } from './config.ts';
 import { createLogger } from './log.ts';
 import { startTelemetry, stopTelemetry } from './telemetry.ts';
-import { connectNats, provision, type Nats } from './nats.ts';
+import { connectNats, provision, retryJetStream, type Nats } from './nats.ts';
 import { connectRedis } from './redis.ts';
-import { BlobStore } from './blobs.ts';
+import { BlobRecords, BlobStore } from './blobs.ts';
 import { Directory } from './directory.ts';
 import { Health, startHttp, type HttpServer } from './http.ts';
 import { TlsProvider } from './tls.ts';
@@ -49,10 +49,24 @@ export async function startRuntime(config: Config, names: string[]): Promise<Run
   const node = config.nodeName || `${hostname()}-${process.pid}`;
   startTelemetry(names.length === 1 ? `postino-${names[0]}` : 'postino');
   const logger = createLogger(config.logLevel, { node, services: names.join(',') });
-  const nats = await connectNats(config.natsUrl, `postino-${names.join('+')}-${node}`, logger);
+  const nats = await connectNats(config.natsUrl, `postino-${names.join('+')}-${node}`, logger, {
+    user: config.natsUser,
+    password: config.natsPassword,
+    credsFile: config.natsCredsFile,
+    nkeySeedFile: config.natsNkeySeedFile,
+    tlsCaFile: config.natsTlsCaFile,
+    tlsCertFile: config.natsTlsCertFile,
+    tlsKeyFile: config.natsTlsKeyFile,
+  });
   await provision(nats, config.natsReplicas);
-  const redis = await connectRedis(config.redisUrl, logger);
-  const blobs = await BlobStore.open(nats, config.natsReplicas);
+  const redis = await connectRedis(config.redisUrl, logger, {
+    tlsCaFile: config.redisTlsCaFile,
+    tlsCertFile: config.redisTlsCertFile,
+    tlsKeyFile: config.redisTlsKeyFile,
+  });
+  const blobs = await retryJetStream(() =>
+    BlobStore.open(nats, config.natsReplicas, new BlobRecords(redis, config.redisPrefix)),
+  );
   registerQueueMetrics(nats);
   setEventNode(node);
   const health = new Health();

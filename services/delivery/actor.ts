@@ -20,10 +20,17 @@ export interface Job {
 }
 
 export type JobOutcome =
-  | (TransactionResult & { endpoint?: Endpoint })
+  | (TransactionResult & { endpoint?: Endpoint; tlsProblem?: string })
   | { kind: 'suspended'; until: number; reason: string }
   | { kind: 'busy' }
   | { kind: 'aborted' };
+
+/** Is a connection to `ep` one of the endpoints a job may use, with the TLS it asks for? */
+function fits(ep: Endpoint, endpoints: Endpoint[]): boolean {
+  return endpoints.some(
+    (e) => e.address === ep.address && e.port === ep.port && e.host === ep.host && e.tls === ep.tls,
+  );
+}
 
 interface Waiting {
   job: Job;
@@ -38,6 +45,7 @@ export class DestinationActor {
   readonly #waiting: Waiting[] = [];
   readonly #idle: { session: SmtpSession; timer: NodeJS.Timeout }[] = [];
   readonly #busy = new Set<SmtpSession>();
+  /** Jobs that hold a session slot but have no session at work yet (waiting for the rate, connecting). */
   #connecting = 0;
   #resetting = 0;
   #failures = 0;
@@ -109,11 +117,28 @@ export class DestinationActor {
         for (const w of this.#waiting.splice(0)) w.resolve(this.#suspended());
         return;
       }
-      const reuse = this.#idle.pop();
-      if (!reuse && this.#open() >= this.#limits.domainConcurrency) return;
+      const next = this.#waiting[0];
+      if (!next) return;
+      // Only a connection made the way this job asks (same host and TLS requirement) is reused.
+      let i = -1;
+      for (let k = this.#idle.length - 1; k >= 0 && i < 0; k--) {
+        const s = this.#idle[k];
+        if (s && fits(s.session.endpoint, next.job.endpoints)) i = k;
+      }
+      const reuse = i >= 0 ? this.#idle.splice(i, 1)[0] : undefined;
+      if (!reuse && this.#open() >= this.#limits.domainConcurrency) {
+        // Every slot is taken; an idle connection that does not fit gives its slot up.
+        const stale = this.#idle.shift();
+        if (!stale) return;
+        clearTimeout(stale.timer);
+        stale.session.quit();
+        continue;
+      }
       const w = this.#waiting.shift();
       if (!w) return;
       if (reuse) clearTimeout(reuse.timer);
+      // The slot is taken now, though the rate may hold the job back before it connects.
+      this.#connecting++;
       void this.#run(w, reuse?.session).then(w.resolve, (err: unknown) => {
         this.#log.error({ err, domain: this.domain }, 'delivery job failed');
         w.resolve({ kind: 'unreachable', reply: `local error: ${String(err)}` });
@@ -137,17 +162,12 @@ export class DestinationActor {
 
   async #connect(endpoints: Endpoint[], signal: AbortSignal): Promise<SmtpSession | { reply: string }> {
     const errors: string[] = [];
-    this.#connecting++;
-    try {
-      // RFC 5321 5.1: try the MX hosts (and each one's addresses) in order until one answers.
-      for (const ep of endpoints) {
-        if (signal.aborted) break;
-        const r = await SmtpSession.open(ep, this.#helo, this.#limits.stepTimeoutMs);
-        if ('session' in r) return r.session;
-        errors.push(`${ep.host}[${ep.address}]: ${r.reply}`);
-      }
-    } finally {
-      this.#connecting--;
+    // RFC 5321 5.1: try the MX hosts (and each one's addresses) in order until one answers.
+    for (const ep of endpoints) {
+      if (signal.aborted) break;
+      const r = await SmtpSession.open(ep, this.#helo, this.#limits.stepTimeoutMs);
+      if ('session' in r) return r.session;
+      errors.push(`${ep.host}[${ep.address}]: ${r.reply}`);
     }
     return { reply: errors.join('; ') || 'no MX host to try' };
   }
@@ -155,6 +175,8 @@ export class DestinationActor {
   async #run(w: Waiting, reused: SmtpSession | undefined): Promise<JobOutcome> {
     const { job } = w;
     let session = reused;
+    /** This job's slot is still counted in #connecting (not yet as a busy session). */
+    let holding = true;
     try {
       await this.#rateSlot(job.signal);
       if (job.signal.aborted) return { kind: 'aborted' };
@@ -168,6 +190,10 @@ export class DestinationActor {
           session = s;
         }
         this.#busy.add(session);
+        if (holding) {
+          this.#connecting--;
+          holding = false;
+        }
         const onAbort = () => session?.close();
         job.signal.addEventListener('abort', onAbort, { once: true });
         const result = await session.send(job.tx);
@@ -176,6 +202,8 @@ export class DestinationActor {
         if (job.signal.aborted) return { kind: 'aborted' };
         if (result.kind === 'unreachable' && reused && round === 0) {
           // A cached connection the server had closed: the message goes out on a new one.
+          this.#connecting++;
+          holding = true;
           session = undefined;
           reused = undefined;
           continue;
@@ -186,12 +214,14 @@ export class DestinationActor {
         }
         this.#failures = 0;
         const ep = session.endpoint;
+        const tlsProblem = session.tlsProblem;
         this.#keep(session);
         session = undefined;
-        return { ...result, endpoint: ep };
+        return { ...result, endpoint: ep, tlsProblem };
       }
       return { kind: 'unreachable', reply: 'connection lost' };
     } finally {
+      if (holding) this.#connecting--;
       if (session) {
         this.#busy.delete(session);
         session.close();

@@ -21,6 +21,15 @@ import { Kvm, type KV } from '@nats-io/kv';
 import { JetStreamApiCodes, JetStreamApiError, StorageType } from '@nats-io/jetstream';
 import type { Logger } from 'pino';
 import type { Nats } from '../core/nats.ts';
+import { gauge } from '../core/metrics.ts';
+
+const owned = gauge(
+  'postino_delivery_partitions_owned',
+  'Destination partitions whose lease this replica holds',
+);
+/** Lease sets of this process (one per delivery service; tests may run several): the gauge is their sum. */
+const live = new Set<PartitionLeases>();
+const countOwned = () => owned.set([...live].reduce((n, l) => n + l.held().length, 0));
 
 export const LEASE_BUCKET = 'delivery_leases';
 
@@ -30,6 +39,12 @@ export interface Lease {
   token: number;
   /** Aborted the moment this replica stops holding the partition. */
   signal: AbortSignal;
+  /**
+   * Aborted when this replica starts giving the partition back (or loses it): take no new work,
+   * finish what is in flight. A transaction past its end of DATA must read its reply and record
+   * it, or the next holder sends the message again.
+   */
+  draining: AbortSignal;
   /** True while the lease is held and not about to lapse. */
   valid(): boolean;
 }
@@ -46,11 +61,17 @@ export interface LeaseOptions {
   onAcquired(lease: Lease): void;
   /** A partition is no longer held (already aborted); resolves when its work has stopped. */
   onLost(partition: number, reason: string): Promise<void>;
+  /**
+   * A partition is being given back (its `draining` signal is aborted, the lease still renewed):
+   * resolves when its work in flight has finished. Bounded by the caller.
+   */
+  onDrain?(partition: number): Promise<void>;
 }
 
 interface Held {
   lease: Lease;
   controller: AbortController;
+  drain: AbortController;
   revision: number;
   /** Local time until which acting is safe. */
   deadline: number;
@@ -74,6 +95,7 @@ export class PartitionLeases {
     this.#kv = kv;
     this.#o = o;
     this.#memberKey = `m.${safeKey(o.node)}`;
+    live.add(this);
   }
 
   /** Opens (creating on first use) the lease bucket with max_age = the lease time. */
@@ -114,6 +136,8 @@ export class PartitionLeases {
     const h = this.#held.get(partition);
     if (!h) return Promise.resolve();
     this.#held.delete(partition);
+    countOwned();
+    h.drain.abort(new Error(reason));
     h.controller.abort(new Error(reason));
     this.#o.logger.info({ partition, reason }, 'partition lease lost');
     return this.#o.onLost(partition, reason);
@@ -164,8 +188,10 @@ export class PartitionLeases {
       if (!rev || this.#stopped) continue;
       want--;
       const controller = new AbortController();
+      const drain = new AbortController();
       const held: Held = {
         controller,
+        drain,
         revision: rev,
         deadline: claimed + leaseMs - safetyMs,
         releasing: false,
@@ -173,10 +199,12 @@ export class PartitionLeases {
           partition: p,
           token: rev,
           signal: controller.signal,
+          draining: drain.signal,
           valid: () => this.#held.get(p) === held && Date.now() < held.deadline,
         },
       };
       this.#held.set(p, held);
+      countOwned();
       this.#o.logger.info({ partition: p, token: rev }, 'partition lease acquired');
       this.#o.onAcquired(held.lease);
     }
@@ -184,8 +212,21 @@ export class PartitionLeases {
 
   async #release(p: number): Promise<void> {
     const h = this.#held.get(p);
-    if (!h || h.releasing) return;
+    if (!h || h.releasing || h.drain.signal.aborted) return;
+    // Give back gracefully: no new work, and what is in flight finishes under the lease (still
+    // renewed meanwhile), so a rebalance never cuts a transaction after its end of DATA.
+    h.drain.abort(new Error('released'));
+    if (this.#o.onDrain) {
+      let timer: NodeJS.Timeout | undefined;
+      await Promise.race([
+        this.#o.onDrain(p).catch(() => undefined),
+        new Promise<void>((r) => (timer = setTimeout(r, this.#o.leaseMs))),
+      ]);
+      clearTimeout(timer);
+    }
+    if (this.#held.get(p) !== h) return; // lost meanwhile
     h.releasing = true;
+    await this.#ticking;
     const revision = h.revision;
     await this.#lose(p, 'released');
     // Only our own revision is deleted: if it lapsed meanwhile, the new holder's key stays.
@@ -200,6 +241,8 @@ export class PartitionLeases {
     await this.#ticking;
     await Promise.allSettled(this.held().map((p) => this.#release(p)));
     await this.#kv.delete(this.#memberKey).catch(() => undefined);
+    live.delete(this);
+    countOwned();
   }
 }
 

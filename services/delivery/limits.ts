@@ -36,6 +36,14 @@ export interface DeliveryLimits {
   ackWaitMs: number;
   /** A delay warning is sent once a message has waited this long (0: never). */
   delayWarningMs: number;
+  /** Overall time of one MTA-STS policy fetch (RFC 8461 3.3 suggests about a minute; a message waits on it). */
+  mtaStsFetchMs: number;
+  /** A replica checks a domain's `_mta-sts` TXT record again after this (the policy itself is cached for max_age). */
+  mtaStsRecheckMs: number;
+  /** Bodies up to this size are kept in memory for the next domain or retry of the same message. */
+  bodyCacheEntryBytes: number;
+  /** Memory for kept bodies per replica (most mail is far smaller than the entry limit). */
+  bodyCacheBytes: number;
 }
 
 export function deliveryLimits(config: Config): DeliveryLimits {
@@ -58,5 +66,9 @@ export function deliveryLimits(config: Config): DeliveryLimits {
     // Short enough that a dead holder's unacked messages reach the next holder within seconds of takeover.
     ackWaitMs: Math.max(5_000, 2 * leaseMs),
     delayWarningMs: config.deliveryDelayWarning,
+    mtaStsFetchMs: Math.min(60_000, config.deliveryTimeout),
+    mtaStsRecheckMs: 60_000,
+    bodyCacheEntryBytes: 256 * 1024,
+    bodyCacheBytes: 32 * 1024 * 1024,
   };
 }

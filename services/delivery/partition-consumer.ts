@@ -87,7 +87,9 @@ export function consumePartition(
         return { nakMs: Math.min(60_000, 1000 * 2 ** Math.min(msg.info.deliveryCount, 6)) };
       });
       if ('ack' in outcome && lease.valid()) {
-        await msg.ackAck().catch((err: unknown) => log.warn({ err }, 'ack not confirmed'));
+        // Not waited for (no ackAck round trip): a lost ack only redelivers the entry, which the
+        // handler then finds finished or superseded in the queue store and drops.
+        msg.ack();
         processed.inc({ outcome: 'ack' });
       } else {
         // Lost the lease meanwhile: hand the message straight to the next holder.
@@ -100,15 +102,16 @@ export function consumePartition(
   };
 
   const loop = async (): Promise<void> => {
-    while (!lease.signal.aborted) {
+    // Draining (the partition is given back, or lost) stops taking messages; those in flight finish.
+    while (!lease.draining.aborted) {
       try {
         const consumer = await nats.js.consumers.get(c.stream, c.durable);
         const iter = await consumer.consume({ max_messages: opts.maxMessages, expires: 5000 });
         const stop = () => void iter.stop();
-        lease.signal.addEventListener('abort', stop, { once: true });
+        lease.draining.addEventListener('abort', stop, { once: true });
         try {
           for await (const msg of iter) {
-            if (lease.signal.aborted) {
+            if (lease.draining.aborted) {
               msg.nak();
               continue;
             }
@@ -117,10 +120,10 @@ export function consumePartition(
             void p.finally(() => inFlight.delete(p));
           }
         } finally {
-          lease.signal.removeEventListener('abort', stop);
+          lease.draining.removeEventListener('abort', stop);
         }
       } catch (err) {
-        if (lease.signal.aborted) break;
+        if (lease.draining.aborted) break;
         log.warn({ err, consumer: c.durable }, 'partition consumer failed; restarting');
         await new Promise((r) => setTimeout(r, 1000));
       }

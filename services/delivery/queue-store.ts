@@ -12,6 +12,7 @@
  * Keys: the queue under one hash tag `{dq}` (atomic scripts across the record and its indexes in
  * Redis Cluster); the delivered set and the fencing token of a partition under `{dp:<partition>}`.
  */
+import { createHash } from 'node:crypto';
 import type { Redis } from 'ioredis';
 
 export interface QueueEntry {
@@ -57,19 +58,65 @@ redis.call('ZREM', KEYS[2], ARGV[1])
 redis.call('HSET', KEYS[1], 'state', 'queued')
 return 1`;
 
-// KEYS: fence, delivered set. ARGV: token, member, ttl. Refuses a holder older than the last one seen.
+// KEYS: fence, delivered set. ARGV: token, ttl, members... Refuses a holder older than the last one seen.
 const FENCED_ADD = `
 local cur = tonumber(redis.call('GET', KEYS[1]) or '0')
 local t = tonumber(ARGV[1])
 if cur > t then return 0 end
 if cur < t then redis.call('SET', KEYS[1], ARGV[1]) end
-if ARGV[2] ~= '' then
-  redis.call('SADD', KEYS[2], ARGV[2])
-  redis.call('EXPIRE', KEYS[2], ARGV[3])
+if #ARGV > 2 then
+  redis.call('SADD', KEYS[2], unpack(ARGV, 3))
+  redis.call('EXPIRE', KEYS[2], ARGV[2])
 end
 return 1`;
 
+// KEYS: fence, delivered set. ARGV: token. Raises the fence like FENCED_ADD and returns
+// {fenced (0/1), delivered members...}: the start of an attempt, on the partition's keys.
+const FENCE_AND_READ = `
+local cur = tonumber(redis.call('GET', KEYS[1]) or '0')
+local t = tonumber(ARGV[1])
+if cur > t then return {0} end
+if cur < t then redis.call('SET', KEYS[1], ARGV[1]) end
+local out = redis.call('SMEMBERS', KEYS[2])
+table.insert(out, 1, 1)
+return out`;
+
+// KEYS: record, all set, due zset. ARGV: id, tombstone ttl. A finished message: its record becomes
+// a tombstone and leaves the indexes (remove() for a holder that knows the record's partition).
+const FINISH = `
+redis.call('DEL', KEYS[1])
+redis.call('HSET', KEYS[1], 'state', 'done')
+redis.call('EXPIRE', KEYS[1], ARGV[2])
+redis.call('SREM', KEYS[2], ARGV[1])
+redis.call('ZREM', KEYS[3], ARGV[1])
+return 1`;
+
+const sha1 = (script: string) => createHash('sha1').update(script).digest('hex');
+const SHA = { FENCED_ADD: sha1(FENCED_ADD), FENCE_AND_READ: sha1(FENCE_AND_READ), FINISH: sha1(FINISH) };
+
 export type EntryCheck = 'current' | 'stale' | 'held';
+
+/** What an attempt needs to know before it starts, read in one round trip (see QueueStore.begin). */
+export interface AttemptStart {
+  check: EntryCheck;
+  /** Recipients already delivered by an earlier attempt. */
+  delivered: Set<string>;
+  /** False when a newer holder of the partition has acted (this replica is stale). */
+  fenced: boolean;
+}
+
+function checkOf(
+  state: string | null,
+  a: string | null,
+  g: string | null,
+  attempts: number,
+  generation: number,
+): EntryCheck {
+  if (state === null) return attempts === 0 && generation === 0 ? 'current' : 'stale';
+  if (state === 'done') return 'stale';
+  if (Number(a) !== attempts || Number(g) !== generation) return 'stale';
+  return state === 'held' ? 'held' : 'current';
+}
 
 export class QueueStore {
   readonly #redis: Redis;
@@ -99,10 +146,36 @@ export class QueueStore {
   /** Is an OUTBOUND entry (attempt number, generation) the current state of its message? */
   async check(id: string, attempts: number, generation: number): Promise<EntryCheck> {
     const [state, a, g] = await this.#redis.hmget(this.#record(id), 'state', 'attempts', 'generation');
-    if (state === null) return attempts === 0 && generation === 0 ? 'current' : 'stale';
-    if (state === 'done') return 'stale';
-    if (Number(a) !== attempts || Number(g) !== generation) return 'stale';
-    return state === 'held' ? 'held' : 'current';
+    return checkOf(state ?? null, a ?? null, g ?? null, attempts, generation);
+  }
+
+  /**
+   * The start of an attempt in one pipelined round trip: is the entry current, which recipients
+   * were already delivered, and the partition's fence raised to this holder's token.
+   */
+  async begin(
+    partition: number,
+    token: number,
+    id: string,
+    attempts: number,
+    generation: number,
+  ): Promise<AttemptStart> {
+    // Two commands sent together, not one script: the keys live in different hash slots (Redis Cluster).
+    const [[state, a, g], fenceRead] = await Promise.all([
+      this.#redis.hmget(this.#record(id), 'state', 'attempts', 'generation'),
+      this.#script(
+        FENCE_AND_READ,
+        SHA.FENCE_AND_READ,
+        [this.#fence(partition), this.#done(partition, id)],
+        [token],
+      ),
+    ]);
+    const [fenced, ...delivered] = fenceRead as [number, ...string[]];
+    return {
+      check: checkOf(state ?? null, a ?? null, g ?? null, attempts, generation),
+      delivered: new Set(delivered),
+      fenced: fenced === 1,
+    };
   }
 
   async delivered(partition: number, id: string): Promise<Set<string>> {
@@ -113,17 +186,29 @@ export class QueueStore {
    * Records recipients as delivered under the holder's fencing token; false when a newer holder
    * of the partition has acted since (this replica is stale and must stop).
    */
-  async markDelivered(partition: number, token: number, id: string, address: string): Promise<boolean> {
-    const r = await this.#redis.eval(
+  async markDelivered(
+    partition: number,
+    token: number,
+    id: string,
+    address: string | string[],
+  ): Promise<boolean> {
+    const r = await this.#script(
       FENCED_ADD,
-      2,
-      this.#fence(partition),
-      this.#done(partition, id),
-      token,
-      address,
-      DELIVERED_TTL_S,
+      SHA.FENCED_ADD,
+      [this.#fence(partition), this.#done(partition, id)],
+      [token, DELIVERED_TTL_S, ...(Array.isArray(address) ? address : [address])],
     );
     return r === 1;
+  }
+
+  /** EVALSHA, loading the script with EVAL when the server does not have it (restart, failover). */
+  async #script(script: string, sha: string, keys: string[], args: (string | number)[]): Promise<unknown> {
+    try {
+      return await this.#redis.evalsha(sha, keys.length, ...keys, ...args);
+    } catch (err) {
+      if (!String((err as Error).message).startsWith('NOSCRIPT')) throw err;
+      return this.#redis.eval(script, keys.length, ...keys, ...args);
+    }
   }
 
   /** Raises the partition's fence to this token; false if a newer holder already acted. */
@@ -134,7 +219,6 @@ export class QueueStore {
       this.#fence(partition),
       this.#done(partition, ''),
       token,
-      '',
       0,
     );
     return r === 1;
@@ -177,6 +261,19 @@ export class QueueStore {
     if (partition !== null) m.zrem(this.#due(Number(partition)), id);
     await m.exec();
     return state !== null && state !== 'done';
+  }
+
+  /**
+   * remove() for the holder of the record's partition, which knows it: one round trip (no read of
+   * the record first).
+   */
+  async finish(id: string, partition: number): Promise<void> {
+    await this.#script(
+      FINISH,
+      SHA.FINISH,
+      [this.#record(id), this.#all, this.#due(partition)],
+      [id, TOMBSTONE_TTL_S],
+    );
   }
 
   /** Ids due in a partition, oldest first. */

@@ -6,6 +6,7 @@
  * and RSET (RFC 5321 4.1.1.5) before the session is reused.
  */
 import { Readable } from 'node:stream';
+import { checkServerIdentity, type TLSSocket } from 'node:tls';
 import SMTPConnection from 'nodemailer/lib/smtp-connection';
 
 /** Where and how to connect. */
@@ -19,6 +20,8 @@ export interface Endpoint {
   /** opportunistic: STARTTLS if offered, any certificate; required: STARTTLS must succeed; verify: and a valid certificate for host. */
   tls: 'opportunistic' | 'required' | 'verify';
   auth?: { user: string; pass: string };
+  /** Trust anchors for certificate verification (undefined: the system roots). */
+  ca?: string[];
 }
 
 export interface Transaction {
@@ -65,6 +68,11 @@ export class SmtpSession {
   #closed = false;
   /** Transactions made on this connection. */
   transactions = 0;
+  /**
+   * Why this connection is not verified TLS for the endpoint's host ('' when it is): no STARTTLS,
+   * an untrusted chain, or a certificate for another name. MTA-STS "testing" reports it (RFC 8461 5).
+   */
+  tlsProblem = '';
 
   /** Settles the pending command when the connection drops (nodemailer then never calls back). */
   #onDrop: ((err: Error) => void) | undefined;
@@ -112,7 +120,7 @@ export class SmtpSession {
       // RFC 3207 / RFC 7672 2.2: an MTA encrypts whenever it can; without a policy the certificate is not checked.
       opportunisticTLS: ep.tls === 'opportunistic',
       requireTLS: ep.tls !== 'opportunistic' && !ep.secure,
-      tls: { rejectUnauthorized: ep.tls === 'verify', servername, minVersion: 'TLSv1.2' },
+      tls: { rejectUnauthorized: ep.tls === 'verify', servername, minVersion: 'TLSv1.2', ca: ep.ca },
       connectionTimeout: Math.min(timeoutMs, 30_000),
       greetingTimeout: Math.min(timeoutMs, 60_000),
       socketTimeout: timeoutMs,
@@ -138,7 +146,9 @@ export class SmtpSession {
       conn.close();
       return { kind: 'unreachable', reply: describe(err as SmtpError) };
     }
-    return { session: new SmtpSession(ep, conn) };
+    const session = new SmtpSession(ep, conn);
+    session.tlsProblem = tlsProblem(conn, servername);
+    return { session };
   }
 
   async send(tx: Transaction): Promise<TransactionResult> {
@@ -219,6 +229,17 @@ export class SmtpSession {
     this.#closed = true;
     this.#conn.close();
   }
+}
+
+/** RFC 8461 4.2 / RFC 6125: a trusted chain and a certificate valid for the MX host name. */
+function tlsProblem(conn: SMTPConnection, servername: string): string {
+  const c = conn as unknown as { secure?: boolean; _socket?: TLSSocket };
+  const socket = c._socket;
+  if (!c.secure || !socket || typeof socket.getPeerCertificate !== 'function')
+    return 'no TLS (STARTTLS not offered)';
+  if (!socket.authorized) return `certificate not trusted: ${String(socket.authorizationError)}`;
+  const err = checkServerIdentity(servername, socket.getPeerCertificate());
+  return err ? `certificate not valid for ${servername}: ${err.message}` : '';
 }
 
 function rejection(e: SmtpError): RecipientResult {

@@ -5,18 +5,24 @@
  * parameter values, ids and descriptions are the header bytes as they are (no RFC 2047 or
  * RFC 2231 decoding: the client decodes). BODY is BODYSTRUCTURE without extension data.
  */
+import type { Field, StructureNode } from '../core/mime-structure.ts';
 import { envelope } from './envelope.ts';
-import {
-  bodyBytes,
-  countLines,
-  headerValue,
-  isMessageRfc822,
-  parseStructured,
-  transferEncoding,
-} from './mime-tree.ts';
+import { bodyBytes, countLines, isMessageRfc822, parseStructured } from './mime-tree.ts';
 import type { MimeNode, ParsedMessage } from './mime-tree.ts';
 import { Joined } from './response.ts';
 import type { ImapValue } from './response.ts';
+
+/** The first field of that name, or null (as mime-tree headerValue). */
+function headerValue(headers: readonly Field[], name: string): Buffer | null {
+  const field = headers.find((h) => h.name === name);
+  return field ? field.value : null;
+}
+
+/** Content-Transfer-Encoding, lower-cased (`7bit` when absent), as mime-tree transferEncoding. */
+function transferEncoding(node: StructureNode): string {
+  const cte = headerValue(node.headers, 'content-transfer-encoding');
+  return cte ? cte.toString('latin1').trim().toLowerCase() : '7bit';
+}
 
 function upper(text: string): Buffer {
   return Buffer.from(text.toUpperCase(), 'latin1');
@@ -35,7 +41,7 @@ function nstring(value: Buffer | null): ImapValue {
 }
 
 /** body-fld-dsp: `("ATTACHMENT" ("FILENAME" "a.pdf"))` or NIL. */
-function disposition(node: MimeNode): ImapValue {
+function disposition(node: StructureNode): ImapValue {
   const raw = headerValue(node.headers, 'content-disposition');
   if (!raw) return null;
   const { value, params } = parseStructured(raw);
@@ -44,7 +50,7 @@ function disposition(node: MimeNode): ImapValue {
 }
 
 /** body-fld-lang: a string, a list of strings, or NIL. */
-function language(node: MimeNode): ImapValue {
+function language(node: StructureNode): ImapValue {
   const raw = headerValue(node.headers, 'content-language');
   if (!raw) return null;
   const tags = raw
@@ -57,18 +63,17 @@ function language(node: MimeNode): ImapValue {
   return tags.map((t) => Buffer.from(t, 'latin1'));
 }
 
-function part(msg: ParsedMessage, node: MimeNode, extensible: boolean): ImapValue[] {
+function part(node: StructureNode, extensible: boolean): ImapValue[] {
   const ct = node.contentType;
   if (node.children.length > 0) {
     // body-type-mpart = 1*body SP media-subtype [SP body-ext-mpart]: the parts are not separated.
     const out: ImapValue[] = [
-      new Joined(node.children.map((child) => part(msg, child, extensible))),
+      new Joined(node.children.map((child) => part(child, extensible))),
       upper(ct.subtype),
     ];
     if (extensible) out.push(paramList(ct.params), disposition(node), language(node), location(node));
     return out;
   }
-  const body = bodyBytes(msg, node);
   // An encapsulated message that could not be parsed is described as opaque data.
   const asMessage = isMessageRfc822(ct) && node.message !== null;
   const type = isMessageRfc822(ct) && !asMessage ? 'application' : ct.type;
@@ -80,12 +85,12 @@ function part(msg: ParsedMessage, node: MimeNode, extensible: boolean): ImapValu
     nstring(headerValue(node.headers, 'content-id')),
     nstring(headerValue(node.headers, 'content-description')),
     upper(transferEncoding(node)),
-    body.length,
+    node.size,
   ];
   if (asMessage && node.message) {
-    out.push(envelope(node.message.headers), part(msg, node.message, extensible), countLines(body));
+    out.push(envelope(node.message.headers), part(node.message, extensible), node.lines());
   } else if (ct.type === 'text') {
-    out.push(countLines(body));
+    out.push(node.lines());
   }
   if (extensible) {
     out.push(
@@ -98,11 +103,23 @@ function part(msg: ParsedMessage, node: MimeNode, extensible: boolean): ImapValu
   return out;
 }
 
-function location(node: MimeNode): ImapValue {
+function location(node: StructureNode): ImapValue {
   return nstring(headerValue(node.headers, 'content-location'));
 }
 
-/** BODYSTRUCTURE (`extensible`) or BODY of a whole message. */
-export function bodyStructure(msg: ParsedMessage, extensible: boolean): ImapValue {
-  return part(msg, msg.root, extensible);
+/** A parsed entity seen as a structure node (body lines counted only when asked for). */
+export function parsedNode(msg: ParsedMessage, node: MimeNode = msg.root): StructureNode {
+  return {
+    headers: node.headers,
+    contentType: node.contentType,
+    children: node.children.map((child) => parsedNode(msg, child)),
+    message: node.message ? parsedNode(msg, node.message) : null,
+    size: node.end - node.bodyStart,
+    lines: () => countLines(bodyBytes(msg, node)),
+  };
+}
+
+/** BODYSTRUCTURE (`extensible`) or BODY of a whole message, parsed or from its stored structure. */
+export function bodyStructure(msg: ParsedMessage | StructureNode, extensible: boolean): ImapValue {
+  return part('raw' in msg ? parsedNode(msg) : msg, extensible);
 }

@@ -6,9 +6,19 @@
  * decoded, 8-bit bytes stay 8-bit and are then sent as literals. Addresses are
  * `(name adl mailbox host)`; a group is `(NIL NIL "name" NIL)` … `(NIL NIL NIL NIL)`.
  */
-import { headerValue } from './mime-tree.ts';
-import type { HeaderField } from './mime-tree.ts';
 import type { ImapValue } from './response.ts';
+
+/** A header field as ENVELOPE needs it: lower-cased name, unfolded value (mime-tree or stored). */
+export interface EnvelopeField {
+  name: string;
+  value: Buffer;
+}
+
+/** The first field of that name, or null (as mime-tree headerValue). */
+function headerValue(headers: readonly EnvelopeField[], name: string): Buffer | null {
+  const field = headers.find((h) => h.name === name);
+  return field ? field.value : null;
+}
 
 interface Token {
   kind: 'atom' | 'quoted' | 'comment' | 'literal' | 'special';
@@ -202,7 +212,7 @@ function nstring(value: Buffer | null): ImapValue {
 }
 
 /** The ENVELOPE of a message or of an encapsulated message/rfc822. */
-export function envelope(headers: readonly HeaderField[]): ImapValue {
+export function envelope(headers: readonly EnvelopeField[]): ImapValue {
   const from = addressList(headerValue(headers, 'from'));
   const sender = addressList(headerValue(headers, 'sender'));
   const replyTo = addressList(headerValue(headers, 'reply-to'));

@@ -84,7 +84,7 @@ export class ImapStream {
   readonly #handlers: ImapStreamHandlers;
 
   /** Chunks of the current line segment (while it is kept). */
-  #line: Buffer[] = [];
+  #line = new Gather();
   #lineBytes = 0;
   /** Last bytes of an over-long line being skipped. */
   #tail: Buffer = Buffer.alloc(0);
@@ -97,7 +97,7 @@ export class ImapStream {
 
   /** Octets of literal data still expected (-1 when reading a line). */
   #literalLeft = -1;
-  #literal: Buffer[] = [];
+  #literal = new Gather();
   /** The sink of the literal being streamed, if it is. */
   #sink: LiteralSink | null = null;
   #streamed: number[] = [];
@@ -127,7 +127,7 @@ export class ImapStream {
   reset(): void {
     this.#sink?.abort('input reset');
     this.#sink = null;
-    this.#line = [];
+    this.#line.clear();
     this.#lineBytes = 0;
     this.#tail = Buffer.alloc(0);
     this.#startCommand();
@@ -152,7 +152,7 @@ export class ImapStream {
     this.#literals = [];
     this.#commandBytes = 0;
     this.#literalLeft = -1;
-    this.#literal = [];
+    this.#literal.clear();
     this.#rejected = null;
   }
 
@@ -173,21 +173,20 @@ export class ImapStream {
     this.#lineBytes += bytes.length;
     if (this.#rejected === null && this.#lineBytes > this.#limits.maxLineBytes) {
       this.#rejected = 'lineTooLong';
-      this.#tail = Buffer.concat(this.#line).subarray(-TAIL_BYTES);
-      this.#line = [];
+      this.#tail = this.#line.take().subarray(-TAIL_BYTES);
     }
     if (this.#rejected === null) {
-      this.#line.push(bytes);
+      this.#line.add(bytes);
     } else {
       this.#tail = Buffer.concat([this.#tail, bytes]).subarray(-TAIL_BYTES);
     }
   }
 
   #endOfLine(): void {
-    let line = this.#rejected === null ? Buffer.concat(this.#line) : this.#tail;
+    let line = this.#rejected === null ? this.#line.take() : this.#tail;
+    this.#line.clear();
     if (line.length > 0 && line[line.length - 1] === CR) line = line.subarray(0, -1);
     const lineBytes = this.#lineBytes;
-    this.#line = [];
     this.#lineBytes = 0;
     this.#tail = Buffer.alloc(0);
 
@@ -228,14 +227,14 @@ export class ImapStream {
       if (sync) this.#handlers.continueLiteral(size);
     }
     this.#literalLeft = size;
-    this.#literal = [];
+    this.#literal.clear();
     if (size === 0) this.#endOfLiteral();
   }
 
   #readLiteral(chunk: Buffer, pos: number): number {
     const take = Math.min(this.#literalLeft, chunk.length - pos);
     if (this.#sink) this.#sink.write(chunk.subarray(pos, pos + take));
-    else if (this.#rejected === null) this.#literal.push(chunk.subarray(pos, pos + take));
+    else if (this.#rejected === null) this.#literal.add(chunk.subarray(pos, pos + take));
     this.#literalLeft -= take;
     if (this.#literalLeft === 0) this.#endOfLiteral();
     return pos + take;
@@ -248,11 +247,11 @@ export class ImapStream {
       this.#streamed.push(this.#literals.length);
       this.#literals.push(Buffer.alloc(0));
     } else if (this.#rejected === null) {
-      const literal = Buffer.concat(this.#literal);
+      const literal = this.#literal.take();
       this.#literals.push(literal);
       this.#commandBytes += literal.length;
     }
-    this.#literal = [];
+    this.#literal.clear();
     this.#literalLeft = -1;
   }
 
@@ -271,6 +270,51 @@ export class ImapStream {
     if (this.#streamed.length > 0) frame.streamed = this.#streamed;
     this.#startCommand();
     this.#handlers.frame(frame);
+  }
+}
+
+/** Pieces below this size are copied together rather than kept one buffer each. */
+const SMALL_PIECE = 4096;
+
+/**
+ * Bytes that arrive in pieces of any size, joined when complete. A client sending one byte per
+ * TCP segment gets one socket chunk (an ArrayBuffer of its own) per byte: kept as they are, a
+ * 1 MiB literal would cost ~200 MiB. Small pieces are copied into shared blocks instead.
+ */
+class Gather {
+  #parts: Buffer[] = [];
+  #block: Buffer | null = null;
+  #blockLength = 0;
+
+  add(bytes: Buffer): void {
+    if (bytes.length >= SMALL_PIECE) {
+      this.#seal();
+      this.#parts.push(bytes);
+      return;
+    }
+    if (this.#blockLength + bytes.length > SMALL_PIECE) this.#seal();
+    this.#block ??= Buffer.allocUnsafe(SMALL_PIECE);
+    bytes.copy(this.#block, this.#blockLength);
+    this.#blockLength += bytes.length;
+  }
+
+  /** Everything added, as one buffer; empties the gatherer. */
+  take(): Buffer {
+    this.#seal();
+    const parts = this.#parts;
+    this.#parts = [];
+    return Buffer.concat(parts);
+  }
+
+  clear(): void {
+    this.#parts = [];
+    this.#blockLength = 0;
+  }
+
+  #seal(): void {
+    if (this.#blockLength === 0 || !this.#block) return;
+    this.#parts.push(Buffer.from(this.#block.subarray(0, this.#blockLength)));
+    this.#blockLength = 0;
   }
 }
 

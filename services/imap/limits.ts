@@ -23,6 +23,10 @@ export interface ImapLimits {
   authTimeoutMs: number;
   /** How long close() waits for sessions to say BYE before destroying their sockets. */
   shutdownGraceMs: number;
+  /** Open connections per server; past it a new one gets `* BYE [UNAVAILABLE]`. */
+  maxConnections: number;
+  /** Open connections from one client address; past it a new one gets `* BYE [UNAVAILABLE]`. */
+  maxConnectionsPerIp: number;
   /** Deepest MIME nesting parsed for BODYSTRUCTURE and body sections. */
   maxMimeDepth: number;
   /** Most MIME parts in one message that are parsed. */
@@ -60,6 +64,11 @@ export const DEFAULT_LIMITS: Readonly<ImapLimits> = {
   authTimeoutMs: 60 * 1000,
   // Long enough to flush a BYE, short enough for a rolling restart.
   shutdownGraceMs: 5000,
+  // Sockets, memory and change subscriptions are finite; IDLE keeps one or two per device open.
+  maxConnections: 5000,
+  // A household or office behind one NAT address runs a few devices with a few connections each;
+  // a single address holding more is a flood (Dovecot limits 10 per user and address).
+  maxConnectionsPerIp: 50,
   // Real mail nests a handful of levels; deeper is an attack on the recursive parser.
   maxMimeDepth: 32,
   // Bounds BODYSTRUCTURE output and parse time for messages built to explode.

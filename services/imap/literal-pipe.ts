@@ -4,6 +4,9 @@
  * hold, RFC 9051 6.3.12 with RFC 7889 APPENDLIMIT). Back-pressure: `write` returns false once
  * more than `highWater` octets wait, and `onDrain` fires when the reader has caught up.
  */
+/** Chunks queued before the writer is paused, whatever their size. */
+const MAX_QUEUED_CHUNKS = 1024;
+
 export class LiteralPipe implements AsyncIterable<Uint8Array> {
   readonly #highWater: number;
   readonly #onDrain: () => void;
@@ -26,7 +29,15 @@ export class LiteralPipe implements AsyncIterable<Uint8Array> {
     this.#queue.push(chunk);
     this.#queued += chunk.length;
     this.#signal();
-    return this.#queued < this.#highWater;
+    return !this.#full();
+  }
+
+  /**
+   * The writer should wait: too many octets queued, or too many chunks (a client sending one
+   * byte per TCP segment makes one chunk per byte, each costing far more than its octet).
+   */
+  #full(): boolean {
+    return this.#queued >= this.#highWater || this.#queue.length >= MAX_QUEUED_CHUNKS;
   }
 
   end(): void {
@@ -61,11 +72,11 @@ export class LiteralPipe implements AsyncIterable<Uint8Array> {
   async *[Symbol.asyncIterator](): AsyncIterator<Uint8Array> {
     try {
       for (;;) {
+        const wasFull = this.#full();
         const chunk = this.#queue.shift();
         if (chunk) {
-          const before = this.#queued;
           this.#queued -= chunk.length;
-          if (before >= this.#highWater && this.#queued < this.#highWater) this.#onDrain();
+          if (wasFull && !this.#full()) this.#onDrain();
           yield chunk;
           continue;
         }

@@ -83,18 +83,51 @@ export function normalizeInbox(name: string): string {
 /**
  * Compiles a LIST pattern (reference already joined): `*` matches anything, `%` anything
  * but the delimiter (RFC 9051 6.3.9).
+ *
+ * Matched by simulating the pattern's states over the name, in time linear in the name for a
+ * given pattern: a regular expression such as `^.*a.*a.*a.*b$` backtracks exponentially, and
+ * a client could have one LIST hold the event loop of every session on the server.
  */
 export function listMatcher(pattern: string): (name: string) => boolean {
-  let source = '^';
+  // One token per code point; a run of wildcards is one `*` if it holds one, else one `%`.
+  const tokens: string[] = [];
   for (const ch of normalizeInbox(pattern)) {
-    if (ch === '*') source += '.*';
-    else if (ch === '%') source += `[^${escapeRegExp(DELIMITER)}]*`;
-    else source += escapeRegExp(ch);
+    const last = tokens[tokens.length - 1];
+    if ((ch === '*' || ch === '%') && (last === '*' || last === '%')) {
+      if (ch === '*') tokens[tokens.length - 1] = '*';
+      continue;
+    }
+    tokens.push(ch);
   }
-  const regexp = new RegExp(source + '$', 'su');
-  return (name: string) => regexp.test(name);
-}
-
-function escapeRegExp(text: string): string {
-  return text.replace(/[.*+?^${}()|[\]\\/]/g, '\\$&');
+  const n = tokens.length;
+  const wild = tokens.map((t) => t === '*' || t === '%');
+  /** A wildcard may match nothing: its state also stands for the next one. */
+  const close = (states: Uint8Array): void => {
+    for (let i = 0; i < n; i++) if (states[i] && wild[i]) states[i + 1] = 1;
+  };
+  return (name: string) => {
+    let current = new Uint8Array(n + 1);
+    let next = new Uint8Array(n + 1);
+    current[0] = 1;
+    close(current);
+    for (const ch of name) {
+      next.fill(0);
+      let alive = false;
+      for (let i = 0; i < n; i++) {
+        if (!current[i]) continue;
+        const token = tokens[i];
+        if (token === '*' || (token === '%' && ch !== DELIMITER)) {
+          next[i] = 1;
+          alive = true;
+        } else if (token === ch) {
+          next[i + 1] = 1;
+          alive = true;
+        }
+      }
+      if (!alive) return false;
+      close(next);
+      [current, next] = [next, current];
+    }
+    return current[n] === 1;
+  };
 }

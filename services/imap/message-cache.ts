@@ -3,8 +3,19 @@
  * (`sha256:...`), so an entry never goes stale: the same blob is the same octets. Bounded by
  * count and by octets (least recently used first out); concurrent loads of one blob share one
  * read from the blob store.
+ *
+ * Messages stored with their MIME structure (services/core/mime-structure.ts) need no entry here
+ * for ENVELOPE, BODY, BODYSTRUCTURE or header SEARCH; postino_imap_body_loads_total counts the
+ * bodies read to be parsed, so an operator sees when a folder still costs body reads.
  */
+import { counter } from '../core/metrics.ts';
+import { parsedWeight } from './mime-tree.ts';
 import type { ParsedMessage } from './mime-tree.ts';
+
+const bodyLoads = counter(
+  'postino_imap_body_loads_total',
+  'Message bodies the IMAP server read from the blob store to parse (cache misses)',
+);
 
 export interface MessageCacheLimits {
   /** Most parsed messages kept. */
@@ -33,6 +44,7 @@ export class MessageCache {
     }
     const pending = this.#loading.get(blob);
     if (pending) return pending;
+    bodyLoads.inc();
     const loading = load().finally(() => this.#loading.delete(blob));
     this.#loading.set(blob, loading);
     const parsed = await loading;
@@ -41,10 +53,12 @@ export class MessageCache {
   }
 
   #add(blob: string, parsed: ParsedMessage): void {
-    // One message may not take more than a quarter of the cache.
-    if (this.#entries.has(blob) || parsed.raw.length > this.#limits.parsedMessageCacheBytes / 4) return;
+    // One message may not take more than a quarter of the cache. Its parsed tree counts too: a
+    // message of many short header lines costs far more parsed than its octets.
+    const weight = parsedWeight(parsed);
+    if (this.#entries.has(blob) || weight > this.#limits.parsedMessageCacheBytes / 4) return;
     this.#entries.set(blob, parsed);
-    this.#bytes += parsed.raw.length;
+    this.#bytes += weight;
     while (
       this.#entries.size > this.#limits.parsedMessageCache ||
       this.#bytes > this.#limits.parsedMessageCacheBytes
@@ -52,7 +66,7 @@ export class MessageCache {
       const oldest = this.#entries.entries().next().value;
       if (!oldest) break;
       this.#entries.delete(oldest[0]);
-      this.#bytes -= oldest[1].raw.length;
+      this.#bytes -= parsedWeight(oldest[1]);
     }
   }
 

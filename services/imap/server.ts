@@ -2,15 +2,18 @@
  * The IMAP listeners: the plain port (143, STARTTLS offered per RFC 9051 6.2.1) and the
  * implicit-TLS port (993, RFC 8314 3.3: TLS from the first byte). Each accepted connection runs
  * one ImapSession. Storage and authentication are passed in; nothing here knows NATS or the blob
- * store. A rotated certificate applies to the next handshake on both ports.
+ * store. A rotated certificate applies to the next handshake on both ports. Behind a load balancer,
+ * either port can take a PROXY protocol header from trusted sources (services/core/net.ts).
  */
 import net from 'node:net';
 import tls from 'node:tls';
 import type { Logger } from 'pino';
+import { acceptor, type Acceptor, type ProxyProtocolOptions } from '../core/net.ts';
 import type { Authenticator, MailboxClient } from '../core/mailbox-api.ts';
+import { authenticatorFor } from '../core/auth-throttle.ts';
 import { resolveLimits } from './limits.ts';
 import type { ImapLimits } from './limits.ts';
-import { ImapSession } from './session.ts';
+import { ImapSession, type ImapHooks } from './session.ts';
 import { MessageCache } from './message-cache.ts';
 
 export interface ImapServerOptions {
@@ -32,6 +35,13 @@ export interface ImapServerOptions {
   tls?: tls.SecureContextOptions | TlsSource;
   /** Overrides of the limits in limits.ts. */
   limits?: Partial<ImapLimits>;
+  /** Tracing and metrics of the sessions. */
+  hooks?: ImapHooks;
+  /**
+   * PROXY protocol from trusted load balancers, per listener: the session sees the client of the
+   * header (logs, and `trustedPeer`, which then judges the real client, not the balancer).
+   */
+  proxyProtocol?: { plain?: ProxyProtocolOptions | undefined; tls?: ProxyProtocolOptions | undefined };
 }
 
 /** The current certificate, replaced on rotation (TlsProvider fits). */
@@ -71,34 +81,53 @@ export function createImapServer(options: ImapServerOptions): ImapServer {
   const messages = new MessageCache(limits);
   let closing = false;
 
-  const serve = (socket: net.Socket): void => {
+  const openPerIp = new Map<string, number>();
+  const serve = (socket: net.Socket, client?: { remoteAddress: string }): void => {
     if (closing) {
       socket.destroy();
       return;
     }
+    // Behind a PROXY-protocol balancer the client is the one of the header, not the socket's peer.
+    const ip = client?.remoteAddress ?? socket.remoteAddress ?? '';
+    const open = openPerIp.get(ip) ?? 0;
+    if (sessions.size >= limits.maxConnections || open >= limits.maxConnectionsPerIp) {
+      // RFC 9051 7.1.5: BYE as the greeting of a connection the server will not serve.
+      logger.warn({ ip, open, sessions: sessions.size }, 'imap connection limit reached');
+      socket.on('error', () => socket.destroy());
+      socket.setTimeout(limits.shutdownGraceMs, () => socket.destroy());
+      socket.end('* BYE [UNAVAILABLE] Too many connections, try again later\r\n');
+      return;
+    }
+    openPerIp.set(ip, open + 1);
     socket.setNoDelay(true);
     const session = new ImapSession(socket, {
       storage: options.mailbox,
-      auth: options.auth,
+      // AUTH failures are counted per client address across connections (core/auth-throttle.ts).
+      auth: authenticatorFor(options.auth, ip),
       logger,
       hostname: options.hostname,
       allowPlaintextAuth: options.allowPlaintextAuth,
       trustedPeer: options.trustedPeer,
       limits,
       messages,
+      hooks: options.hooks,
       ...(source ? { tls: () => source.context } : {}),
     });
     sessions.add(session);
-    void session.done.then(() => sessions.delete(session));
+    void session.done.then(() => {
+      sessions.delete(session);
+      const left = (openPerIp.get(ip) ?? 1) - 1;
+      if (left > 0) openPerIp.set(ip, left);
+      else openPerIp.delete(ip);
+    });
     session.start();
   };
 
-  const plain = net.createServer(serve);
+  const acceptPlain = acceptor({ name: 'imap', logger, proxy: options.proxyProtocol?.plain }, serve);
+  const plain = net.createServer(acceptPlain);
   plain.on('error', (error) => logger.error({ err: error }, 'imap listener error'));
-  let secure: tls.Server | null = null;
-  const onRotate = (): void => {
-    if (secure && source) secure.setSecureContext({ ...source.options, ...SERVER_TLS });
-  };
+  let secure: net.Server | null = null;
+  let acceptSecure: Acceptor | null = null;
 
   const listenOn = (server: net.Server, port: number, host: string, what: string): Promise<number> =>
     new Promise((resolve, reject) => {
@@ -125,25 +154,26 @@ export function createImapServer(options: ImapServerOptions): ImapServer {
     },
     listenTls(port, host) {
       if (!source) return Promise.reject(new Error('the implicit-TLS port needs a certificate'));
-      secure = tls.createServer(
-        { ...source.options, ...SERVER_TLS, handshakeTimeout: TLS_HANDSHAKE_TIMEOUT_MS },
+      // RFC 8314 3.3: TLS from the first byte — after the PROXY header, when a balancer sends one.
+      // The context is read per connection, so a rotated certificate applies to the next handshake.
+      acceptSecure = acceptor(
+        {
+          name: 'imaps',
+          logger,
+          proxy: options.proxyProtocol?.tls,
+          tls: { context: () => source.context, handshakeTimeoutMs: TLS_HANDSHAKE_TIMEOUT_MS },
+        },
         serve,
       );
-      // A failed handshake is the peer's problem, not the listener's.
-      // With a tlsClientError listener Node no longer destroys the socket itself: do it, or a client
-      // that never finishes its handshake holds the connection forever.
-      secure.on('tlsClientError', (error, socket) => {
-        logger.debug({ err: error }, 'imaps handshake failed');
-        socket.destroy();
-      });
+      secure = net.createServer(acceptSecure);
       secure.on('error', (error) => logger.error({ err: error }, 'imaps listener error'));
-      source.on('change', onRotate);
       return listenOn(secure, port, host, 'imaps');
     },
     async close() {
       closing = true;
-      source?.off('change', onRotate);
       const closed = Promise.all([closeServer(plain), closeServer(secure)]);
+      acceptPlain.close();
+      acceptSecure?.close();
       await Promise.all([...sessions].map((session) => session.shutdown()));
       await Promise.all([...sessions].map((session) => session.done));
       await closed;
@@ -153,9 +183,6 @@ export function createImapServer(options: ImapServerOptions): ImapServer {
     },
   };
 }
-
-/** Server-side TLS settings on top of the certificate: no client certificates asked for. */
-const SERVER_TLS: tls.TlsOptions = { requestCert: false };
 
 /** Fixed options as a source that never rotates. */
 function staticTls(options: tls.SecureContextOptions): TlsSource {

@@ -48,6 +48,27 @@ export interface SessionOptions {
   messages?: MessageCache;
   /** The current certificate for STARTTLS; absent when STARTTLS is not offered. */
   tls?: () => tls.SecureContext;
+  /** Tracing and metrics; the protocol core knows no telemetry library. */
+  hooks?: ImapHooks;
+}
+
+/** Observability hooks of the sessions. */
+export interface ImapHooks {
+  /** A connection starts: its observer sees every command. */
+  session?(peer: { remoteAddress: string; remotePort: number; localAddress: string; localPort: number }): {
+    /** A command starts (`UID FETCH`; `other` for input that is no valid command). */
+    command(name: string): CommandObserver;
+    /** The connection is gone. */
+    end(): void;
+  };
+}
+
+/** One command, from its complete input (literals included) to its tagged response. */
+export interface CommandObserver {
+  /** Runs fn as part of the command (its span is the active one). */
+  run<T>(fn: () => T): T;
+  /** OK, NO or BAD with the response code's atom; `+` for IDLE once idling; null if cut short. */
+  end(result: { status: string; code?: string; failed?: boolean } | null): void;
 }
 
 type Input = { kind: 'frame'; frame: Frame } | { kind: 'reject'; rejection: Rejection };
@@ -102,6 +123,13 @@ export class ImapSession implements SessionContext {
   /** Reading is paused because storage is behind on a streamed literal. */
   #literalPaused = false;
   #badCommands = 0;
+  readonly #observer: ReturnType<NonNullable<ImapHooks['session']>> | null;
+  /** The command being run, with how it ended so far. */
+  #command: {
+    name: string;
+    observer: CommandObserver;
+    result: { status: string; code?: string; failed?: boolean } | null;
+  } | null = null;
   readonly #closedPromise: Promise<void>;
   #resolveClosed: () => void = () => undefined;
 
@@ -116,6 +144,13 @@ export class ImapSession implements SessionContext {
     this.#socket = socket;
     this.#secure = socket instanceof tls.TLSSocket;
     this.logger = options.logger.child({ session: this.id, remote: socket.remoteAddress });
+    this.#observer =
+      options.hooks?.session?.({
+        remoteAddress: socket.remoteAddress ?? '',
+        remotePort: socket.remotePort ?? 0,
+        localAddress: socket.localAddress ?? '',
+        localPort: socket.localPort ?? 0,
+      }) ?? null;
     this.#closedPromise = new Promise((resolve) => {
       this.#resolveClosed = resolve;
     });
@@ -382,15 +417,43 @@ export class ImapSession implements SessionContext {
 
   async #dispatch(input: Input): Promise<void> {
     if (input.kind === 'reject') {
-      await this.#rejected(input.rejection);
+      const rejection = input.rejection;
+      const name =
+        rejection.command && Object.hasOwn(COMMANDS, rejection.command) ? rejection.command : 'other';
+      await this.#traced(name, () => this.#rejected(rejection));
       return;
     }
     const parsed = parseCommand(input.frame);
     if (!parsed.ok) {
-      await this.#bad(parsed.tag, parsed.text);
+      await this.#traced('other', () => this.#bad(parsed.tag, parsed.text));
       return;
     }
     const command = parsed.command;
+    await this.#traced(command.uid ? `UID ${command.name}` : command.name, () => this.#execute(command));
+  }
+
+  /**
+   * Runs one command in its span. The span starts once the command is complete (literals
+   * included), so a slow literal is not in it; IDLE's ends when idling starts.
+   */
+  async #traced(name: string, fn: () => Promise<void>): Promise<void> {
+    if (!this.#observer) return fn();
+    const current = { name, observer: this.#observer.command(name), result: null };
+    this.#command = current;
+    try {
+      await current.observer.run(fn);
+    } finally {
+      this.#command = null;
+      current.observer.end(current.result);
+    }
+  }
+
+  /** Records the tagged response of the command being run. */
+  #answered(status: string, code?: string, failed = false): void {
+    if (this.#command) this.#command.result = { status, code: code?.split(' ', 1)[0], failed };
+  }
+
+  async #execute(command: Command): Promise<void> {
     const spec = COMMANDS[command.name] as CommandSpec<CommandName>;
     if (!spec.states.includes(this.#state.kind)) {
       await this.#bad(command.tag, this.#wrongState(command.name, spec));
@@ -401,6 +464,7 @@ export class ImapSession implements SessionContext {
       outcome = await spec.handle(this, command as never);
     } catch (error) {
       outcome = storageFailure(this, error);
+      this.#answered(outcome.status, outcome.code, true);
     }
     if (outcome.status === 'BAD') {
       await this.#bad(command.tag, outcome.text, outcome.code);
@@ -410,6 +474,7 @@ export class ImapSession implements SessionContext {
     if (command.name !== 'LOGOUT' && command.name !== 'IDLE') {
       await this.syncSelected({ expunge: !(NO_EXPUNGE_COMMANDS.has(command.name) && !command.uid) });
     }
+    if (!this.#command?.result?.failed) this.#answered(outcome.status, outcome.code);
     await this.write([statusLine(command.tag, outcome.status, outcome.text, outcome.code)]);
     this.logger.debug({ command: describe(command), status: outcome.status }, 'command');
     if (outcome.after) await outcome.after();
@@ -425,6 +490,7 @@ export class ImapSession implements SessionContext {
   }
 
   async #bad(tag: string | null, text: string, code?: string): Promise<void> {
+    this.#answered('BAD', code);
     await this.write([statusLine(tag ?? '*', 'BAD', text, code)]);
     if (++this.#badCommands >= this.limits.maxBadCommands) {
       await this.write([statusLine('*', 'BYE', 'Too many invalid commands')]);
@@ -437,6 +503,7 @@ export class ImapSession implements SessionContext {
       case 'literalTooBig':
         // RFC 7889: an APPEND over the size limit is answered NO [TOOBIG].
         if (rejection.command === 'APPEND' && rejection.tag) {
+          this.#answered('NO', 'TOOBIG');
           await this.write([statusLine(rejection.tag, 'NO', 'Message too large', 'TOOBIG')]);
           return;
         }
@@ -469,6 +536,12 @@ export class ImapSession implements SessionContext {
 
   async continuation(text: string): Promise<void> {
     await this.write([Buffer.from(`+ ${text}\r\n`, 'latin1')]);
+    // RFC 2177: IDLE may last until the autologout; its span ends once the server is idling.
+    const current = this.#command;
+    if (current?.name === 'IDLE') {
+      this.#command = null;
+      current.observer.end({ status: '+' });
+    }
   }
 
   async #writeNow(parts: OutputPart[]): Promise<void> {
@@ -572,6 +645,7 @@ export class ImapSession implements SessionContext {
       this.#unwatch = null;
     }
     this.setState({ kind: 'logout' });
+    this.#observer?.end();
     this.#input = [];
     const waiter = this.#inputWaiter;
     this.#inputWaiter = null;

@@ -19,68 +19,21 @@
  *
  * Failure modes are leaks (a body kept too long), never a body deleted while referenced, provided
  * the grace period is longer than the time between a put and the append that refers to it.
+ *
+ * Queue entries hold bodies in the same records (services/core/blobs.ts, which also holds the
+ * records' scripts): `live` counts them with the mailboxes, and their releases feed `blobs:gc`.
  */
 import type { Redis } from 'ioredis';
 import type { Logger } from 'pino';
+import { BlobRecords } from '../core/blobs.ts';
 import type { MailboxStore } from './store.ts';
 
-/** ARGV: user, version, held (1|0), now ms. Copies a user's holding at a version; returns live holders. */
-const HOLD = `
-local B = KEYS[1]
-local f = 'u:' .. ARGV[1]
-local ver = tonumber(ARGV[2])
-local cur = tonumber(redis.call('HGET', B, f) or '0')
-local live = tonumber(redis.call('HGET', B, 'live') or '0')
-if math.abs(cur) >= ver then return live end
-local held = ARGV[3] == '1'
-if held then redis.call('HSET', B, f, ver) else redis.call('HSET', B, f, -ver) end
-if held and cur <= 0 then live = live + 1 end
-if not held and cur > 0 then live = live - 1 end
-redis.call('HSET', B, 'live', live)
-if live == 0 then
-  if not redis.call('HGET', B, 'zero') then redis.call('HSET', B, 'zero', ARGV[4]) end
-else
-  redis.call('HDEL', B, 'zero')
-end
-return live
-`;
-
-/** ARGV: now ms, stale ms. A put is about to rely on the body: 0 = wait (being deleted), 1 = go. */
-const TOUCH = `
-local B = KEYS[1]
-local d = tonumber(redis.call('HGET', B, 'deleting') or '0')
-if d > 0 and tonumber(ARGV[1]) - d < tonumber(ARGV[2]) then return 0 end
-redis.call('HDEL', B, 'deleting')
-redis.call('HSET', B, 'touched', ARGV[1])
-return 1
-`;
-
-/** ARGV: now ms, grace ms. 'live', 'young' (retry at the returned time) or 'claimed'. */
-const CLAIM = `
-local B = KEYS[1]
-local h = redis.call('HMGET', B, 'live', 'zero', 'touched', 'deleting')
-if tonumber(h[1] or '0') > 0 then return { 'live', 0 } end
-local since = math.max(tonumber(h[2] or '0'), tonumber(h[3] or '0'))
-if tonumber(ARGV[1]) - since < tonumber(ARGV[2]) then return { 'young', since + tonumber(ARGV[2]) } end
-if h[4] then return { 'young', tonumber(ARGV[1]) + tonumber(ARGV[2]) } end
-redis.call('HSET', B, 'deleting', ARGV[1])
-return { 'claimed', 0 }
-`;
-
-/** ARGV: the claim's time. Drops the record if the claim still holds and nobody took the blob back. */
-const FINISH = `
-local B = KEYS[1]
-if redis.call('HGET', B, 'deleting') ~= ARGV[1] then return 0 end
-if tonumber(redis.call('HGET', B, 'live') or '0') > 0 then redis.call('HDEL', B, 'deleting'); return 0 end
-redis.call('DEL', B)
-return 1
-`;
-
-/** A `deleting` mark older than this belongs to a sweeper that died: a put may go on. */
-const DELETING_STALE_MS = 30_000;
 /** Users and stamps handled per collector round: bounds the work of one round. */
 const USERS_PER_ROUND = 100;
 const STAMPS_PER_USER = 200;
+/** Batches of due bodies per sweeper round: bounds one round's work. */
+const SWEEP_BATCHES = 10;
+const SWEEP_BATCH = 100;
 
 export interface BlobRefsOptions {
   /** How long a blob stays after its last holder went (and after its last put). */
@@ -94,25 +47,13 @@ export class BlobRefs {
   readonly #redis: Redis;
   readonly #p: string;
   readonly #options: BlobRefsOptions;
+  readonly #records: BlobRecords;
 
   constructor(redis: Redis, prefix: string, options: BlobRefsOptions) {
     this.#redis = redis;
     this.#p = prefix;
     this.#options = options;
-    const defs = { blobHold: HOLD, blobTouch: TOUCH, blobClaim: CLAIM, blobFinish: FINISH };
-    for (const [name, lua] of Object.entries(defs)) {
-      if (!(name in redis)) redis.defineCommand(name, { numberOfKeys: 1, lua });
-    }
-  }
-
-  #blobKey(id: string): string {
-    return `${this.#p}{b:${id.replace(/^sha256:/, '')}}`;
-  }
-
-  #call(name: string, key: string, ...args: (string | number)[]): Promise<unknown> {
-    const fn = (this.#redis as unknown as Record<string, (...a: unknown[]) => Promise<unknown>>)[name];
-    if (!fn) throw new Error(`script ${name} not defined`);
-    return fn.call(this.#redis, key, ...args);
+    this.#records = new BlobRecords(redis, prefix);
   }
 
   /** The store's hook: this user has stamps to collect. */
@@ -121,17 +62,11 @@ export class BlobRefs {
   };
 
   /** The blob store's hook before it relies on an existing body: waits while it is being deleted. */
-  readonly touch = async (id: string): Promise<void> => {
-    for (let wait = 20; ; wait = Math.min(wait * 2, 1000)) {
-      if (Number(await this.#call('blobTouch', this.#blobKey(id), Date.now(), DELETING_STALE_MS)) === 1)
-        return;
-      await new Promise((r) => setTimeout(r, wait));
-    }
-  };
+  readonly touch = (id: string): Promise<void> => this.#records.touch(id);
 
-  /** Live holders of a blob as the records know them (after collection). */
-  async holders(id: string): Promise<number> {
-    return Number((await this.#redis.hget(this.#blobKey(id), 'live')) ?? 0);
+  /** Live holders of a blob as the records know them: queue entries, and mailboxes after collection. */
+  holders(id: string): Promise<number> {
+    return this.#records.holders(id);
   }
 
   /** One collector round: copies the users' stamps into the blob records. Returns stamps handled. */
@@ -143,10 +78,8 @@ export class BlobRefs {
       const stamps = await store.dirtyBlobs(user, STAMPS_PER_USER);
       let left = stamps.length === 0 ? 0 : -1;
       for (const s of stamps) {
-        const live = Number(
-          await this.#call('blobHold', this.#blobKey(s.blob), user, s.version, s.held ? 1 : 0, Date.now()),
-        );
-        if (live === 0) await this.#redis.zadd(`${this.#p}blobs:gc`, Date.now(), s.blob);
+        const live = await this.#records.copyMailboxHolding(s.blob, user, s.version, s.held);
+        if (live === 0) await this.#redis.zadd(this.#records.gcKey, Date.now(), s.blob);
         left = await store.cleanBlob(user, s.blob, s.version);
         handled++;
       }
@@ -161,33 +94,32 @@ export class BlobRefs {
 
   /** One sweeper round: deletes the bodies without holders past the grace period. Returns bodies deleted. */
   async sweep(now = Date.now()): Promise<number> {
-    const gc = `${this.#p}blobs:gc`;
-    const due = await this.#redis.zrangebyscore(gc, '-inf', now, 'LIMIT', 0, 100);
+    const gc = this.#records.gcKey;
     let deleted = 0;
-    for (const id of due) {
-      const key = this.#blobKey(id);
-      const [state, retryAt] = (await this.#call('blobClaim', key, now, this.#options.graceMs)) as [
-        string,
-        number,
-      ];
-      if (state === 'live') {
+    for (let batch = 0; batch < SWEEP_BATCHES; batch++) {
+      const due = await this.#redis.zrangebyscore(gc, '-inf', now, 'LIMIT', 0, SWEEP_BATCH);
+      for (const id of due) {
+        const [state, retryAt] = await this.#records.claim(id, now, this.#options.graceMs);
+        if (state === 'live') {
+          await this.#redis.zrem(gc, id);
+          continue;
+        }
+        if (state === 'young') {
+          await this.#redis.zadd(gc, retryAt, id);
+          continue;
+        }
+        try {
+          await this.#options.deleteBody(id);
+        } catch (err) {
+          // The claim goes stale and a later round retries; a put meanwhile waits at most DELETING_STALE_MS.
+          this.#options.logger?.warn({ err, blob: id }, 'blob delete failed');
+          continue;
+        }
+        await this.#records.finish(id, now);
         await this.#redis.zrem(gc, id);
-        continue;
+        deleted++;
       }
-      if (state === 'young') {
-        await this.#redis.zadd(gc, Number(retryAt), id);
-        continue;
-      }
-      try {
-        await this.#options.deleteBody(id);
-      } catch (err) {
-        // The claim goes stale and a later round retries; a put meanwhile waits at most DELETING_STALE_MS.
-        this.#options.logger?.warn({ err, blob: id }, 'blob delete failed');
-        continue;
-      }
-      await this.#call('blobFinish', key, now);
-      await this.#redis.zrem(gc, id);
-      deleted++;
+      if (due.length < SWEEP_BATCH) break;
     }
     return deleted;
   }

@@ -3,12 +3,13 @@
  * the mailbox RPC API that imap and pop3 use.
  */
 import type { Runtime, Service } from '../core/runtime.ts';
-import type { BlobInfo, BlobStore } from '../core/blobs.ts';
+import { BlobHolder, type BlobInfo, type BlobStore } from '../core/blobs.ts';
 import { consume } from '../core/nats.ts';
 import { pb, decode } from '../core/codec.ts';
 import { recordEvent } from '../core/events.ts';
 import { counter, histogram } from '../core/metrics.ts';
 import { MailboxError } from '../core/mailbox-api.ts';
+import { withStructure } from '../core/mime-structure.ts';
 import { MailboxStore } from './store.ts';
 import { changePublisher, serveRpc } from './rpc.ts';
 import { BlobRefs } from './blob-refs.ts';
@@ -44,12 +45,14 @@ export async function start(rt: Runtime): Promise<Service> {
   // Background rounds, one at a time per replica; a failed round is logged and the next one retries.
   let busy = false;
   let lastSweep = Date.now();
+  // A short grace (tests) is swept as often as it allows; at most every SWEEP_EVERY_MS.
+  const sweepEvery = Math.min(SWEEP_EVERY_MS, Math.max(COLLECT_EVERY_MS, rt.config.blobGcGrace));
   const gc = setInterval(() => {
     if (busy) return;
     busy = true;
     void (async () => {
       await refs.collect(store);
-      if (Date.now() - lastSweep >= SWEEP_EVERY_MS) {
+      if (Date.now() - lastSweep >= sweepEvery) {
         lastSweep = Date.now();
         await refs.sweep();
       }
@@ -74,7 +77,8 @@ export async function start(rt: Runtime): Promise<Service> {
       );
       const receivedAt = Number(d.receivedAt) || Date.now();
       // The idempotency key makes a redelivered entry a no-op (invariant 3).
-      const fileInto = (f: string) => store.appendBlob(d.user, f, body, [], receivedAt, d.idempotencyKey);
+      const fileInto = (f: string) =>
+        store.appendBlob(d.user, f, body, [], receivedAt, d.idempotencyKey, '', body.structure);
       let res;
       try {
         try {
@@ -94,6 +98,8 @@ export async function start(rt: Runtime): Promise<Service> {
         }
         throw err;
       }
+      // Filed (now or before): this entry no longer needs the body it was given (core/blobs.ts).
+      await rt.blobs.release(d.body?.id ?? '', BlobHolder.local(d.idempotencyKey));
       stored.inc({ result: res.created ? 'stored' : 'duplicate' });
       if (res.created) endToEnd.observe((Date.now() - Number(d.receivedAt)) / 1000);
       log.info({ queueId: d.queueId, user: d.user, uid: res.uid, duplicate: !res.created }, 'message stored');
@@ -126,13 +132,17 @@ export async function start(rt: Runtime): Promise<Service> {
 
 /** Recent Return-Path copies by (body, sender): the recipients of one envelope share one copy. */
 const RETURN_PATH_MEMO_MAX = 1000;
-const returnPathMemo = new Map<string, Promise<BlobInfo>>();
+const returnPathMemo = new Map<string, Promise<StructuredBlob>>();
+
+/** A stored body and its MIME structure (services/core/mime-structure.ts; null over its caps). */
+type StructuredBlob = BlobInfo & { structure: Buffer | null };
 
 /**
  * A copy of the body with a Return-Path header in front, streamed (never held whole). Deliveries
- * of the same envelope running at once wait for one copy instead of each writing it.
+ * of the same envelope running at once wait for one copy instead of each writing it. The MIME
+ * structure IMAP needs is built from the same stream, once per copy, not once per recipient.
  */
-function withReturnPath(blobs: BlobStore, body: BlobInfo, mailFrom: string): Promise<BlobInfo> {
+function withReturnPath(blobs: BlobStore, body: BlobInfo, mailFrom: string): Promise<StructuredBlob> {
   const key = `${body.id}\n${mailFrom}`;
   let copy = returnPathMemo.get(key);
   if (!copy) {
@@ -141,7 +151,8 @@ function withReturnPath(blobs: BlobStore, body: BlobInfo, mailFrom: string): Pro
       yield header;
       yield* blobs.open(body.id);
     }
-    copy = blobs.putStream(bytes());
+    const tee = withStructure(bytes());
+    copy = blobs.putStream(tee.body).then((blob) => ({ ...blob, structure: tee.result() }));
     returnPathMemo.set(key, copy);
     // A failed copy is not remembered: the redelivery tries again.
     copy.catch(() => returnPathMemo.delete(key));

@@ -18,7 +18,9 @@ import {
   type MailboxChange,
   type MailboxClient,
   type MessageMeta,
+  type MessagesOptions,
 } from '../core/mailbox-api.ts';
+import { structureOf, withStructure } from '../core/mime-structure.ts';
 import { histogram } from '../core/metrics.ts';
 import { BATCH, type MailboxStore } from './store.ts';
 
@@ -85,7 +87,7 @@ function folderIn(f: Folder | null | undefined): FolderInfo {
 
 function metaIn(m: ConstructorParameters<typeof pb.MessageMeta>[0]): MessageMeta {
   m ??= {};
-  return {
+  const meta: MessageMeta = {
     uid: m.uid ?? 0,
     flags: m.flags ?? [],
     size: Number(m.size),
@@ -93,6 +95,8 @@ function metaIn(m: ConstructorParameters<typeof pb.MessageMeta>[0]): MessageMeta
     blob: m.blob ?? '',
     modseq: Number(m.modseq),
   };
+  if (m.structure && m.structure.length > 0) meta.structure = m.structure;
+  return meta;
 }
 
 function errorOut(err: unknown): string {
@@ -133,6 +137,7 @@ function handlers(store: MailboxStore): Record<string, (data: Uint8Array) => Pro
         if (q.uids.length > UIDS_PER_REQUEST)
           throw new MailboxError('INVALID', 'too many UIDs in one request');
         // Paged: one page of a UID range. Unpaged without UIDs: the first page only, cut below.
+        const options = { structure: q.withStructure };
         const r =
           q.limit > 0 || q.uids.length === 0
             ? await store.messageRange(
@@ -141,8 +146,9 @@ function handlers(store: MailboxStore): Record<string, (data: Uint8Array) => Pro
                 q.firstUid || 1,
                 q.lastUid || 0xffffffff,
                 q.limit || BATCH,
+                options,
               )
-            : await store.messages(q.user, q.folder, q.uids);
+            : await store.messages(q.user, q.folder, q.uids, options);
         return messagesReply(r.folder, r.messages);
       } catch (err) {
         return encode(pb.MessagesReply, { error: errorOut(err) });
@@ -227,6 +233,7 @@ function handlers(store: MailboxStore): Record<string, (data: Uint8Array) => Pro
           Number(q.internalDate) || Date.now(),
           q.idempotencyKey,
           q.origin,
+          q.structure,
         );
         return encode(pb.AppendReply, { uid: r.uid, uidValidity: r.uidValidity });
       } catch (err) {
@@ -348,13 +355,14 @@ export class MailboxRpcClient implements MailboxClient {
     user: string,
     folder: string,
     uids: number[] = [],
+    options: MessagesOptions = {},
   ): Promise<{ folder: FolderInfo; messages: MessageMeta[] }> {
     const messages: MessageMeta[] = [];
     let info: FolderInfo | undefined;
     if (uids.length === 0) {
       let first = 1;
       for (;;) {
-        const page = await this.messageRange(user, folder, first, 0xffffffff, BATCH);
+        const page = await this.messageRange(user, folder, first, 0xffffffff, BATCH, options);
         info = page.folder;
         for (const m of page.messages) messages.push(m);
         const tail = page.messages.at(-1);
@@ -367,7 +375,7 @@ export class MailboxRpcClient implements MailboxClient {
       while (todo.length > 0) {
         const r = await this.#call(
           'messages',
-          encode(pb.MessagesRequest, { user, folder, uids: todo }),
+          encode(pb.MessagesRequest, { user, folder, uids: todo, withStructure: !!options.structure }),
           pb.MessagesReply,
         );
         check(r.error);
@@ -385,10 +393,18 @@ export class MailboxRpcClient implements MailboxClient {
     first: number,
     last: number,
     limit = BATCH,
+    options: MessagesOptions = {},
   ): Promise<{ folder: FolderInfo; messages: MessageMeta[] }> {
     const r = await this.#call(
       'messages',
-      encode(pb.MessagesRequest, { user, folder, firstUid: first, lastUid: last, limit: Math.max(1, limit) }),
+      encode(pb.MessagesRequest, {
+        user,
+        folder,
+        firstUid: first,
+        lastUid: last,
+        limit: Math.max(1, limit),
+        withStructure: !!options.structure,
+      }),
       pb.MessagesReply,
     );
     check(r.error);
@@ -541,10 +557,23 @@ export class MailboxRpcClient implements MailboxClient {
     // Fail early, before storing the body, when the folder is missing or the user is at the limit.
     const [q] = await Promise.all([this.quota(user), this.status(user, folder)]);
     if (quotaReached(q)) throw new MailboxError('OVERQUOTA', 'mailbox is full');
-    const blob = await this.#blobs.putStream(body);
+    // The MIME structure is built from the chunks on their way to the blob store (no second read)
+    // and kept with the message, so FETCH ENVELOPE/BODYSTRUCTURE never load the body.
+    const tee = withStructure(body);
+    const blob = await this.#blobs.putStream(tee.body);
+    const structure = tee.result();
     const r = await this.#call(
       'append',
-      encode(pb.AppendRequest, { user, folder, blob: blob.id, size: blob.size, flags, internalDate, origin }),
+      encode(pb.AppendRequest, {
+        user,
+        folder,
+        blob: blob.id,
+        size: blob.size,
+        flags,
+        internalDate,
+        origin,
+        structure,
+      }),
       pb.AppendReply,
     );
     check(r.error);
@@ -562,7 +591,16 @@ export class MailboxRpcClient implements MailboxClient {
     const blob = await this.#blobs.put([body]);
     const r = await this.#call(
       'append',
-      encode(pb.AppendRequest, { user, folder, blob: blob.id, size: blob.size, flags, internalDate, origin }),
+      encode(pb.AppendRequest, {
+        user,
+        folder,
+        blob: blob.id,
+        size: blob.size,
+        flags,
+        internalDate,
+        origin,
+        structure: structureOf(body),
+      }),
       pb.AppendReply,
     );
     check(r.error);

@@ -7,7 +7,10 @@
  *   K:fseq               counter of folder ids
  *   K:f:<id>             HASH name, uidvalidity, uidnext, modseq, exists, unseen, special, subscribed
  *   K:f:<id>:uids        ZSET uid (score = member = uid), ascending UIDs
- *   K:f:<id>:m:<uid>     HASH flags (space separated), size, idate, blob, modseq
+ *   K:f:<id>:m:<uid>     HASH flags (space separated), size, idate, blob, modseq, and st: the MIME
+ *                        structure parsed at append (encoded pb.MimeStructure, a few hundred bytes;
+ *                        absent for messages stored before it was kept). Per message rather than per
+ *                        body: see services/core/mime-structure.ts for the reasons and the figures.
  *   K:lastuv             last UIDVALIDITY given
  *   K:f:<id>:ms          ZSET uid scored by its MODSEQ (CONDSTORE CHANGEDSINCE, RFC 7162 3.1.4.1)
  *   K:f:<id>:x           ZSET expunged uid scored by the MODSEQ of its expunge (QRESYNC, RFC 7162 3.2.5)
@@ -99,14 +102,15 @@ end
 local function folder_reply(id)
   return redis.call('HMGET', K .. ':f:' .. id, 'name', 'uidvalidity', 'uidnext', 'exists', 'unseen', 'modseq', 'special', 'subscribed')
 end
--- Adds a message to a folder; returns its uid.
-local function add_message(fid, blob, size, flags, idate)
+-- Adds a message to a folder (st: its MIME structure, '' or false for none); returns its uid.
+local function add_message(fid, blob, size, flags, idate, st)
   local fk = K .. ':f:' .. fid
   local uid = redis.call('HINCRBY', fk, 'uidnext', 1) - 1
   local modseq = redis.call('HINCRBY', fk, 'modseq', 1)
   redis.call('ZADD', fk .. ':uids', uid, uid)
   redis.call('ZADD', fk .. ':ms', modseq, uid)
   redis.call('HSET', fk .. ':m:' .. uid, 'flags', flags, 'size', size, 'idate', idate, 'blob', blob, 'modseq', modseq)
+  if st and st ~= '' then redis.call('HSET', fk .. ':m:' .. uid, 'st', st) end
   redis.call('HINCRBY', fk, 'exists', 1)
   if not has_flag(flags, '\\\\Seen') then redis.call('HINCRBY', fk, 'unseen', 1) end
   ref_blob(blob, size, 1)
@@ -154,32 +158,42 @@ if not fid then return redis.error_reply('NONEXISTENT no such folder') end
 return folder_reply(fid)
 `;
 
-/** Message row: {uid, flags, size, idate, blob, modseq}. */
+/** Message row: {uid, flags, size, idate, blob, modseq} and, when `st` is set, the structure ('' if none). */
 const ROW = `
-local function row(fk, uid)
+local function row(fk, uid, st)
+  if st then
+    local m = redis.call('HMGET', fk .. ':m:' .. uid, 'flags', 'size', 'idate', 'blob', 'modseq', 'st')
+    if not m[1] then return nil end
+    return { tonumber(uid), m[1], m[2], m[3], m[4], m[5], m[6] or '' }
+  end
   local m = redis.call('HMGET', fk .. ':m:' .. uid, 'flags', 'size', 'idate', 'blob', 'modseq')
   if not m[1] then return nil end
   return { tonumber(uid), m[1], m[2], m[3], m[4], m[5] }
 end
 `;
 
-/** ARGV: uidvalidity, folder, uid... Returns {folder, row...} for the uids that exist. */
+/**
+ * ARGV: uidvalidity, folder, with structure (1|0), uid... Returns {folder, row...} for the uids
+ * that exist.
+ */
 export const MESSAGES = `${COMMON}${ROW}
 ensure(ARGV[1])
 local fid = folder_id(ARGV[2])
 if not fid then return redis.error_reply('NONEXISTENT no such folder') end
 local fk = K .. ':f:' .. fid
 local out = { folder_reply(fid) }
-for i = 3, #ARGV do
-  local r = row(fk, ARGV[i])
+local st = ARGV[3] == '1'
+for i = 4, #ARGV do
+  local r = row(fk, ARGV[i], st)
   if r then out[#out + 1] = r end
 end
 return out
 `;
 
 /**
- * ARGV: uidvalidity, folder, first uid, last uid, limit. One page of a UID range, ascending:
- * returns {folder, row...}; the caller asks again from the last UID + 1 while a page comes back full.
+ * ARGV: uidvalidity, folder, first uid, last uid, limit, with structure (1|0). One page of a UID
+ * range, ascending: returns {folder, row...}; the caller asks again from the last UID + 1 while a
+ * page comes back full.
  */
 export const MESSAGES_RANGE = `${COMMON}${ROW}
 ensure(ARGV[1])
@@ -187,8 +201,9 @@ local fid = folder_id(ARGV[2])
 if not fid then return redis.error_reply('NONEXISTENT no such folder') end
 local fk = K .. ':f:' .. fid
 local out = { folder_reply(fid) }
+local st = ARGV[6] == '1'
 for _, uid in ipairs(redis.call('ZRANGEBYSCORE', fk .. ':uids', ARGV[3], ARGV[4], 'LIMIT', 0, ARGV[5])) do
-  local r = row(fk, uid)
+  local r = row(fk, uid, st)
   if r then out[#out + 1] = r end
 end
 return out
@@ -242,8 +257,8 @@ return { tonumber(u[1] or '0'), tonumber(u[2] or '0') }
 `;
 
 /**
- * ARGV: uidvalidity, folder, idempotency key, blob, size, flags, internal date, byte limit, message limit.
- * Returns {uid, uidvalidity, created (1) or already there (0), modseq}.
+ * ARGV: uidvalidity, folder, idempotency key, blob, size, flags, internal date, byte limit, message
+ * limit, MIME structure ('' for none). Returns {uid, uidvalidity, created (1) or already there (0), modseq}.
  */
 export const APPEND = `${COMMON}
 ensure(ARGV[1])
@@ -257,7 +272,7 @@ if ARGV[3] ~= '' then
   end
 end
 if over_quota(tonumber(ARGV[5]), 1, ARGV[8], ARGV[9]) then return redis.error_reply('OVERQUOTA mailbox is full') end
-local uid = add_message(fid, ARGV[4], ARGV[5], ARGV[6], ARGV[7])
+local uid = add_message(fid, ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[10])
 if ARGV[3] ~= '' then
   redis.call('HSET', K .. ':idem', ARGV[3], fid .. ':' .. uid)
   redis.call('ZADD', K .. ':idemt', ARGV[1], ARGV[3])
@@ -374,9 +389,9 @@ end
 local src, dst = {}, {}
 for i = 8, #ARGV do
   local uid = ARGV[i]
-  local m = redis.call('HMGET', fk .. ':m:' .. uid, 'flags', 'size', 'idate', 'blob')
+  local m = redis.call('HMGET', fk .. ':m:' .. uid, 'flags', 'size', 'idate', 'blob', 'st')
   if m[1] then
-    local nuid = add_message(tid, m[4], m[2], m[1], m[3])
+    local nuid = add_message(tid, m[4], m[2], m[1], m[3], m[5])
     src[#src + 1] = tonumber(uid)
     dst[#dst + 1] = nuid
     if move then remove_message(fid, uid, ARGV[5]) end

@@ -16,11 +16,13 @@ import {
   type MailboxChange,
   type MailboxClient,
   type MessageMeta,
+  type MessagesOptions,
 } from '../core/mailbox-api.ts';
 import { canonicalAddress } from '../core/address.ts';
+import { checkStructure, structureOf, withStructure } from '../core/mime-structure.ts';
 import * as S from './scripts.ts';
 
-type Reply = (string | number | null | Reply)[];
+type Reply = (string | Buffer | number | null | Reply)[];
 
 export type ChangePublisher = (user: string, change: MailboxChange) => void;
 
@@ -77,10 +79,13 @@ function checkFolderName(name: string): string {
   return name;
 }
 
+/** A reply value as text (scripts run in Buffer mode return strings as Buffers). */
+function text(v: Reply[number] | undefined): string {
+  return Buffer.isBuffer(v) ? v.toString('utf8') : String(v ?? '');
+}
+
 function toFolder(r: Reply): FolderInfo {
-  const [name, uidValidity, uidNext, exists, unseen, modseq, special, subscribed] = r.map((v) =>
-    String(v ?? ''),
-  );
+  const [name, uidValidity, uidNext, exists, unseen, modseq, special, subscribed] = r.map(text);
   return {
     name: name ?? '',
     uidValidity: Number(uidValidity),
@@ -94,10 +99,10 @@ function toFolder(r: Reply): FolderInfo {
   };
 }
 
-/** A row {uid, flags, size, idate, blob, modseq} of the scripts. */
+/** A row {uid, flags, size, idate, blob, modseq[, structure]} of the scripts. */
 function toMeta(row: Reply): MessageMeta {
-  const [uid, flags, size, idate, blob, modseq] = row.map((v) => String(v ?? ''));
-  return {
+  const [uid, flags, size, idate, blob, modseq] = row.slice(0, 6).map(text);
+  const meta: MessageMeta = {
     uid: Number(uid),
     flags: splitFlags(flags ?? ''),
     size: Number(size),
@@ -105,6 +110,9 @@ function toMeta(row: Reply): MessageMeta {
     blob: blob ?? '',
     modseq: Number(modseq),
   };
+  const st = row[6];
+  if (Buffer.isBuffer(st) && st.length > 0) meta.structure = st;
+  return meta;
 }
 
 function splitFlags(s: string): string[] {
@@ -163,7 +171,16 @@ export class MailboxStore implements MailboxClient {
     return `${this.#prefix}{u:${canonicalAddress(user)}}`;
   }
 
-  async #run(script: ScriptName, user: string, ...args: (string | number)[]): Promise<Reply> {
+  async #run(script: ScriptName, user: string, ...args: (string | number | Buffer)[]): Promise<Reply> {
+    return this.#call(script, user, args);
+  }
+
+  /** The script in Buffer mode: its strings come back as bytes (structures are binary). */
+  async #runBytes(script: ScriptName, user: string, ...args: (string | number | Buffer)[]): Promise<Reply> {
+    return this.#call(`${script}Buffer`, user, args);
+  }
+
+  async #call(script: string, user: string, args: (string | number | Buffer)[]): Promise<Reply> {
     const fn = (this.#redis as unknown as Record<string, (...a: unknown[]) => Promise<Reply>>)[script];
     if (!fn) throw new Error(`script ${script} not defined`);
     try {
@@ -209,20 +226,23 @@ export class MailboxStore implements MailboxClient {
     user: string,
     folder: string,
     uids: number[] = [],
+    options: MessagesOptions = {},
   ): Promise<{ folder: FolderInfo; messages: MessageMeta[] }> {
     const name = checkFolderName(folder);
     const messages: MessageMeta[] = [];
     if (uids.length > 0) {
       let info: FolderInfo | undefined;
       for (const batch of batches(uids)) {
-        const [f, ...rows] = await this.#run('mboxMessages', user, name, ...batch);
+        const [f, ...rows] = options.structure
+          ? await this.#runBytes('mboxMessages', user, name, '1', ...batch)
+          : await this.#run('mboxMessages', user, name, '0', ...batch);
         info = toFolder(f as Reply);
         for (const row of rows) messages.push(toMeta(row as Reply));
       }
       return { folder: info ?? (await this.status(user, name)), messages };
     }
     let info: FolderInfo | undefined;
-    for await (const page of this.pages(user, name, 1, 0xffffffff)) {
+    for await (const page of this.pages(user, name, 1, 0xffffffff, options)) {
       info = page.folder;
       for (const m of page.messages) messages.push(m);
     }
@@ -236,14 +256,17 @@ export class MailboxStore implements MailboxClient {
     first: number,
     last: number,
     limit = BATCH,
+    options: MessagesOptions = {},
   ): Promise<{ folder: FolderInfo; messages: MessageMeta[] }> {
-    const [f, ...rows] = await this.#run(
+    const [f, ...rows] = await (options.structure ? this.#runBytes : this.#run).call(
+      this,
       'mboxRange',
       user,
       checkFolderName(folder),
       Math.max(1, Math.floor(first)),
       Math.min(0xffffffff, Math.floor(last)),
       Math.max(1, Math.min(BATCH, Math.floor(limit) || BATCH)),
+      options.structure ? '1' : '0',
     );
     return { folder: toFolder(f as Reply), messages: rows.map((r) => toMeta(r as Reply)) };
   }
@@ -254,10 +277,11 @@ export class MailboxStore implements MailboxClient {
     folder: string,
     first: number,
     last: number,
+    options: MessagesOptions = {},
   ): AsyncIterable<{ folder: FolderInfo; messages: MessageMeta[] }> {
     let from = first;
     for (;;) {
-      const page = await this.messageRange(user, folder, from, last, BATCH);
+      const page = await this.messageRange(user, folder, from, last, BATCH, options);
       yield page;
       const tail = page.messages.at(-1);
       if (page.messages.length < BATCH || !tail || tail.uid >= last) return;
@@ -319,7 +343,11 @@ export class MailboxStore implements MailboxClient {
     };
   }
 
-  /** Appends an already stored body (the delivery path); idempotent per key. */
+  /**
+   * Appends an already stored body (the delivery path); idempotent per key. `structure` is the
+   * body's MIME structure computed while it was stored (services/core/mime-structure.ts); without
+   * one, IMAP parses the body when it needs the structure.
+   */
   async appendBlob(
     user: string,
     folder: string,
@@ -328,6 +356,7 @@ export class MailboxStore implements MailboxClient {
     internalDate: number,
     idempotencyKey: string,
     origin = '',
+    structure: Uint8Array | null = null,
   ): Promise<{ uid: number; uidValidity: number; created: boolean }> {
     if (!/^sha256:[0-9a-f]{64}$/.test(blob.id)) throw new MailboxError('INVALID', 'invalid blob reference');
     const limits = await this.#limitsOf(user);
@@ -342,6 +371,7 @@ export class MailboxStore implements MailboxClient {
       Math.floor(internalDate),
       limits.bytes,
       limits.messages,
+      checkStructure(structure) ?? '',
     )) as number[];
     const res = { uid: Number(uid), uidValidity: Number(uidValidity), created: created === 1 };
     if (res.created) {
@@ -360,7 +390,16 @@ export class MailboxStore implements MailboxClient {
     origin = '',
   ): Promise<{ uid: number; uidValidity: number }> {
     const blob = await this.#blobs.put([body]);
-    const { uid, uidValidity } = await this.appendBlob(user, folder, blob, flags, internalDate, '', origin);
+    const { uid, uidValidity } = await this.appendBlob(
+      user,
+      folder,
+      blob,
+      flags,
+      internalDate,
+      '',
+      origin,
+      structureOf(body),
+    );
     return { uid, uidValidity };
   }
 
@@ -375,8 +414,19 @@ export class MailboxStore implements MailboxClient {
     // Fail early, before storing the body, when the folder is missing or the user is at the limit.
     const [q] = await Promise.all([this.quota(user), this.status(user, folder)]);
     if (quotaReached(q)) throw new MailboxError('OVERQUOTA', 'mailbox is full');
-    const blob = await this.#blobs.putStream(body);
-    const { uid, uidValidity } = await this.appendBlob(user, folder, blob, flags, internalDate, '', origin);
+    // The structure is built from the chunks on their way to the blob store: no second read.
+    const tee = withStructure(body);
+    const blob = await this.#blobs.putStream(tee.body);
+    const { uid, uidValidity } = await this.appendBlob(
+      user,
+      folder,
+      blob,
+      flags,
+      internalDate,
+      '',
+      origin,
+      tee.result(),
+    );
     return { uid, uidValidity };
   }
 

@@ -18,6 +18,8 @@ export interface Pop3Limits {
   maxProtocolErrors: number;
   /** Concurrent connections one server accepts. */
   maxConnections: number;
+  /** Concurrent connections from one client address. */
+  maxConnectionsPerIp: number;
   /** Time sessions get to flush their last reply when the server closes. */
   shutdownGraceMs: number;
   /** Size of one write when sending a multi-line listing. */
@@ -40,6 +42,9 @@ export const DEFAULT_LIMITS: Readonly<Pop3Limits> = Object.freeze({
   maxProtocolErrors: 20,
   // File descriptors, memory and maildrop locks are finite; beyond this, clients should retry later.
   maxConnections: 2000,
+  // One maildrop is locked by one session at a time (RFC 1939 section 8); an address holding
+  // dozens of connections is a flood, not a household of mail clients.
+  maxConnectionsPerIp: 50,
   // Long enough to flush a short reply, short enough not to delay a rolling restart.
   shutdownGraceMs: 2000,
   // Large enough for few syscalls, small enough that a huge LIST does not sit in memory at once.

@@ -1,18 +1,16 @@
 /**
  * The POP3 listeners: the plain port (110, STLS offered per RFC 2595 section 4) and the
  * implicit-TLS port (995, RFC 8314 section 3.3: TLS from the first byte). Each accepted connection
- * runs one Pop3Session. A rotated certificate applies to the next handshake on both ports.
+ * runs one Pop3Session. A rotated certificate applies to the next handshake on both ports. Behind
+ * a load balancer, either port can take a PROXY protocol header from trusted sources
+ * (services/core/net.ts).
  */
 import { createServer, type AddressInfo, type Server, type Socket } from 'node:net';
-import {
-  createSecureContext,
-  createServer as createTlsServer,
-  type SecureContext,
-  type SecureContextOptions,
-  type Server as TlsServer,
-} from 'node:tls';
+import { createSecureContext, type SecureContext, type SecureContextOptions } from 'node:tls';
 import type { Logger } from 'pino';
+import { acceptor, type Acceptor, type ProxyProtocolOptions } from '../core/net.ts';
 import type { Authenticator, MailboxClient, MaildropLock } from '../core/mailbox-api.ts';
+import { authenticatorFor } from '../core/auth-throttle.ts';
 import { resolveLimits, type Pop3Limits } from './limits.ts';
 import { Pop3Session, type Pop3Hooks } from './session.ts';
 
@@ -40,6 +38,11 @@ export interface Pop3ServerOptions {
   limits?: Partial<Pop3Limits>;
   /** Tracing and metrics around each command. */
   hooks?: Pop3Hooks;
+  /**
+   * PROXY protocol from trusted load balancers, per listener: the session sees the client of the
+   * header (logs, and `trustedPeer`, which then judges the real client, not the balancer).
+   */
+  proxyProtocol?: { plain?: ProxyProtocolOptions | undefined; tls?: ProxyProtocolOptions | undefined };
 }
 
 /** The current certificate, replaced on rotation (TlsProvider fits). */
@@ -89,7 +92,8 @@ export function createPop3Server(options: Pop3ServerOptions): Pop3Server {
   };
 
   /** One connection; `implicitTls` when it came in on the TLS port, handshake done. */
-  const accept = (socket: Socket, implicitTls: boolean): void => {
+  const openPerIp = new Map<string, number>();
+  const accept = (socket: Socket, implicitTls: boolean, client?: { remoteAddress: string }): void => {
     if (closing) {
       refuse(socket, 'server shutting down');
       return;
@@ -99,12 +103,22 @@ export function createPop3Server(options: Pop3ServerOptions): Pop3Server {
       refuse(socket, 'too many connections, try again later');
       return;
     }
+    // Behind a PROXY-protocol balancer the client is the one of the header, not the socket's peer.
+    const ip = client?.remoteAddress ?? socket.remoteAddress ?? '';
+    const open = openPerIp.get(ip) ?? 0;
+    if (open >= limits.maxConnectionsPerIp) {
+      logger.warn({ ip, open }, 'connection limit per address reached');
+      refuse(socket, 'too many connections from your address, try again later');
+      return;
+    }
+    openPerIp.set(ip, open + 1);
     // Replies go out in a few writes (status, body, "."): without this, Nagle's algorithm and the
     // peer's delayed ACK hold each RETR back by tens of milliseconds.
     socket.setNoDelay(true);
     const session = new Pop3Session(socket, {
       mailbox: options.mailbox,
-      auth: options.auth,
+      // AUTH failures are counted per client address across connections (core/auth-throttle.ts).
+      auth: authenticatorFor(options.auth, ip),
       lock: options.lock,
       logger,
       hostname: options.hostname,
@@ -118,17 +132,24 @@ export function createPop3Server(options: Pop3ServerOptions): Pop3Server {
       ...(options.hooks ? { hooks: options.hooks } : {}),
     });
     sessions.add(session);
-    void session.done.then(() => sessions.delete(session));
+    void session.done.then(() => {
+      sessions.delete(session);
+      const left = (openPerIp.get(ip) ?? 1) - 1;
+      if (left > 0) openPerIp.set(ip, left);
+      else openPerIp.delete(ip);
+    });
     session.start();
   };
 
   // allowHalfOpen: a client that sends its last commands and closes its side still gets replies.
-  const plain = createServer({ allowHalfOpen: true }, (socket) => accept(socket, false));
+  const acceptPlain = acceptor(
+    { name: 'pop3', logger, proxy: options.proxyProtocol?.plain },
+    (socket, client) => accept(socket, false, client),
+  );
+  const plain = createServer({ allowHalfOpen: true }, acceptPlain);
   plain.on('error', (error) => logger.error({ err: error }, 'listener error'));
-  let secure: TlsServer | null = null;
-  const onRotate = (): void => {
-    if (secure && source) secure.setSecureContext(source.options);
-  };
+  let secure: Server | null = null;
+  let acceptSecure: Acceptor | null = null;
 
   const listenOn = (server: Server, port: number, host: string, what: string): Promise<number> =>
     new Promise((resolve, reject) => {
@@ -154,25 +175,29 @@ export function createPop3Server(options: Pop3ServerOptions): Pop3Server {
     },
     listenTls(port, host) {
       if (!source) return Promise.reject(new Error('the implicit-TLS port needs a certificate'));
-      // RFC 8314 section 3.3: TLS from the first byte; the greeting comes after the handshake.
-      secure = createTlsServer(
-        { ...source.options, allowHalfOpen: true, handshakeTimeout: limits.tlsHandshakeTimeoutMs },
-        (socket) => accept(socket, true),
+      // RFC 8314 section 3.3: TLS from the first byte (after the PROXY header, when a balancer
+      // sends one); the greeting comes after the handshake. The context is read per connection, so
+      // a rotated certificate applies to the next handshake. A failed or stalled handshake closes
+      // that connection only.
+      acceptSecure = acceptor(
+        {
+          name: 'pop3s',
+          logger,
+          proxy: options.proxyProtocol?.tls,
+          tls: { context: () => source.context, handshakeTimeoutMs: limits.tlsHandshakeTimeoutMs },
+        },
+        (socket, client) => accept(socket, true, client),
       );
-      // A failed or stalled handshake is the peer's problem, not the listener's; with a listener
-      // here Node leaves the socket open, so it is destroyed explicitly.
-      secure.on('tlsClientError', (error, socket) => {
-        logger.debug({ err: error }, 'POP3S handshake failed');
-        socket.destroy();
-      });
+      // allowHalfOpen here is inherited by the TLS socket built on each connection.
+      secure = createServer({ allowHalfOpen: true }, acceptSecure);
       secure.on('error', (error) => logger.error({ err: error }, 'POP3S listener error'));
-      source.on('change', onRotate);
       return listenOn(secure, port, host, 'POP3S');
     },
     async close() {
       closing = true;
-      source?.off('change', onRotate);
       const stopped = Promise.all([closeServer(plain), closeServer(secure)]);
+      acceptPlain.close();
+      acceptSecure?.close();
       await Promise.all([...sessions].map((session) => session.shutdown()));
       await stopped;
     },

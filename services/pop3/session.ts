@@ -103,6 +103,11 @@ export class Pop3Session {
   /** \Seen updates of the TRANSACTION state, flushed before the lock goes. */
   #seen: SeenMarker | null = null;
   #protocolErrors = 0;
+  /**
+   * RFC 1939 section 3: the autologout timer, restarted by each command rather than by each byte
+   * (the socket's own timeout), so a client dripping a line one byte at a time is logged out too.
+   */
+  #autologout: NodeJS.Timeout | null = null;
 
   constructor(socket: Socket, options: SessionOptions) {
     this.id = randomBytes(6).toString('hex');
@@ -123,6 +128,7 @@ export class Pop3Session {
   start(): void {
     this.#attach(this.#socket);
     this.#socket.setTimeout(this.#limits.idleTimeoutMs);
+    this.#armAutologout();
     this.#logger.debug('connected');
     // RFC 1939 section 4: greeting; the <...> part is the APOP timestamp form of section 7.
     const banner = `<${process.pid}.${Date.now()}.${randomBytes(4).toString('hex')}@${this.#options.hostname}>`;
@@ -250,8 +256,15 @@ export class Pop3Session {
       : this.#limits.maxCommandOctets;
   }
 
+  #armAutologout(): void {
+    if (this.#autologout) clearTimeout(this.#autologout);
+    this.#autologout = this.#closing ? null : setTimeout(this.#onTimeout, this.#limits.idleTimeoutMs);
+  }
+
   async #onFrame(frame: Frame): Promise<void> {
     if (this.#closing) return;
+    // A command in progress (a long RETR) is bounded by the socket's timeout, not by this one.
+    if (this.#autologout) clearTimeout(this.#autologout);
     const traced = this.#options.hooks?.command;
     const state = this.#state;
     const work = traced
@@ -264,6 +277,7 @@ export class Pop3Session {
       await work;
     } finally {
       this.#current = null;
+      this.#armAutologout();
     }
   }
 
@@ -376,6 +390,7 @@ export class Pop3Session {
   #tearDown(): Promise<void> {
     this.#teardown ??= (async () => {
       this.#closing = true;
+      if (this.#autologout) clearTimeout(this.#autologout);
       this.#stream?.stop();
       // A command in flight (a login, a RETR) finishes first, so its outcome is known here.
       await this.#current;

@@ -19,6 +19,7 @@ import { counter } from '../core/metrics.ts';
 import { domainOf } from '../core/address.ts';
 import { DirectoryError, type Expansion } from '../core/directory.ts';
 import { CachedMxResolver, MxResolver } from '../core/mx.ts';
+import { BlobHolder } from '../core/blobs.ts';
 import { sendBounce, type Failure } from '../core/bounce.ts';
 import { SpanKind, withSpan } from '../core/telemetry.ts';
 import { partitionOf } from '../core/partition.ts';
@@ -93,7 +94,10 @@ export async function start(rt: Runtime): Promise<Service> {
         }
       }
 
+      const bodyId = env.body?.id ?? '';
       for (const d of locals) {
+        // Each entry holds the body before it exists; the envelope's hold goes once all are out.
+        await blobs.hold(bodyId, BlobHolder.local(d.idempotencyKey ?? ''));
         await publish(
           nats,
           SUBJECTS.local(partitionOf(d.user ?? '', config.partitions)),
@@ -148,6 +152,7 @@ export async function start(rt: Runtime): Promise<Service> {
           isBounce: env.isBounce,
           lastError: result.kind === 'temporary' ? result.reason : '',
         };
+        await blobs.hold(bodyId, BlobHolder.outbound(`${env.queueId}:${domain}`));
         await publish(
           nats,
           SUBJECTS.outbound(partitionOf(domain, config.partitions)),
@@ -193,6 +198,8 @@ export async function start(rt: Runtime): Promise<Service> {
           failures,
         );
       }
+      // Every entry holds the body now (and the bounce has its own): the envelope lets it go.
+      await blobs.release(bodyId, BlobHolder.ingress(env.queueId));
       log.info(
         { queueId: env.queueId, local: locals.length, remoteDomains: remote.size, failed: failures.length },
         'envelope routed',

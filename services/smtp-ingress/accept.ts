@@ -5,7 +5,7 @@
  */
 import type { Logger } from 'pino';
 import type { Config } from '../core/config.ts';
-import type { BlobStore } from '../core/blobs.ts';
+import { BlobHolder, type BlobStore } from '../core/blobs.ts';
 import type { Directory } from '../core/directory.ts';
 import { pb, encode, type Envelope } from '../core/codec.ts';
 import { publish, STREAMS, SUBJECTS, type Nats } from '../core/nats.ts';
@@ -32,6 +32,9 @@ export interface AcceptDeps {
   isTrusted: (ip: string) => boolean;
   rejected: (port: string, reason: string) => void;
 }
+
+/** Time kept back from SMTP_ACCEPT_TIMEOUT: no publish is still in flight when the 451 goes out. */
+const ACCEPT_MARGIN_MS = 250;
 
 class Unavailable extends Error {
   constructor(message: string, options?: { cause?: unknown }) {
@@ -62,10 +65,11 @@ export function acceptMessage(deps: AcceptDeps, info: SessionInfo, tx: Transacti
     deps.rejected(info.port, reason);
     return reply;
   };
+  // A child of the `SMTP DATA` (or last `SMTP BDAT`) command span: making the message durable.
   return withSpan(
-    'smtp DATA',
+    'smtp accept',
     {
-      kind: SpanKind.SERVER,
+      kind: SpanKind.INTERNAL,
       attributes: {
         'network.peer.address': info.remoteAddress,
         'smtp.port': info.port,
@@ -131,7 +135,6 @@ export function acceptMessage(deps: AcceptDeps, info: SessionInfo, tx: Transacti
           signed = Buffer.concat([Buffer.from(sig, 'latin1'), signed]);
         }
       }
-      if (!deps.natsConnected()) throw new Unavailable('NATS is disconnected');
       const envelope: Envelope = {
         queueId,
         mailFrom,
@@ -153,13 +156,42 @@ export function acceptMessage(deps: AcceptDeps, info: SessionInfo, tx: Transacti
         smtputf8: tx.params.smtputf8,
         bodyType: (tx.params.body ?? '7BIT').toLowerCase(),
       };
+      // When a nats-server dies, its clients reconnect to another and the streams it led elect
+      // new leaders within seconds: each step is tried again until the accept timeout instead of
+      // answering 451 at the first failure. Both steps are idempotent (a content-addressed body,
+      // an envelope de-duplicated by its queue id). The last try ends before the deadline, so a
+      // publish that lands late cannot follow a 451 that the client already has.
+      const deadline = Date.now() + config.smtpAcceptTimeout;
+      const retrying = async <T>(step: (timeoutMs: number) => Promise<T>): Promise<T> => {
+        for (let wait = 100; ; wait = Math.min(wait * 2, 2000)) {
+          const left = deadline - Date.now() - ACCEPT_MARGIN_MS;
+          try {
+            if (left <= 0) throw new Unavailable('no time left to store the message');
+            if (!deps.natsConnected()) throw new Unavailable('NATS is disconnected');
+            return await step(left);
+          } catch (err) {
+            if (deadline - Date.now() - ACCEPT_MARGIN_MS - wait <= 0) throw err;
+            log.warn({ err, queueId }, 'storing the message failed; trying again');
+            await new Promise((r) => setTimeout(r, wait));
+          }
+        }
+      };
       const durable = async () => {
-        const stored = await deps.blobs.put([Buffer.from(prepend.join(''), 'utf8'), signed]);
+        // Held for the envelope before the 250 (the router moves the hold to its entries).
+        const stored = await retrying(() =>
+          deps.blobs.put([Buffer.from(prepend.join(''), 'utf8'), signed], {
+            holder: BlobHolder.ingress(queueId),
+          }),
+        );
         envelope.body = { id: stored.id, size: stored.size };
-        await publish(deps.nats, SUBJECTS.ingress, encode(pb.Envelope, envelope), {
-          stream: STREAMS.INGRESS,
-          msgId: queueId,
-        });
+        const data = encode(pb.Envelope, envelope);
+        await retrying((left) =>
+          publish(deps.nats, SUBJECTS.ingress, data, {
+            stream: STREAMS.INGRESS,
+            msgId: queueId,
+            timeoutMs: Math.min(10_000, left),
+          }),
+        );
         return stored.size;
       };
       let size: number;

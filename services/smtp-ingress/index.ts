@@ -6,14 +6,15 @@
  * envelope is acknowledged by JetStream (invariant 1); if either fails the client gets 451 4.3.0.
  *
  * The protocol core (smtp-stream → parser → session + commands) knows nothing of NATS or Redis;
- * this file builds its hooks from the runtime and runs the listeners.
+ * this file builds its hooks from the runtime and runs the listeners. Behind a load balancer each
+ * listener can take a PROXY protocol header from trusted sources (PROXY_PROTOCOL_TRUSTED): the
+ * session, its rate limits, SPF and the Received header then see the client, not the balancer.
  */
 import { BlockList, createServer, isIP, type Server, type Socket } from 'node:net';
-import { createServer as createTlsServer, type TLSSocket } from 'node:tls';
 import type { Runtime, Service } from '../core/runtime.ts';
 import { counter, gauge } from '../core/metrics.ts';
 import { DirectoryError } from '../core/directory.ts';
-import { isLoopback } from '../core/net.ts';
+import { acceptor, isLoopback, proxyProtocolFor, type Acceptor } from '../core/net.ts';
 import { REPLIES, SmtpReply } from './replies.ts';
 import {
   Session,
@@ -26,6 +27,8 @@ import { LIMITS, limitsFrom } from './limits.ts';
 import { Rates } from './rates.ts';
 import { dnsResolver } from './mail-auth.ts';
 import { acceptMessage, type AcceptDeps } from './accept.ts';
+import { COMMANDS } from './commands.ts';
+import { ProtocolTelemetry } from '../core/telemetry.ts';
 
 const rejected = counter('postino_smtp_rejected_total', 'SMTP commands rejected, by reason', [
   'port',
@@ -33,6 +36,8 @@ const rejected = counter('postino_smtp_rejected_total', 'SMTP commands rejected,
 ]);
 const authFailures = counter('postino_auth_failures_total', 'Failed authentications', ['protocol']);
 const sessionsOpen = gauge('postino_smtp_sessions_open', 'Open SMTP sessions', ['port']);
+/** `SMTP session` → `SMTP MAIL`... spans and postino_smtp_command_seconds{command}. */
+const telemetry = new ProtocolTelemetry('SMTP', Object.keys(COMMANDS));
 
 /** Network numbers in SMTP_TRUSTED_NETWORKS ("none" for none). */
 function trustedNetworks(list: string[]): BlockList {
@@ -167,6 +172,25 @@ export async function start(rt: Runtime): Promise<Service> {
       return null;
     },
     accept: (info, tx) => acceptMessage(deps, info, tx),
+    observe(info, local) {
+      const trace = telemetry.session(
+        {
+          remoteAddress: info.remoteAddress,
+          remotePort: info.remotePort,
+          localAddress: local.address,
+          localPort: local.port,
+        },
+        { 'smtp.listener': info.port },
+      );
+      return {
+        // One message, one trace: a second transaction on the connection starts a new trace.
+        command: (verb) => {
+          if (verb === 'MAIL' && info.transactions > 0) trace.newTrace();
+          return trace.command(verb);
+        },
+        end: () => trace.end(),
+      };
+    },
   };
 
   /** RFC 6409 6.1: the sender is the user, one of their plus-addresses, or an alias leading to them. */
@@ -199,19 +223,22 @@ export async function start(rt: Runtime): Promise<Service> {
     void session.start();
   };
 
-  const servers: { port: PortKind; server: Server }[] = [
-    { port: 'smtp', server: createServer((s) => run('smtp', s)) },
-    { port: 'submission', server: createServer((s) => run('submission', s)) },
-  ];
-  if (config.smtpsPort > 0) {
-    const tlsServer = createTlsServer({ ...rt.tls.options, handshakeTimeout: 30_000 }, (s: TLSSocket) =>
-      run('smtps', s),
+  const listener = (port: PortKind): { port: PortKind; server: Server; accept: Acceptor } => {
+    const accept = acceptor(
+      {
+        name: port,
+        logger: log,
+        proxy: proxyProtocolFor(config, port),
+        // RFC 8314 3.3: TLS from the first byte (after the PROXY header); the context is read per
+        // connection, so a rotated certificate (cert-manager renewals) applies to the next one.
+        tls: port === 'smtps' ? { context: () => rt.tls.context, handshakeTimeoutMs: 30_000 } : undefined,
+      },
+      (socket) => run(port, socket),
     );
-    // A rotated certificate applies to new connections (cert-manager renewals).
-    rt.tls.on('change', () => tlsServer.setSecureContext(rt.tls.options));
-    tlsServer.on('tlsClientError', (err) => log.debug({ err }, 'smtps handshake failed'));
-    servers.push({ port: 'smtps', server: tlsServer });
-  }
+    return { port, server: createServer(accept), accept };
+  };
+  const servers = [listener('smtp'), listener('submission')];
+  if (config.smtpsPort > 0) servers.push(listener('smtps'));
   const portOf = { smtp: config.smtpPort, submission: config.submissionPort, smtps: config.smtpsPort };
   for (const { port, server } of servers) {
     server.maxConnections = config.smtpMaxConnections + 100;
@@ -236,6 +263,7 @@ export async function start(rt: Runtime): Promise<Service> {
       const closed = Promise.all(
         servers.map(({ server }) => new Promise<void>((resolve) => server.close(() => resolve()))),
       );
+      for (const { accept } of servers) accept.close();
       // Idle sessions get 421 now; busy ones finish their command (the reply is durable or 451).
       const end = Date.now() + LIMITS.closeTimeoutMs;
       while (sessions.size > 0 && Date.now() < end) {

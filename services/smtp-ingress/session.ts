@@ -75,6 +75,35 @@ export interface SessionHooks {
   close(info: SessionInfo): void;
   /** A bug or a broken dependency inside a command (answered with 451 4.3.0). */
   error(info: SessionInfo, err: unknown): void;
+  /** Tracing and metrics of the session, if wanted (called once, at the start). */
+  observe?(info: SessionInfo, local: { address: string; port: number }): SessionObserver;
+}
+
+/** Tracing and metrics of one session; the protocol core knows no telemetry library. */
+export interface SessionObserver {
+  /** A command starts (its verb, or `other` for a line that is not one). */
+  command(verb: string): CommandObserver;
+  /** The connection is gone. */
+  end(): void;
+}
+
+/** One command, from its line to its final reply. */
+export interface CommandObserver {
+  /** Runs fn as part of the command (its span is the active one). */
+  run<T>(fn: () => T): T;
+  /** The final reply (null when the connection ended first); `failed`: the 451 of an exception. */
+  end(result: { status: number; code?: string; failed?: boolean } | null): void;
+}
+
+/** The verb of a command line for spans and metrics: a known command, else `other`. */
+function verbOf(line: Buffer): string {
+  const space = line.indexOf(0x20);
+  const verb = line
+    .subarray(0, Math.min(space < 0 ? line.length : space, 16))
+    .toString('latin1')
+    .replace(/\r?\n$/, '')
+    .toUpperCase();
+  return Object.hasOwn(COMMANDS, verb) ? verb : 'other';
 }
 
 export interface SessionOptions {
@@ -108,6 +137,15 @@ export class Session {
   #stopping = false;
   /** The client half-closed: answer what it sent, then close. */
   #eof = false;
+  #observer: SessionObserver | null = null;
+  /**
+   * The command whose final reply is still to come: DATA and BDAT (after the body), AUTH (after
+   * the SASL exchange). No span per body line: the body is part of its command.
+   */
+  #pending: CommandObserver | null = null;
+  /** The last reply written in the command in progress, and whether an exception made it. */
+  #lastReply: SmtpReply | null = null;
+  #failed = false;
 
   constructor(socket: Socket, opts: SessionOptions, hooks: SessionHooks) {
     this.#socket = socket;
@@ -155,6 +193,11 @@ export class Session {
   }
 
   async start(): Promise<void> {
+    this.#observer =
+      this.hooks.observe?.(this.info, {
+        address: this.#socket.localAddress ?? '',
+        port: this.#socket.localPort ?? 0,
+      }) ?? null;
     this.#socket.setNoDelay(true);
     this.#socket.on('error', () => this.#teardown());
     this.#socket.on('close', () => this.#teardown());
@@ -184,6 +227,7 @@ export class Session {
   /** Writes a reply, honouring back-pressure from a client that does not read. */
   async write(reply: SmtpReply | string): Promise<void> {
     if (this.#closed || this.#socket.destroyed) return;
+    if (typeof reply !== 'string') this.#lastReply = reply;
     const text = typeof reply === 'string' ? reply : reply.format();
     if (!this.#socket.write(text)) {
       await new Promise<void>((resolve) => {
@@ -247,6 +291,10 @@ export class Session {
     if (this.#closed) return;
     this.#closed = true;
     this.#state = { name: 'closed' };
+    // A command cut short by the connection ends with the last reply it got.
+    if (this.#pending) this.#endCommand(this.#pending);
+    this.#pending = null;
+    this.#observer?.end();
     this.hooks.close(this.info);
   }
 
@@ -257,8 +305,18 @@ export class Session {
 
   #touch(): void {
     if (this.#idleTimer) clearTimeout(this.#idleTimer);
+    if (this.#closed) return;
     // RFC 5321 4.5.3.2.7: the server waits for the next command (and each data block) this long.
-    this.#idleTimer = setTimeout(() => this.#expire(), this.opts.limits.idleTimeoutMs);
+    this.#idleTimer = setTimeout(() => this.#idle(), this.opts.limits.idleTimeoutMs);
+  }
+
+  /**
+   * The idle time ran out: the client's silence counts, and a client that does not read our
+   * replies, but not our own slow work on a command (a slow store is answered by its own timeout).
+   */
+  #idle(): void {
+    if (this.#busy && !this.#socket.writableNeedDrain) this.#touch();
+    else this.#expire();
   }
 
   /** Idle or session time used up: 421 (RFC 5321 4.5.3.2), without waiting on a client that does not read. */
@@ -269,7 +327,10 @@ export class Session {
   }
 
   #receive(chunk: Buffer): void {
-    this.#touch();
+    // Each body block restarts the timer (RFC 5321 4.5.3.2.5-6); a command line must arrive whole
+    // within it (the timer restarts per command, in #pump), so a client that drips one byte at a
+    // time cannot hold a session open.
+    if (this.#stream.mode !== 'line') this.#touch();
     this.#stream.push(chunk);
     // Stop reading a client that pipelines far ahead of our replies (invariant 4).
     if (this.#stream.buffered > LIMITS.maxPipelineBuffer && this.#stream.mode === 'line')
@@ -282,7 +343,9 @@ export class Session {
     this.#busy = true;
     try {
       for (let frame = this.#stream.next(); frame && !this.#closed; frame = this.#stream.next()) {
+        this.#touch();
         await this.#frame(frame);
+        this.#touch();
       }
     } finally {
       this.#busy = false;
@@ -307,16 +370,61 @@ export class Session {
         return;
       }
       case 'dataEnd':
-        if (s.name === 'data') await this.#finish(s.tx);
+        if (s.name === 'data') await this.#completing(() => this.#finish(s.tx));
         return;
       case 'chunkEnd':
-        if (s.name === 'bdat') await this.#chunkEnd(s);
+        if (s.name === 'bdat') await this.#completing(() => this.#chunkEnd(s));
         return;
       case 'lineTooLong':
-        return this.#reply(REPLIES.lineTooLong());
+        if (this.#pending) return this.#completing(() => this.#reply(REPLIES.lineTooLong()));
+        return this.#traced('other', () => this.#reply(REPLIES.lineTooLong()));
       case 'line':
-        return this.#line(frame.line);
+        // A SASL response belongs to the AUTH command that asked for it.
+        if (this.#pending) return this.#completing(() => this.#line(frame.line));
+        return this.#traced(verbOf(frame.line), () => this.#line(frame.line));
     }
+  }
+
+  /** Runs one command in its span; one still waiting for its body or SASL exchange stays open. */
+  async #traced(verb: string, fn: () => Promise<void>): Promise<void> {
+    const observer = this.#observer;
+    if (!observer) return fn();
+    const command = observer.command(verb);
+    this.#lastReply = null;
+    this.#failed = false;
+    try {
+      await command.run(fn);
+    } finally {
+      if (this.#awaitingMore()) this.#pending = command;
+      else this.#endCommand(command);
+    }
+  }
+
+  /** Continues the pending command (its body ended, or a SASL line came) and ends it once answered. */
+  async #completing(fn: () => Promise<void>): Promise<void> {
+    const command = this.#pending;
+    if (!command) return fn();
+    try {
+      await command.run(fn);
+    } finally {
+      if (!this.#awaitingMore()) {
+        this.#pending = null;
+        this.#endCommand(command);
+      }
+    }
+  }
+
+  /** The command in progress has more to come from the client before its final reply. */
+  #awaitingMore(): boolean {
+    const name = this.#state.name;
+    return name === 'data' || name === 'bdat' || name === 'sasl';
+  }
+
+  #endCommand(command: CommandObserver): void {
+    const reply = this.#lastReply;
+    command.end(
+      reply ? { status: reply.code, code: reply.enhanced || undefined, failed: this.#failed } : null,
+    );
   }
 
   async #finish(tx: Transaction): Promise<void> {
@@ -356,6 +464,7 @@ export class Session {
     try {
       return await fn();
     } catch (err) {
+      this.#failed = true;
       this.hooks.error(this.info, err);
       return REPLIES.tempFailure();
     }

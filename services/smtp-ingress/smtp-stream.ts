@@ -15,6 +15,11 @@ const LF = 0x0a;
 const CR = 0x0d;
 const DOT = 0x2e;
 const CRLF = Buffer.from('\r\n');
+/**
+ * Body octets per frame: lines are gathered up to this size, so that a client sending its body
+ * in tiny TCP segments does not make one buffer (and its ~100 octets of overhead) per line.
+ */
+const DATA_FRAME = 16 * 1024;
 
 export type Frame =
   | { kind: 'line'; line: Buffer }
@@ -35,6 +40,9 @@ export class SmtpStream {
   #lineStart = true;
   /** In chunk mode: octets of the chunk still to come. */
   #chunkLeft = 0;
+  /** Body octets (data or chunk mode) waiting to go out in one frame; allocated while a body comes. */
+  #data: Buffer | null = null;
+  #dataLength = 0;
   readonly #maxLine: number;
   readonly #maxDataLine: number;
 
@@ -86,7 +94,8 @@ export class SmtpStream {
     for (;;) {
       const lf = this.#buf.indexOf(LF);
       if (lf < 0) {
-        if (this.#buf.length > this.#maxLine) {
+        // + 1: the CR of a line of exactly maxLine octets may arrive before its LF.
+        if (this.#buf.length > this.#maxLine + 1) {
           this.#buf = Buffer.alloc(0);
           if (this.#skipping) return null;
           this.#skipping = true;
@@ -106,7 +115,6 @@ export class SmtpStream {
   }
 
   #nextData(): Frame | null {
-    const out: Buffer[] = [];
     let pos = 0;
     const buf = this.#buf;
     for (;;) {
@@ -120,44 +128,78 @@ export class SmtpStream {
           const keep = head[head.length - 1] === CR ? 1 : 0;
           head = head.subarray(0, head.length - keep);
           if (this.#lineStart && head[0] === DOT) head = head.subarray(1);
-          out.push(Buffer.from(head));
-          pos = buf.length - keep;
+          this.#buf = buf.subarray(buf.length - keep);
           this.#lineStart = false;
+          return { kind: 'data', data: Buffer.concat([this.#takeData(), head]) };
         }
         this.#buf = buf.subarray(pos);
-        return out.length > 0 ? { kind: 'data', data: Buffer.concat(out) } : null;
+        return null;
       }
       const hasCr = lf > pos && buf[lf - 1] === CR;
       let content = buf.subarray(pos, hasCr ? lf - 1 : lf);
-      pos = lf + 1;
       if (this.#lineStart && hasCr && content.length === 1 && content[0] === DOT) {
-        this.#buf = buf.subarray(pos);
-        this.#mode = 'line';
-        if (out.length > 0) {
-          // Give back the end marker so the next call reports it after this data.
-          this.#buf = Buffer.concat([Buffer.from('.\r\n'), this.#buf]);
-          this.#mode = 'data';
-          this.#lineStart = true;
-          return { kind: 'data', data: Buffer.concat(out) };
+        if (this.#dataLength > 0) {
+          // The data first; the end marker stays for the next call.
+          this.#buf = buf.subarray(pos);
+          return { kind: 'data', data: this.#takeData() };
         }
+        this.#buf = buf.subarray(lf + 1);
+        this.#mode = 'line';
+        this.#data = null;
         return { kind: 'dataEnd' };
       }
       if (this.#lineStart && content[0] === DOT) content = content.subarray(1);
-      out.push(Buffer.from(content), CRLF);
+      if (this.#dataLength + content.length + 2 > DATA_FRAME) {
+        if (this.#dataLength > 0) {
+          // Full: hand the frame out; this line is read again by the next call.
+          this.#buf = buf.subarray(pos);
+          return { kind: 'data', data: this.#takeData() };
+        }
+        // A line longer than a frame goes out on its own.
+        this.#buf = buf.subarray(lf + 1);
+        this.#lineStart = true;
+        return { kind: 'data', data: Buffer.concat([content, CRLF]) };
+      }
+      this.#addData(content);
+      this.#addData(CRLF);
+      pos = lf + 1;
       this.#lineStart = true;
     }
   }
 
   #nextChunk(): Frame | null {
     if (this.#chunkLeft === 0) {
+      if (this.#dataLength > 0) return { kind: 'chunk', data: this.#takeData() };
       this.#mode = 'line';
+      this.#data = null;
       return { kind: 'chunkEnd' };
     }
     if (this.#buf.length === 0) return null;
     const n = Math.min(this.#chunkLeft, this.#buf.length);
-    const data = Buffer.from(this.#buf.subarray(0, n));
+    const data = this.#buf.subarray(0, n);
     this.#buf = this.#buf.subarray(n);
     this.#chunkLeft -= n;
-    return { kind: 'chunk', data };
+    if (n >= DATA_FRAME && this.#dataLength === 0) return { kind: 'chunk', data: Buffer.from(data) };
+    if (this.#dataLength + n > DATA_FRAME) {
+      const out = Buffer.concat([this.#takeData(), data]);
+      return { kind: 'chunk', data: out };
+    }
+    this.#addData(data);
+    if (this.#dataLength >= DATA_FRAME || this.#chunkLeft === 0)
+      return { kind: 'chunk', data: this.#takeData() };
+    return null;
+  }
+
+  /** Body octets held until a frame's worth has come: input in tiny pieces still makes few buffers. */
+  #addData(bytes: Buffer): void {
+    this.#data ??= Buffer.allocUnsafe(DATA_FRAME);
+    bytes.copy(this.#data, this.#dataLength);
+    this.#dataLength += bytes.length;
+  }
+
+  #takeData(): Buffer {
+    const out = Buffer.from(this.#data?.subarray(0, this.#dataLength) ?? []);
+    this.#dataLength = 0;
+    return out;
   }
 }

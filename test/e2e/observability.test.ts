@@ -9,6 +9,7 @@ import assert from 'node:assert/strict';
 import { execFile, spawn, type ChildProcess } from 'node:child_process';
 import { mkdtempSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
+import { connect } from 'node:net';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import nodemailer from 'nodemailer';
@@ -45,6 +46,17 @@ function ruleExprs(): { alert: string; expr: string }[] {
     groups: { rules: { alert: string; expr: string }[] }[];
   };
   return doc.groups.flatMap((g) => g.rules.map((r) => ({ alert: r.alert, expr: r.expr })));
+}
+
+/** Sends lines on a fresh connection and waits for the server to close it (a QUIT or LOGOUT at the end). */
+function talk(port: number, lines: string[]): Promise<string> {
+  return new Promise((resolve, reject) => {
+    const socket = connect(port, '127.0.0.1', () => socket.end(lines.map((l) => `${l}\r\n`).join('')));
+    let heard = '';
+    socket.on('data', (c: Buffer) => (heard += c.toString('latin1')));
+    socket.on('error', reject);
+    socket.on('close', () => resolve(heard));
+  });
 }
 
 /** The metric names an expression reads. */
@@ -147,7 +159,8 @@ describe('dashboards and alert rules', () => {
       async () => (await fetch(`${promUrl}/-/ready`).catch(() => null))?.ok,
     );
 
-    // Mail flows: local, remote, bounced, a refused recipient, a failed login, a POP3 session.
+    // Mail flows: local, remote, bounced, a refused recipient, a failed login, POP3 and IMAP
+    // sessions, and a command no protocol knows.
     const api = (path: string, body: unknown) =>
       fetch(`http://127.0.0.1:${main.httpPort}${path}`, { method: 'POST', body: JSON.stringify(body) });
     await api('/api/domains', { name: 'example.test' });
@@ -172,6 +185,14 @@ describe('dashboards and alert rules', () => {
         submission('wrong').sendMail({ from: 'alice@example.test', to: 'bob@example.test', text: 'x' }),
       );
       await run('curl', ['-sS', '-u', 'bob@example.test:bob-password', `pop3://127.0.0.1:${ports.pop3}/`]);
+      await run('curl', [
+        '-sS',
+        '-u',
+        'bob@example.test:bob-password',
+        `imap://127.0.0.1:${ports.imap}/INBOX;UID=1`,
+      ]);
+      await talk(ports.smtp, ['EHLO client.test', 'XYZZY', 'QUIT']);
+      await talk(ports.imap, ['a1 XYZZY', 'a2 LOGOUT']);
     };
     const has = async (q: string) => ((await query(q)).data?.result.length ?? 0) > 0;
     // A counter's first sample already holds its first increments, so rate() only sees what comes
@@ -189,6 +210,10 @@ describe('dashboards and alert rules', () => {
       'sum(rate(postino_message_events_total{kind="bounced"}[5m])) > 0',
       'sum(rate(postino_message_events_total{kind="delivered"}[5m])) > 0',
       'sum(rate(postino_message_events_total{kind="deferred"}[5m])) > 0',
+      'sum(rate(postino_smtp_command_seconds_count[5m])) > 0',
+      'sum(rate(postino_imap_command_seconds_count[5m])) > 0',
+      'sum(rate(postino_pop3_command_seconds_count[5m])) > 0',
+      'sum(rate(postino_delivery_attempts_total{domain="down.test"}[5m])) > 0',
     ]) {
       await until(`Prometheus to see ${q}`, () => has(q));
     }
@@ -224,6 +249,29 @@ describe('dashboards and alert rules', () => {
       }
     }
     assert.deepEqual(problems, []);
+  });
+
+  test('command durations per protocol and command, with unknown commands counted as other', async () => {
+    const commands = async (protocol: string) => {
+      const r = await query(`count by (command) (postino_${protocol}_command_seconds_count)`);
+      return (r.data?.result as { metric: { command: string } }[]).map((x) => x.metric.command).sort();
+    };
+    /** The command labels of a protocol, once the expected ones have been scraped. */
+    const labelled = (protocol: string, expected: string[]) =>
+      until(`${protocol} commands ${expected.join(', ')}`, async () => {
+        const seen = await commands(protocol);
+        return expected.every((c) => seen.includes(c)) ? seen : null;
+      });
+    const smtp = await labelled('smtp', ['EHLO', 'AUTH', 'MAIL', 'RCPT', 'DATA', 'QUIT', 'other']);
+    assert.ok(!smtp.includes('XYZZY'), 'an unknown verb is no label of its own');
+    const imap = await labelled('imap', ['SELECT', 'UID FETCH', 'LOGOUT', 'other']);
+    assert.ok(!imap.includes('XYZZY'));
+    const pop3 = await labelled('pop3', ['LIST', 'QUIT']);
+    for (const name of [...smtp, ...imap, ...pop3]) assert.match(name, /^(?:[A-Z]+(?: [A-Z]+)?|other)$/);
+    // The delivery dashboard splits attempts by destination domain.
+    const domains = await query('sum by (domain) (postino_delivery_attempts_total)');
+    const names = (domains.data?.result as { metric: { domain: string } }[]).map((x) => x.metric.domain);
+    assert.ok(names.includes('remote.test') && names.includes('down.test'), names.join(', '));
   });
 
   test('every alert rule evaluates, and reads only metrics the services expose', async () => {

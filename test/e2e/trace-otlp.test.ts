@@ -1,12 +1,15 @@
 /**
  * One message, one trace: the services export spans over OTLP/HTTP to a receiver run by the test,
  * and every hop of a local, a remote and a bounced message sits in the message's trace with its
- * parent links intact, across processes (the router runs in its own).
+ * parent links intact, across processes (the router runs in its own): the SMTP session and its
+ * commands, the NATS hops, the Redis calls of the mailbox append. An IMAP session that reads the
+ * message has its own trace, with a span per command. No password reaches a span.
  */
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
+import { ImapFlow } from 'imapflow';
 import nodemailer from 'nodemailer';
 import { SMTPServer } from 'smtp-server';
 import { freePort, startDns, startNats, startRedis, until, type Proc } from '../helpers/servers.ts';
@@ -66,7 +69,16 @@ function startReceiver(spans: Span[]): Promise<Server> {
   return new Promise((resolve) => server.listen(0, '127.0.0.1', () => resolve(server)));
 }
 
-const SPAN_KIND = { SERVER: 2, CLIENT: 3, PRODUCER: 4, CONSUMER: 5 } as const;
+const SPAN_KIND = { INTERNAL: 1, SERVER: 2, CLIENT: 3, PRODUCER: 4, CONSUMER: 5 } as const;
+
+/** Is `span` below `ancestor` (its child, grandchild...) in the spans of one trace? */
+function descends(spans: Span[], span: Span | undefined, ancestor: Span | undefined): boolean {
+  const byId = new Map(spans.map((s) => [s.spanId, s]));
+  for (let s = span; s?.parentSpanId; s = byId.get(s.parentSpanId)) {
+    if (s.parentSpanId === ancestor?.spanId) return true;
+  }
+  return false;
+}
 
 describe('end-to-end traces over OTLP', () => {
   let nats: Proc;
@@ -166,16 +178,46 @@ describe('end-to-end traces over OTLP', () => {
     const traceId = await until('the stored event', () => traceOf(queueId, 'stored'));
     assert.equal(await traceOf(queueId, 'received'), traceId);
     const mine = await spansOf(traceId, [
-      'smtp DATA',
+      'SMTP session',
+      'SMTP EHLO',
+      'SMTP AUTH',
+      'SMTP MAIL',
+      'SMTP RCPT',
+      'SMTP DATA',
+      'smtp accept',
       'send INGRESS',
       'process INGRESS',
       'send LOCAL',
       'process LOCAL',
+      'EVALSHA mboxAppend',
     ]);
     const byName = (n: string) => mine.find((s) => s.name === n);
-    const root = byName('smtp DATA');
-    assert.equal(root?.parentSpanId, '', 'the SMTP transaction is the root');
+    const root = byName('SMTP session');
+    assert.equal(root?.parentSpanId, '', 'the SMTP session is the root');
     assert.equal(root?.kind, SPAN_KIND.SERVER);
+    assert.equal(root?.attributes['network.peer.address'], '127.0.0.1');
+    assert.equal(root?.attributes['server.port'], ports.submission);
+    for (const verb of ['EHLO', 'AUTH', 'MAIL', 'RCPT', 'DATA']) {
+      assert.equal(
+        byName(`SMTP ${verb}`)?.parentSpanId,
+        root?.spanId,
+        `SMTP ${verb} is a child of the session`,
+      );
+    }
+    const rcpt = byName('SMTP RCPT');
+    assert.equal(rcpt?.attributes['smtp.command'], 'RCPT');
+    assert.equal(rcpt?.attributes['smtp.response.status'], 250);
+    assert.equal(rcpt?.attributes['smtp.response.code'], '2.1.5');
+    assert.equal(rcpt?.attributes['network.peer.address'], '127.0.0.1');
+    assert.equal(typeof rcpt?.attributes['network.peer.port'], 'number');
+    assert.equal(byName('SMTP AUTH')?.attributes['smtp.response.status'], 235);
+    // DATA is answered after the body: its span ends with the final 250, the message made durable in it.
+    assert.equal(byName('SMTP DATA')?.attributes['smtp.response.status'], 250);
+    assert.equal(byName('smtp accept')?.parentSpanId, byName('SMTP DATA')?.spanId);
+    assert.ok(
+      descends(mine, byName('send INGRESS'), byName('SMTP DATA')),
+      'the INGRESS publish is under DATA',
+    );
     assert.equal(byName('send INGRESS')?.kind, SPAN_KIND.PRODUCER);
     const consumer = byName('process INGRESS');
     assert.equal(consumer?.kind, SPAN_KIND.CONSUMER);
@@ -189,13 +231,72 @@ describe('end-to-end traces over OTLP', () => {
     assert.equal(consumer?.attributes['messaging.destination.name'], 'mail.ingress');
     assert.equal(consumer?.attributes['messaging.operation.type'], 'process');
     assert.equal(byName('process LOCAL')?.parentSpanId, byName('send LOCAL')?.spanId);
+    // The mailbox append is one Redis script call, a client span of the LOCAL consumer's span.
+    const append = byName('EVALSHA mboxAppend');
+    assert.equal(append?.kind, SPAN_KIND.CLIENT);
+    assert.equal(append?.parentSpanId, byName('process LOCAL')?.spanId);
+    assert.equal(append?.attributes['db.system.name'], 'redis');
+    assert.equal(append?.attributes['db.operation.name'], 'EVALSHA');
+    assert.equal(append?.attributes['db.stored_procedure.name'], 'mboxAppend');
+    assert.equal(append?.attributes['db.query.text'], undefined, 'no keys or values of the call');
+  });
+
+  test('an IMAP session reading the message: a span per command under the session', async () => {
+    const client = new ImapFlow({
+      host: '127.0.0.1',
+      port: ports.imap,
+      secure: false,
+      doSTARTTLS: false,
+      auth: { user: 'bob@example.test', pass: 'bob-password' },
+      logger: false,
+    });
+    await client.connect();
+    const lock = await client.getMailboxLock('INBOX');
+    let fetched = '';
+    try {
+      for await (const message of client.fetch('1:*', { uid: true, source: true }, { uid: true })) {
+        fetched += message.source?.toString('utf8') ?? '';
+      }
+    } finally {
+      lock.release();
+    }
+    await client.logout();
+    assert.match(fetched, /traced/);
+    const fetch = await until('an IMAP UID FETCH span', async () =>
+      spans.find((s) => s.name === 'IMAP UID FETCH' && s.attributes['imap.response.status'] === 'OK'),
+    );
+    const mine = await spansOf(fetch.traceId, [
+      'IMAP session',
+      'IMAP AUTHENTICATE',
+      'IMAP SELECT',
+      'IMAP UID FETCH',
+    ]);
+    const session = mine.find((s) => s.name === 'IMAP session');
+    assert.equal(session?.parentSpanId, '', 'the IMAP session is the root of its trace');
+    assert.equal(session?.kind, SPAN_KIND.SERVER);
+    assert.equal(fetch.parentSpanId, session?.spanId);
+    assert.equal(fetch.attributes['imap.command'], 'UID FETCH');
+    assert.equal(fetch.attributes['network.peer.address'], '127.0.0.1');
+    assert.equal(fetch.attributes['server.port'], ports.imap);
+    assert.equal(mine.find((s) => s.name === 'IMAP AUTHENTICATE')?.attributes['imap.response.status'], 'OK');
+  });
+
+  test('no password reaches a span', async () => {
+    await until('spans exported', async () => spans.length > 0);
+    const plain = Buffer.from('\0alice@example.test\0alice-password').toString('base64');
+    for (const span of spans) {
+      const text = JSON.stringify(span.attributes);
+      for (const secret of ['alice-password', 'bob-password', plain]) {
+        assert.ok(!text.includes(secret), `${span.name} carries a password`);
+      }
+    }
   });
 
   test('a remote message: the DNS lookup and the delivery attempt are in the trace', async () => {
     const queueId = await send('someone@remote.test', 'remote');
     const traceId = await until('the delivered event', () => traceOf(queueId, 'delivered'));
     const mine = await spansOf(traceId, [
-      'smtp DATA',
+      'SMTP DATA',
       'dns MX remote.test',
       'send OUTBOUND',
       'process OUTBOUND',
@@ -210,7 +311,7 @@ describe('end-to-end traces over OTLP', () => {
     const queueId = await send('nobody@nullmx.test', 'bounced');
     const traceId = await until('the bounced event', () => traceOf(queueId, 'bounced'));
     assert.equal(await traceOf(queueId, 'received'), traceId);
-    const mine = await spansOf(traceId, ['smtp DATA', 'process INGRESS', 'send INGRESS', 'process LOCAL']);
+    const mine = await spansOf(traceId, ['SMTP DATA', 'process INGRESS', 'send INGRESS', 'process LOCAL']);
     // Two INGRESS consumptions: the original and the bounce; the bounce's is a descendant of the first.
     assert.equal(mine.filter((s) => s.name === 'process INGRESS').length, 2);
     const local = mine.find((s) => s.name === 'process LOCAL');

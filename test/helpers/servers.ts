@@ -2,11 +2,12 @@
  * Real peers for tests: throwaway nats-server (JetStream), redis-server and dnsmasq instances on
  * free loopback ports, each killed when the suite ends. Nothing here is a mock.
  */
-import { spawn, type ChildProcess } from 'node:child_process';
+import { execFile, spawn, type ChildProcess } from 'node:child_process';
 import { existsSync, mkdtempSync, rmSync } from 'node:fs';
 import { createServer, connect } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { promisify } from 'node:util';
 
 /** Ports handed out by this process: the kernel may offer a just-closed port again. */
 const handedOut = new Set<string>();
@@ -152,6 +153,85 @@ export async function startRedis(): Promise<Proc> {
       ),
     dir,
   );
+}
+
+/** A Redis Cluster of three masters (no replicas) on free loopback ports. */
+export interface RedisCluster {
+  /** The seed nodes, comma-separated: connectRedis() takes it as a cluster URL. */
+  url: string;
+  ports: number[];
+  cleanup(): Promise<void>;
+}
+
+/**
+ * Three redis-server processes with --cluster-enabled, joined with `redis-cli --cluster create`
+ * and polled until every node reports cluster_state:ok. Keys spread over the three masters, so a
+ * command or script whose keys are in different hash slots fails with CROSSSLOT, as in production.
+ */
+export async function startRedisCluster(): Promise<RedisCluster> {
+  const run = promisify(execFile);
+  const server = which('redis-server');
+  const cli = which('redis-cli');
+  const dir = mkdtempSync(join(tmpdir(), 'postino-rcluster-'));
+  const ports = [await freePort(), await freePort(), await freePort()];
+  const children: ChildProcess[] = ports.map((port) =>
+    spawn(
+      server,
+      [
+        '--bind',
+        '127.0.0.1',
+        '--port',
+        String(port),
+        '--dir',
+        dir,
+        '--save',
+        '',
+        '--appendonly',
+        'no',
+        '--cluster-enabled',
+        'yes',
+        '--cluster-config-file',
+        `nodes-${port}.conf`,
+        '--cluster-node-timeout',
+        '5000',
+      ],
+      { stdio: 'ignore' },
+    ),
+  );
+  const cleanup = async () => {
+    await Promise.all(
+      children.map(
+        (c) =>
+          new Promise<void>((resolve) => {
+            if (c.exitCode !== null || c.signalCode !== null) return resolve();
+            c.once('exit', () => resolve());
+            c.kill('SIGKILL');
+          }),
+      ),
+    );
+    rmSync(dir, { recursive: true, force: true });
+  };
+  try {
+    await Promise.all(ports.map((p) => waitForPort('127.0.0.1', p)));
+    await run(cli, [
+      '--cluster',
+      'create',
+      ...ports.map((p) => `127.0.0.1:${p}`),
+      '--cluster-replicas',
+      '0',
+      '--cluster-yes',
+    ]);
+    for (const p of ports) {
+      await until(`cluster node ${p} ok`, async () => {
+        const { stdout } = await run(cli, ['-p', String(p), 'cluster', 'info']);
+        return stdout.includes('cluster_state:ok');
+      });
+    }
+  } catch (err) {
+    await cleanup();
+    throw err;
+  }
+  return { url: ports.map((p) => `redis://127.0.0.1:${p}`).join(','), ports, cleanup };
 }
 
 /**

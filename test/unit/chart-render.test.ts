@@ -166,6 +166,7 @@ test('values.schema.json rejects bad values', () => {
     ['--set', 'services.router.replicas=-1'],
     ['--set', 'nats.url=http://nats:4222'],
     ['--set', 'services.bogus.replicas=1'],
+    ['--set', 'proxyProtocol.listeners={smtp,ftp}'],
   ]) {
     assert.throws(() => helmTemplate(bad), /values don't meet the specifications|schema/i, bad.join(' '));
   }
@@ -374,8 +375,22 @@ test('TLS from cert-manager is mounted where TLS_CERT_FILE points', () => {
   const cm = byKind(objs, 'ConfigMap')[0]?.data ?? {};
   assert.equal(cm.TLS_CERT_FILE, '/etc/postino/tls/tls.crt');
   assert.equal(cm.PROXY_PROTOCOL_TRUSTED, undefined);
-  const proxied = docs(helmTemplate(['--set', 'proxyProtocol.trustedCidrs={10.0.0.0/8,fd00::/8}']));
-  assert.equal(byKind(proxied, 'ConfigMap')[0]?.data?.PROXY_PROTOCOL_TRUSTED, '10.0.0.0/8,fd00::/8');
+  const proxied = docs(
+    helmTemplate([
+      '--set',
+      'proxyProtocol.enabled=true',
+      '--set',
+      'proxyProtocol.trustedCidrs={10.0.0.0/8,fd00::/8}',
+      '--set',
+      'proxyProtocol.listeners={smtp,imaps}',
+    ]),
+  );
+  const proxyEnv = byKind(proxied, 'ConfigMap')[0]?.data ?? {};
+  assert.equal(proxyEnv.PROXY_PROTOCOL_TRUSTED, '10.0.0.0/8,fd00::/8');
+  assert.equal(proxyEnv.PROXY_PROTOCOL_LISTENERS, 'smtp,imaps');
+  assert.equal(proxyEnv.PROXY_PROTOCOL_TIMEOUT, '10s');
+  // Enabled without the balancers' addresses would trust nobody: refused at render time.
+  assert.throws(() => helmTemplate(['--set', 'proxyProtocol.enabled=true']), /trustedCidrs/);
   for (const d of byKind(objs, 'Deployment')) {
     const spec = podSpec(d);
     const vol = spec.volumes?.find((v) => v.secret?.secretName === cert.spec.secretName);

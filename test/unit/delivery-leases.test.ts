@@ -10,6 +10,7 @@ import { Redis } from 'ioredis';
 import { connectNats, type Nats } from '../../services/core/nats.ts';
 import { PartitionLeases, type Lease } from '../../services/delivery/leases.ts';
 import { QueueStore } from '../../services/delivery/queue-store.ts';
+import { registry } from '../../services/core/metrics.ts';
 import { parsePolicies, parseSmarthost, policyFor } from '../../services/delivery/policy.ts';
 import { startNats, startRedis, until, type Proc } from '../helpers/servers.ts';
 
@@ -63,6 +64,9 @@ test('two replicas share the partitions; a dead one loses them to the other; its
   const lb = await b.open();
   lb.start();
   await until('the partitions to be shared', async () => a.held.size === 3 && b.held.size === 3);
+  // The gauge of a process counts the partitions its lease sets hold (here both replicas').
+  const owned = await registry.getSingleMetric('postino_delivery_partitions_owned')?.get();
+  assert.equal(owned?.values[0]?.value, 6);
 
   const queue = new QueueStore(redis, 't:');
   const [p, stale] = [...a.held][0] ?? [0, undefined];
@@ -82,6 +86,12 @@ test('two replicas share the partitions; a dead one loses them to the other; its
   // The stale holder's effect is refused.
   assert.equal(await queue.markDelivered(p, stale.token, 'Q:x.test', 'r3@x.test'), false);
   assert.deepEqual([...(await queue.delivered(p, 'Q:x.test'))].sort(), ['r2@x.test', 'r@x.test']);
+  // The start of an attempt: a stale holder is told it is fenced out; the holder sees what was delivered.
+  assert.equal((await queue.begin(p, stale.token, 'Q:x.test', 0, 0)).fenced, false);
+  const start = await queue.begin(p, fresh.token, 'Q:x.test', 0, 0);
+  assert.deepEqual(start.check, 'current');
+  assert.equal(start.fenced, true);
+  assert.deepEqual([...start.delivered].sort(), ['r2@x.test', 'r@x.test']);
   await lb.stop();
   await la.stop();
 });

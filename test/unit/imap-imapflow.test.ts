@@ -9,6 +9,9 @@ import { pino } from 'pino';
 import { createImapServer } from '../../services/imap/server.ts';
 import type { ImapServer } from '../../services/imap/server.ts';
 import { MemoryAuthenticator, MemoryMailbox } from '../helpers/memory-mailbox.ts';
+import type { FetchMessageObject } from 'imapflow';
+import type { FolderInfo, MessageMeta, MessagesOptions } from '../../services/core/mailbox-api.ts';
+import { structureOf } from '../../services/core/mime-structure.ts';
 
 const logger = pino({ level: 'silent' });
 
@@ -258,5 +261,130 @@ describe('imapflow client', () => {
       await b.logout();
       await local.close();
     }
+  });
+});
+
+/**
+ * A store that keeps each message's MIME structure as the mailbox-store does at append
+ * (services/core/mime-structure.ts), and counts the bodies read.
+ */
+class StructuredMailbox extends MemoryMailbox {
+  bodyReads = 0;
+
+  override async messages(
+    user: string,
+    folder: string,
+    uids?: number[],
+    options: MessagesOptions = {},
+  ): Promise<{ folder: FolderInfo; messages: MessageMeta[] }> {
+    const r = await super.messages(user, folder, uids);
+    if (!options.structure) return r;
+    const messages = r.messages.map((m) => {
+      const body = this.blobs.get(m.blob);
+      const structure = body ? structureOf(body) : null;
+      return structure ? { ...m, structure } : m;
+    });
+    return { folder: r.folder, messages };
+  }
+
+  override readBody(blob: string): Promise<Buffer> {
+    this.bodyReads++;
+    return super.readBody(blob);
+  }
+
+  override openBody(blob: string): AsyncIterable<Uint8Array> {
+    this.bodyReads++;
+    return super.openBody(blob);
+  }
+}
+
+describe('imapflow client, structures stored at append', () => {
+  const ATTACHMENT = [
+    'From: dave@example.net',
+    'To: bob@example.com',
+    'Subject: report',
+    'Content-Type: multipart/mixed; boundary=outer',
+    '',
+    '--outer',
+    'Content-Type: text/plain',
+    '',
+    'See attached.',
+    '--outer',
+    'Content-Type: application/pdf; name="r.pdf"',
+    'Content-Disposition: attachment; filename="r.pdf"',
+    'Content-Transfer-Encoding: base64',
+    '',
+    'JVBERi0xLjQK',
+    '--outer--',
+    '',
+  ].join('\r\n');
+
+  async function fetchAll(mailbox: MemoryMailbox): Promise<FetchMessageObject[]> {
+    for (let i = 0; i < 60; i++) {
+      await mailbox.deliver('bob@example.com', i % 4 === 3 ? ATTACHMENT : MESSAGE.replace('m1@', `m${i}@`));
+    }
+    const server = createImapServer({
+      mailbox,
+      auth: new MemoryAuthenticator({ 'bob@example.com': 'secret' }),
+      logger,
+      hostname: 'imap.test',
+      allowPlaintextAuth: false,
+    });
+    const imap = client(await server.listen(0, '127.0.0.1'));
+    try {
+      await imap.connect();
+      await imap.mailboxOpen('INBOX');
+      const out: FetchMessageObject[] = [];
+      for await (const m of imap.fetch('1:*', { uid: true, envelope: true, bodyStructure: true }))
+        out.push(m);
+      return out;
+    } finally {
+      await imap.logout();
+      await server.close();
+    }
+  }
+
+  it('FETCH envelope and bodyStructure of a folder: right values, no body read', async () => {
+    const structured = new StructuredMailbox();
+    const fetched = await fetchAll(structured);
+    assert.equal(structured.bodyReads, 0, 'no body read from the store');
+    assert.equal(fetched.length, 60);
+    const first = fetched[0] as FetchMessageObject;
+    assert.equal(first.envelope?.subject, 'Café meeting');
+    assert.equal(first.envelope?.messageId, '<m0@example.com>');
+    assert.deepEqual(first.envelope?.to, [
+      { name: '', address: 'bob@example.com' },
+      { name: 'Carol, C.', address: 'carol@example.org' },
+    ]);
+    assert.equal(first.bodyStructure?.type, 'multipart/alternative');
+    assert.deepEqual(
+      first.bodyStructure?.childNodes?.map((c) => [
+        c.part,
+        c.type,
+        c.parameters?.charset,
+        c.size,
+        c.lineCount,
+      ]),
+      [
+        ['1', 'text/plain', 'utf-8', 9, 1],
+        ['2', 'text/html', 'utf-8', 16, 1],
+      ],
+    );
+    const report = fetched[3] as FetchMessageObject;
+    assert.equal(report.envelope?.subject, 'report');
+    assert.deepEqual(
+      report.bodyStructure?.childNodes?.map((c) => [c.type, c.encoding, c.disposition ?? null]),
+      [
+        ['text/plain', '7bit', null],
+        ['application/pdf', 'base64', 'attachment'],
+      ],
+    );
+    // The same folder without stored structures (messages from before): parsed, same answers.
+    const plain = new MemoryMailbox();
+    const parsed = await fetchAll(plain);
+    assert.deepEqual(
+      parsed.map((m) => [m.envelope, m.bodyStructure]),
+      fetched.map((m) => [m.envelope, m.bodyStructure]),
+    );
   });
 });

@@ -4,6 +4,15 @@
  */
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
+import fc from 'fast-check';
+import {
+  KEPT_FIELDS,
+  MAX_HEADER_BYTES,
+  StructureBuilder,
+  decodeStructure,
+  structureOf,
+} from '../../services/core/mime-structure.ts';
+import type { MimeLimits } from '../../services/imap/mime-tree.ts';
 import { bodyStructure } from '../../services/imap/body-structure.ts';
 import { envelope } from '../../services/imap/envelope.ts';
 import {
@@ -327,5 +336,151 @@ describe('response serialization', () => {
 
   it('formats INTERNALDATE', () => {
     assert.equal(formatInternalDate(Date.UTC(1996, 6, 7, 2, 4, 25)), '07-Jul-1996 02:04:25 +0000');
+  });
+});
+
+/**
+ * The structure kept at append (services/core/mime-structure.ts) is built from the body as it
+ * streams; IMAP answers from it instead of parsing the body, so it must say exactly what parsing
+ * says: the same ENVELOPE, BODYSTRUCTURE and BODY octets, and the same header fields for SEARCH.
+ */
+describe('the MIME structure kept at append', () => {
+  /** ENVELOPE, BODYSTRUCTURE, BODY and the kept root fields, from parsing the whole message. */
+  function parsedWire(raw: Buffer, limits: MimeLimits): string {
+    const msg = parseMessage(raw, limits);
+    const fields = msg.root.headers.filter((h) => KEPT_FIELDS.has(h.name));
+    return [
+      serializeValue(envelope(msg.root.headers)),
+      serializeValue(bodyStructure(msg, true)),
+      serializeValue(bodyStructure(msg, false)),
+      ...fields.map((h) => Buffer.concat([Buffer.from(`${h.name}: `), h.value])),
+    ]
+      .map((b) => b.toString('latin1'))
+      .join('\n');
+  }
+
+  /** The same from the structure built while the message arrives in chunks of these sizes. */
+  function storedWire(raw: Buffer, limits: MimeLimits, sizes: readonly number[]): string {
+    const builder = new StructureBuilder(limits);
+    for (let pos = 0, i = 0; pos < raw.length; i++) {
+      const n = Math.max(1, sizes[i % sizes.length] ?? 1);
+      builder.write(raw.subarray(pos, pos + n));
+      pos += n;
+    }
+    const node = decodeStructure(builder.end() ?? undefined, limits);
+    assert.ok(node, 'a structure is kept');
+    return [
+      serializeValue(envelope(node.headers)),
+      serializeValue(bodyStructure(node, true)),
+      serializeValue(bodyStructure(node, false)),
+      ...node.headers.map((h) => Buffer.concat([Buffer.from(`${h.name}: `), h.value])),
+    ]
+      .map((b) => b.toString('latin1'))
+      .join('\n');
+  }
+
+  let nested = 'plain\r\n';
+  for (let i = 0; i < 200; i++)
+    nested = `Content-Type: multipart/mixed; boundary=b${i}\r\n\r\n--b${i}\r\n${nested}\r\n--b${i}--\r\n`;
+  const fixtures: Record<string, Buffer> = {
+    simple: crlf(SIMPLE),
+    mixed: crlf(MIXED),
+    nested: Buffer.from(NESTED),
+    'bare LF': Buffer.from(
+      'Subject: lf\nContent-Type: multipart/mixed; boundary=zz\n\n--zz\n\nfirst\n--zz\nContent-Type: text/html\n\n<b>2</b>\n--zz--\n',
+    ),
+    unclosed: crlf(
+      'Content-Type: multipart/alternative; boundary="q"\n\n--q\nContent-Type: text/plain\n\na\n--q\nContent-Type: text/plain\n\nb',
+    ),
+    'no boundary': crlf('Content-Type: multipart/mixed\n\nhello\n'),
+    digest: crlf('Content-Type: multipart/digest; boundary=d\n\n--d\n\nSubject: d1\n\nbody1\n--d--\n'),
+    'header only': Buffer.from('Subject: x\r\nFrom: a@b'),
+    empty: Buffer.alloc(0),
+    'absurd nesting': Buffer.from(nested),
+    'encoded rfc822': crlf(
+      'Content-Type: multipart/mixed; boundary=e\n\n--e\nContent-Type: message/rfc822\nContent-Transfer-Encoding: base64\n\nU3ViamVjdDogeA0KDQp5\n--e--\n',
+    ),
+  };
+
+  it('says what parsing the whole body says, however the body is cut into chunks', () => {
+    for (const [name, raw] of Object.entries(fixtures)) {
+      const expected = parsedWire(raw, LIMITS);
+      for (const sizes of [[1], [2, 3], [7], [64, 1], [raw.length + 1]])
+        assert.equal(storedWire(raw, LIMITS, sizes), expected, `${name} in chunks of ${sizes.join(',')}`);
+    }
+  });
+
+  it('property: equals parsing on generated MIME, malformed and over the nesting and part limits', () => {
+    const piece = fc.constantFrom(
+      'Content-Type: multipart/mixed; boundary=a\r\n',
+      'Content-Type: multipart/digest; boundary="b"\r\n',
+      'Content-Type: multipart/alternative; boundary=ab\r\n',
+      'Content-Type: multipart/related\r\n',
+      'Content-Type: message/rfc822\r\n',
+      'Content-Type: message/global\r\n',
+      'Content-Transfer-Encoding: base64\r\n',
+      'Content-Type: text/html; charset=utf-8\r\n',
+      'Content-Disposition: attachment; filename="f.txt"\r\n',
+      'Content-ID: <id@x>\r\n',
+      'Content-Language: en, fr\r\n',
+      'From: A <a@b.c>\r\n',
+      'To: x@y, g: z@w;\r\n',
+      'Subject: =?UTF-8?Q?Caf=C3=A9?=\r\n',
+      'Date: Mon, 1 Jan 2024 00:00:00 +0000\r\n',
+      ' folded\r\n',
+      '\r\n',
+      '\n',
+      '\r',
+      'text\r\n',
+      'x',
+      '-',
+      '--a\r\n',
+      '--a--\r\n',
+      '--a',
+      '--a x\r\n',
+      '--a\xa0\r\n',
+      '--b\r\n',
+      '--b--\r\n',
+      '--ab\r\n',
+      '--ab \t\r\n',
+      '--ab--',
+    );
+    const chunks = fc.array(fc.integer({ min: 1, max: 9 }), { minLength: 1, maxLength: 4 });
+    for (const limits of [LIMITS, { maxMimeDepth: 2, maxMimeParts: 5 }]) {
+      fc.assert(
+        fc.property(fc.array(piece, { maxLength: 80 }), chunks, (pieces, sizes) => {
+          const raw = Buffer.from(pieces.join(''), 'latin1');
+          assert.equal(storedWire(raw, limits, sizes), parsedWire(raw, limits));
+        }),
+        { numRuns: 1500 },
+      );
+    }
+  });
+
+  it('keeps memory bounded: an oversized header or structure is not kept (the body is parsed instead)', () => {
+    const huge = Buffer.concat([
+      Buffer.from('Subject: '),
+      Buffer.alloc(MAX_HEADER_BYTES, 0x61),
+      crlf('\n\nx\n'),
+    ]);
+    assert.equal(structureOf(huge), null);
+    const many = ['Content-Type: multipart/mixed; boundary=m', ''];
+    for (let i = 0; i < 900; i++)
+      many.push('--m', `Content-Type: text/plain; name="${'n'.repeat(80)}${i}"`, '', 'x');
+    many.push('--m--', '');
+    assert.equal(structureOf(crlf(many.join('\n'))), null);
+    // A message of a thousand small parts is kept (and answers as parsing does).
+    const small = ['Content-Type: multipart/mixed; boundary=m', ''];
+    for (let i = 0; i < 1000; i++) small.push('--m', '', String(i));
+    small.push('--m--', '');
+    const raw = crlf(small.join('\n'));
+    assert.equal(storedWire(raw, LIMITS, [4096]), parsedWire(raw, LIMITS));
+  });
+
+  it('is used only under the parser limits it was built with', () => {
+    const bytes = structureOf(crlf(NESTED), LIMITS) ?? undefined;
+    assert.ok(decodeStructure(bytes, LIMITS));
+    assert.equal(decodeStructure(bytes, { maxMimeDepth: 3, maxMimeParts: 1000 }), null);
+    assert.equal(decodeStructure(Buffer.from('not a structure'), LIMITS), null);
   });
 });

@@ -1,28 +1,38 @@
 /**
  * The mailbox actor's scripts on real Redis, bodies in a real JetStream object store. The whole
  * suite runs twice: against a single redis-server and against a three-master Redis Cluster started
- * here (redis-server --cluster-enabled yes x3 + redis-cli --cluster create).
+ * by the shared test helper (startRedisCluster in test/helpers/servers.ts).
  */
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn, execFile, type ChildProcess } from 'node:child_process';
-import { mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
-import { promisify } from 'node:util';
 import { setFlagsFromString } from 'node:v8';
 import { runInNewContext } from 'node:vm';
 import fc from 'fast-check';
 import { pino } from 'pino';
-import { freePort, startNats, startRedis, until, waitForPort, type Proc } from '../helpers/servers.ts';
+import { startNats, startRedis, startRedisCluster, type Proc } from '../helpers/servers.ts';
 import { connectNats, type Nats } from '../../services/core/nats.ts';
 import { connectRedis, type Redis } from '../../services/core/redis.ts';
 import { BlobStore } from '../../services/core/blobs.ts';
 import { MailboxStore, type QuotaLimits } from '../../services/mailbox-store/store.ts';
 import { BlobRefs } from '../../services/mailbox-store/blob-refs.ts';
 import type { MailboxChange, MessageMeta } from '../../services/core/mailbox-api.ts';
+import { ImapFlow, type FetchMessageObject } from 'imapflow';
+import { until } from '../helpers/servers.ts';
+import { testConfig } from '../helpers/postino.ts';
+import { MemoryAuthenticator } from '../helpers/memory-mailbox.ts';
+import { runServices } from '../../services/core/runtime.ts';
+import { start as mailboxStoreService } from '../../services/mailbox-store/index.ts';
+import { publish, SUBJECTS, STREAMS } from '../../services/core/nats.ts';
+import { encode, pb } from '../../services/core/codec.ts';
+import { registry } from '../../services/core/metrics.ts';
+import { MailboxRpcClient, serveRpc } from '../../services/mailbox-store/rpc.ts';
+import { STRUCTURE_LIMITS, decodeStructure } from '../../services/core/mime-structure.ts';
+import { bodyStructure } from '../../services/imap/body-structure.ts';
+import { envelope } from '../../services/imap/envelope.ts';
+import { parseMessage } from '../../services/imap/mime-tree.ts';
+import { serializeValue } from '../../services/imap/response.ts';
+import { createImapServer } from '../../services/imap/server.ts';
 
-const run = promisify(execFile);
 setFlagsFromString('--expose-gc');
 const fullGc = runInNewContext('gc') as () => void;
 /** A full GC, twice: the second one finishes the first one's concurrent freeing of buffers. */
@@ -31,67 +41,6 @@ const gc = () => {
   fullGc();
 };
 const logger = pino({ level: 'silent' });
-
-/** Three redis-server masters joined into a cluster; `url` lists them all (cluster mode). */
-async function startRedisCluster(): Promise<{ url: string; cleanup(): Promise<void> }> {
-  const dir = mkdtempSync(join(tmpdir(), 'postino-rcluster-'));
-  const ports = [await freePort(), await freePort(), await freePort()];
-  const children: ChildProcess[] = ports.map((port) =>
-    spawn(
-      'redis-server',
-      [
-        '--bind',
-        '127.0.0.1',
-        '--port',
-        String(port),
-        '--dir',
-        dir,
-        '--save',
-        '',
-        '--appendonly',
-        'no',
-        '--cluster-enabled',
-        'yes',
-        '--cluster-config-file',
-        `nodes-${port}.conf`,
-        '--cluster-node-timeout',
-        '5000',
-      ],
-      { stdio: 'ignore' },
-    ),
-  );
-  await Promise.all(ports.map((p) => waitForPort('127.0.0.1', p)));
-  await run('redis-cli', [
-    '--cluster',
-    'create',
-    ...ports.map((p) => `127.0.0.1:${p}`),
-    '--cluster-replicas',
-    '0',
-    '--cluster-yes',
-  ]);
-  for (const p of ports) {
-    await until(`cluster node ${p} ok`, async () => {
-      const { stdout } = await run('redis-cli', ['-p', String(p), 'cluster', 'info']);
-      return stdout.includes('cluster_state:ok');
-    });
-  }
-  return {
-    url: ports.map((p) => `redis://127.0.0.1:${p}`).join(','),
-    async cleanup() {
-      await Promise.all(
-        children.map(
-          (c) =>
-            new Promise<void>((resolve) => {
-              if (c.exitCode !== null || c.signalCode !== null) return resolve();
-              c.once('exit', () => resolve());
-              c.kill('SIGKILL');
-            }),
-        ),
-      );
-      rmSync(dir, { recursive: true, force: true });
-    },
-  };
-}
 
 let natsProc: Proc;
 let nats: Nats;
@@ -595,5 +544,344 @@ for (const backend of ['single redis-server', 'three-master Redis Cluster'] as c
         { numRuns: backend === 'single redis-server' ? 25 : 10 },
       );
     });
+
+    structureTests(backend, () => ({ url, store }));
   });
+}
+
+// ---------------------------------------------------------------------------------------------
+// The MIME structure IMAP needs (ENVELOPE, BODYSTRUCTURE, header SEARCH), parsed once at append.
+
+/** A typical personal message: a text and an HTML alternative. */
+const TYPICAL = (i: number) =>
+  raw(`Return-Path: <alice@example.com>
+Received: from mx.example.com by mx.example.test; Tue, 14 May 2024 10:00:01 +0200
+DKIM-Signature: v=1; a=rsa-sha256; d=example.com; s=s1; h=from:to:subject:date; bh=${'b'.repeat(44)}; b=${'s'.repeat(200)}
+From: "Alice Example" <alice@example.com>
+To: bob@example.test, "Carol, C." <carol@example.org>
+Cc: team@example.org
+Subject: =?UTF-8?Q?Caf=C3=A9?= meeting ${i}
+Date: Tue, 14 May 2024 10:00:00 +0200
+Message-ID: <m${i}@example.com>
+In-Reply-To: <m0@example.com>
+MIME-Version: 1.0
+Content-Type: multipart/alternative; boundary="b1"
+
+--b1
+Content-Type: text/plain; charset=utf-8
+Content-Transfer-Encoding: quoted-printable
+
+Hello Bob, see you at ${i}.
+--b1
+Content-Type: text/html; charset=utf-8
+
+<p>Hello Bob, see you at ${i}.</p>
+--b1--
+`);
+
+/** A message with an attachment and a forwarded message inside. */
+const ATTACHED = raw(`From: dave@example.net
+To: bob@example.test
+Subject: report
+Date: Wed, 15 May 2024 09:00:00 +0000
+Content-Type: multipart/mixed; boundary=outer
+
+--outer
+Content-Type: text/plain
+
+See attached.
+--outer
+Content-Type: application/pdf; name="r.pdf"
+Content-Disposition: attachment; filename="r.pdf"
+Content-Transfer-Encoding: base64
+
+JVBERi0xLjQK
+--outer
+Content-Type: message/rfc822
+
+From: erin@example.org
+Subject: inner
+
+inner body
+--outer--
+`);
+
+/** ENVELOPE, BODYSTRUCTURE and BODY as the IMAP server writes them. */
+function wire(node: Parameters<typeof bodyStructure>[0], headers: Parameters<typeof envelope>[0]): string {
+  return [envelope(headers), bodyStructure(node, true), bodyStructure(node, false)]
+    .map((v) => serializeValue(v).toString('latin1'))
+    .join(' ');
+}
+
+function fromBody(body: Buffer): string {
+  const parsed = parseMessage(body, STRUCTURE_LIMITS);
+  return wire(parsed, parsed.root.headers);
+}
+
+function fromStored(meta: MessageMeta | undefined): string {
+  const node = decodeStructure(meta?.structure, STRUCTURE_LIMITS);
+  assert.ok(node, `message ${meta?.uid} has a stored structure`);
+  return wire(node, node.headers);
+}
+
+/** The blob store as IMAP sees it, counting the bodies it opens. */
+function countingBlobs(): { blobs: BlobStore; opened: () => number } {
+  let opened = 0;
+  const proxy = new Proxy(blobs, {
+    get(target, prop) {
+      if (prop === 'open' || prop === 'read') opened++;
+      const v = Reflect.get(target, prop, target) as unknown;
+      return typeof v === 'function' ? (v as (...a: unknown[]) => unknown).bind(target) : v;
+    },
+  });
+  return { blobs: proxy, opened: () => opened };
+}
+
+async function bodyLoads(): Promise<number> {
+  const m = await registry.getSingleMetric('postino_imap_body_loads_total')?.get();
+  return m?.values[0]?.value ?? 0;
+}
+
+async function* chunked(body: Buffer, size: number): AsyncIterable<Uint8Array> {
+  for (let i = 0; i < body.length; i += size) yield body.subarray(i, i + size);
+}
+
+function structureTests(backend: string, ctx: () => { url: string; store: MailboxStore }): void {
+  test('IMAP APPEND keeps the structure; FETCH ENVELOPE BODYSTRUCTURE of a folder reads no body', async (t) => {
+    const { store } = ctx();
+    const rpc = serveRpc(nats, store, logger);
+    const counting = countingBlobs();
+    const client = new MailboxRpcClient(nats, counting.blobs);
+    const user = 'fetcher@example.test';
+    const server = createImapServer({
+      mailbox: client,
+      auth: new MemoryAuthenticator({ [user]: 'pw' }),
+      logger,
+      hostname: 'imap.example.test',
+      allowPlaintextAuth: true,
+    });
+    const port = await server.listen(0, '127.0.0.1');
+    const imap = new ImapFlow({
+      host: '127.0.0.1',
+      port,
+      secure: false,
+      auth: { user, pass: 'pw' },
+      logger: false,
+      disableAutoIdle: true,
+    });
+    try {
+      // 150 messages through the IMAP APPEND paths: buffered, and streamed in odd chunks.
+      const bodies: Buffer[] = [];
+      for (let i = 0; i < 150; i++) {
+        const body = i % 10 === 9 ? ATTACHED : TYPICAL(i);
+        if (i % 3 === 0) await client.appendStream(user, 'INBOX', chunked(body, 7 + (i % 5)), []);
+        else await client.append(user, 'INBOX', body, []);
+        bodies.push(body);
+      }
+      // Two messages stored before structures were kept: same bytes as messages 1 and 9.
+      for (const i of [1, 9]) {
+        const blob = await blobs.put([bodies[i] as Buffer]);
+        await store.appendBlob(user, 'INBOX', blob, [], Date.now(), `legacy-${i}`);
+        bodies.push(bodies[i] as Buffer);
+      }
+      const { messages } = await client.messages(user, 'INBOX', [], { structure: true });
+      assert.equal(messages.length, 152);
+      for (const [i, m] of messages.slice(0, 150).entries())
+        assert.equal(fromStored(m), fromBody(bodies[i] as Buffer), `stored structure of message ${i + 1}`);
+      assert.deepEqual(
+        messages.slice(150).map((m) => m.structure),
+        [undefined, undefined],
+      );
+      const opened = counting.opened();
+      const loads = await bodyLoads();
+
+      await imap.connect();
+      await imap.mailboxOpen('INBOX');
+      const fetched: FetchMessageObject[] = [];
+      for await (const m of imap.fetch('1:*', { uid: true, envelope: true, bodyStructure: true }))
+        fetched.push(m);
+      assert.equal(fetched.length, 152);
+      const typical = fetched[1] as FetchMessageObject;
+      assert.equal(typical.envelope?.subject, 'Café meeting 1');
+      assert.deepEqual(typical.envelope?.from, [{ name: 'Alice Example', address: 'alice@example.com' }]);
+      assert.deepEqual(
+        typical.envelope?.to?.map((a) => a.address),
+        ['bob@example.test', 'carol@example.org'],
+      );
+      assert.equal(typical.envelope?.messageId, '<m1@example.com>');
+      assert.equal(typical.envelope?.inReplyTo, '<m0@example.com>');
+      assert.equal(typical.bodyStructure?.type, 'multipart/alternative');
+      assert.deepEqual(
+        typical.bodyStructure?.childNodes?.map((c) => [c.type, c.encoding, c.size, c.lineCount]),
+        [
+          ['text/plain', 'quoted-printable', 'Hello Bob, see you at 1.'.length, 1],
+          ['text/html', '7bit', '<p>Hello Bob, see you at 1.</p>'.length, 1],
+        ],
+      );
+      const attached = fetched[9] as FetchMessageObject;
+      assert.deepEqual(
+        attached.bodyStructure?.childNodes?.map((c) => [c.type, c.dispositionParameters?.filename ?? null]),
+        [
+          ['text/plain', null],
+          ['application/pdf', 'r.pdf'],
+          ['message/rfc822', null],
+        ],
+      );
+      assert.equal(attached.bodyStructure?.childNodes?.[2]?.envelope?.subject, 'inner');
+      // From the stored structure or from the body of an older message: the same answer.
+      for (const [legacy, same] of [
+        [150, 1],
+        [151, 9],
+      ] as const) {
+        const a = fetched[legacy] as FetchMessageObject;
+        const b = fetched[same] as FetchMessageObject;
+        assert.deepEqual([a.envelope, a.bodyStructure], [b.envelope, b.bodyStructure]);
+      }
+      // The 150 messages with a structure cost no body read; each older message one.
+      assert.equal(counting.opened() - opened, 2, 'bodies read from the blob store');
+      assert.equal((await bodyLoads()) - loads, 2, 'postino_imap_body_loads_total');
+
+      // Header SEARCH and SORT use the stored fields too (the two older messages are cached now).
+      const found = await imap.search({ header: { 'message-id': '<m42@example.com>' } }, { uid: false });
+      assert.deepEqual(found, [43]);
+      const fromDave = await imap.search({ from: 'dave@example.net', subject: 'report' });
+      assert.equal((fromDave as number[]).length, 16);
+      assert.equal(counting.opened() - opened, 2, 'SEARCH read no body');
+      t.diagnostic(
+        `${backend}: FETCH ENVELOPE BODYSTRUCTURE of 152 messages read 2 bodies (the 2 older ones)`,
+      );
+    } finally {
+      await imap.logout().catch(() => undefined);
+      await server.close();
+      rpc.unsubscribe();
+    }
+  });
+
+  test('LOCAL delivery keeps the structure for every recipient', async () => {
+    const { url } = ctx();
+    const { config } = await testConfig({ NATS_URL: natsProc.url, REDIS_URL: url });
+    const running = await runServices(config, ['mailbox-store'], { 'mailbox-store': mailboxStoreService });
+    try {
+      const rt = running.runtime;
+      const reader = new MailboxStore(rt.redis, rt.config.redisPrefix, rt.blobs, () => undefined);
+      const body = TYPICAL(7);
+      const blob = await rt.blobs.put([body]);
+      const users = ['l1@example.test', 'l2@example.test', 'l3@example.test'];
+      for (const user of users) {
+        const d = {
+          queueId: `Q-st-${backend}`,
+          user,
+          originalRecipient: user,
+          body: blob,
+          mailFrom: 'alice@example.com',
+          receivedAt: Date.now(),
+          messageId: '<m7@example.com>',
+          idempotencyKey: `Q-st-${backend}:${user}`,
+        };
+        await publish(rt.nats, SUBJECTS.local(0), encode(pb.LocalDelivery, d), { stream: STREAMS.LOCAL });
+      }
+      const filed = Buffer.concat([Buffer.from('Return-Path: <alice@example.com>\r\n'), body]);
+      for (const user of users) {
+        await until(`${user} has the message`, async () => (await reader.status(user, 'INBOX')).exists === 1);
+        const [m] = (await reader.messages(user, 'INBOX', [], { structure: true })).messages;
+        assert.equal(m?.size, filed.length);
+        assert.equal(fromStored(m), fromBody(filed));
+      }
+    } finally {
+      await running.stop();
+    }
+  });
+
+  test('a typical message costs a few hundred bytes more in Redis for its structure', async (t) => {
+    const { url, store } = ctx();
+    const redis = await connectRedis(url, logger);
+    try {
+      const user = 'bytes@example.test';
+      const sizes: Record<string, number[]> = {};
+      for (const [name, body] of [
+        ['typical', TYPICAL(1)],
+        ['attachment', ATTACHED],
+      ] as const) {
+        const blob = await blobs.put([body]);
+        const withSt = await store.append(user, 'INBOX', body, []);
+        const without = await store.appendBlob(user, 'INBOX', blob, [], Date.now(), `bytes-${name}`);
+        const fid = await redis.hget(`t:{u:${user}}:folders`, 'INBOX');
+        const usage = async (uid: number) =>
+          Number(await redis.call('MEMORY', 'USAGE', `t:{u:${user}}:f:${fid}:m:${uid}`, 'SAMPLES', '0'));
+        const st = await redis.hgetBuffer(`t:{u:${user}}:f:${fid}:m:${withSt.uid}`, 'st');
+        sizes[name] = [await usage(without.uid), await usage(withSt.uid), st?.length ?? 0];
+      }
+      const [plain = 0, structured = 0, encoded = 0] = sizes.typical ?? [];
+      t.diagnostic(
+        `${backend}: message hash ${plain} B without, ${structured} B with its structure ` +
+          `(${encoded} B encoded); with an attachment: ${(sizes.attachment as number[]).join(' / ')} B`,
+      );
+      assert.ok(encoded > 0 && encoded < 1024, `typical structure ${encoded} B`);
+      assert.ok(structured - plain < 1024, `Redis bytes per typical message grow by ${structured - plain}`);
+    } finally {
+      redis.disconnect();
+    }
+  });
+
+  // The blob store does not depend on the Redis flavour: once is enough.
+  if (backend === 'single redis-server')
+    test('a 50 MiB IMAP APPEND gets its structure while it streams, in bounded memory', async (t) => {
+      const { store } = ctx();
+      const rpc = serveRpc(nats, store, logger);
+      const client = new MailboxRpcClient(nats, blobs);
+      try {
+        const user = 'bigst@example.test';
+        const head = raw(`From: big@example.net
+To: bob@example.test
+Subject: large
+Content-Type: multipart/mixed; boundary=zz
+
+--zz
+Content-Type: text/plain
+
+the attachment follows
+--zz
+Content-Type: application/octet-stream
+Content-Transfer-Encoding: base64
+
+`);
+        const tail = raw('\n--zz--\n');
+        const LINE = Buffer.from(`${'QUJD'.repeat(19)}\r\n`); // 78 octets, base64 lines
+        const CHUNK = LINE.length * 3360; // 262,080 octets
+        const CHUNKS = 200; // 52,416,000 octets of attachment, 672,000 lines
+        const chunk = Buffer.alloc(CHUNK);
+        for (let i = 0; i < CHUNK; i += LINE.length) LINE.copy(chunk, i);
+        gc();
+        const base = process.memoryUsage().arrayBuffers;
+        let peak = 0;
+        async function* body() {
+          yield head;
+          for (let i = 0; i < CHUNKS; i++) {
+            if (i % 16 === 0) {
+              gc();
+              peak = Math.max(peak, process.memoryUsage().arrayBuffers - base);
+            }
+            yield Buffer.from(chunk);
+          }
+          yield tail;
+        }
+        const { uid } = await client.appendStream(user, 'INBOX', body(), []);
+        const [m] = (await client.messages(user, 'INBOX', [uid], { structure: true })).messages;
+        const node = decodeStructure(m?.structure, STRUCTURE_LIMITS);
+        assert.ok(node, 'the 50 MiB message has a stored structure');
+        // The line break before the closing delimiter belongs to it (RFC 2046 5.1.1): the part is
+        // the base64 lines, each with its own line break.
+        const attachment = node.children[1];
+        assert.equal(attachment?.contentType.subtype, 'octet-stream');
+        assert.equal(attachment?.size, CHUNK * CHUNKS);
+        assert.equal(attachment?.lines(), CHUNKS * (CHUNK / LINE.length));
+        assert.equal(m?.size, head.length + CHUNK * CHUNKS + tail.length);
+        t.diagnostic(
+          `50 MiB APPEND with its structure: peak reachable buffers ${(peak / 1048576).toFixed(1)} MiB`,
+        );
+        assert.ok(peak < (CHUNK * CHUNKS) / 4, `peak buffer memory ${peak} bytes`);
+      } finally {
+        rpc.unsubscribe();
+      }
+    });
 }

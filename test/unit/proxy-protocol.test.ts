@@ -13,6 +13,7 @@ import {
   V2_SIGNATURE,
   type ClientInfo,
 } from '../../services/core/proxy-protocol.ts';
+import { acceptor } from '../../services/core/net.ts';
 
 const src4 = { address: '203.0.113.7', port: 51234 };
 const dst4 = { address: '198.51.100.1', port: 25 };
@@ -191,4 +192,54 @@ test('a trusted peer without a header is disconnected; a silent one times out', 
   } finally {
     server.close();
   }
+});
+
+test('bytes after the header wait for a reader that comes later, as a server-speaks-first session does', async () => {
+  const trusted = new TrustedSources(['127.0.0.1']);
+  const server = createServer((socket: Socket) => {
+    void acceptProxied(socket, trusted).then(() => {
+      // The SMTP session reads only once its greeting is written: nothing may be lost meanwhile.
+      socket.write('220 hello\r\n', () =>
+        socket.once('data', (d: Buffer) => socket.end(`got ${d.toString()}`)),
+      );
+    });
+  });
+  server.listen(0, '127.0.0.1');
+  await once(server, 'listening');
+  try {
+    const port = (server.address() as { port: number }).port;
+    const c = connect(port, '127.0.0.1');
+    c.write(Buffer.concat([encodeV2(src4, dst4), Buffer.from('EHLO early\r\n')]));
+    let out = '';
+    c.on('data', (d: Buffer) => (out += d.toString()));
+    await once(c, 'close');
+    assert.equal(out, '220 hello\r\ngot EHLO early\r\n');
+  } finally {
+    server.close();
+  }
+});
+
+test("a listener's close() drops the connections still waiting for their header", async () => {
+  const served: string[] = [];
+  const accept = acceptor(
+    {
+      name: 'test',
+      logger: { debug: () => undefined, warn: () => undefined },
+      proxy: { trusted: new TrustedSources(['127.0.0.1']), timeoutMs: 600_000 },
+    },
+    (socket) => served.push(socket.remoteAddress ?? ''),
+  );
+  const server = createServer(accept);
+  server.listen(0, '127.0.0.1');
+  await once(server, 'listening');
+  const port = (server.address() as { port: number }).port;
+  const accepted = once(server, 'connection');
+  const c = connect(port, '127.0.0.1');
+  c.on('error', () => undefined);
+  await accepted;
+  // Without close() the silent connection would wait for its header far longer than the test runs.
+  accept.close();
+  await once(c, 'close');
+  await new Promise<void>((resolve) => server.close(() => resolve()));
+  assert.deepEqual(served, []);
 });

@@ -80,6 +80,18 @@ spec:
                   name: {{ include "postino.adminSecret" $ }}
                   key: token
             {{- end }}
+            {{- with include "postino.natsAuthSecret" $ }}
+            - name: NATS_USER
+              valueFrom:
+                secretKeyRef:
+                  name: {{ . }}
+                  key: user
+            - name: NATS_PASSWORD
+              valueFrom:
+                secretKeyRef:
+                  name: {{ . }}
+                  key: password
+            {{- end }}
             {{- if $.Values.redis.existingSecret }}
             - name: REDIS_URL
               valueFrom:
@@ -123,6 +135,12 @@ spec:
             {{- if ne $.Values.tls.mode "none" }}
             - { name: tls, mountPath: /etc/postino/tls, readOnly: true }
             {{- end }}
+            {{- if $.Values.nats.tls.caSecret }}
+            - { name: nats-ca, mountPath: /etc/postino/nats-ca, readOnly: true }
+            {{- end }}
+            {{- if $.Values.redis.tls.caSecret }}
+            - { name: redis-ca, mountPath: /etc/postino/redis-ca, readOnly: true }
+            {{- end }}
       volumes:
         - name: data
           emptyDir: { sizeLimit: 256Mi }
@@ -132,5 +150,15 @@ spec:
         - name: tls
           secret:
             secretName: {{ include "postino.tlsSecret" $ }}
+        {{- end }}
+        {{- with $.Values.nats.tls.caSecret }}
+        - name: nats-ca
+          secret:
+            secretName: {{ . }}
+        {{- end }}
+        {{- with $.Values.redis.tls.caSecret }}
+        - name: redis-ca
+          secret:
+            secretName: {{ . }}
         {{- end }}
 {{- end -}}

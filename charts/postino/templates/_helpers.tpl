@@ -34,6 +34,15 @@ app.kubernetes.io/component: {{ .service }}
 {{- .Values.admin.existingSecret | default (printf "%s-admin" (include "postino.fullname" .)) -}}
 {{- end -}}
 
+{{/* The Secret holding the NATS user and password (keys `user`, `password`), or '' when none. */}}
+{{- define "postino.natsAuthSecret" -}}
+{{- if .Values.nats.auth.existingSecret -}}
+{{- .Values.nats.auth.existingSecret -}}
+{{- else if .Values.nats.embedded.enabled -}}
+{{- printf "%s-nats-auth" (include "postino.fullname" .) -}}
+{{- end -}}
+{{- end -}}
+
 {{/* The merged settings of one service: defaults, then services.<name>. (dict "root" $ "service" name) */}}
 {{- define "postino.serviceValues" -}}
 {{- $own := index .root.Values.services .service | default dict -}}

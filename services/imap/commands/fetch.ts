@@ -1,11 +1,14 @@
 /**
  * FETCH and UID FETCH (RFC 9051 6.4.5, 6.4.9; BINARY from RFC 3516).
  *
- * Message metadata comes from storage in batches; bodies are parsed (and cached by the
- * session) only for items that need the structure; a lone BODY[] / RFC822 streams the body
- * from the blob store. A non-PEEK body section sets \Seen and reports the new FLAGS.
+ * Message metadata comes from storage in batches. ENVELOPE, BODY and BODYSTRUCTURE come from the
+ * MIME structure stored with the message at append, without loading the body; other items that
+ * need the structure, and messages stored before it was kept, parse the body (cached by the
+ * server); a lone BODY[] / RFC822 streams the body from the blob store. A non-PEEK body section
+ * sets \Seen and reports the new FLAGS.
  */
 import type { MessageMeta } from '../../core/mailbox-api.ts';
+import { decodeStructure } from '../../core/mime-structure.ts';
 import { bodyStructure } from '../body-structure.ts';
 import type { SessionContext } from '../context.ts';
 import { envelope } from '../envelope.ts';
@@ -66,6 +69,14 @@ async function* sliceStream(
     if (to > from) yield chunk.subarray(from, to);
     if (offset >= end) return;
   }
+}
+
+/** ENVELOPE, BODY and BODYSTRUCTURE: answered from the stored structure when there is one. */
+function isStructural(item: FetchItem): boolean {
+  return (
+    item.kind === 'attribute' &&
+    (item.name === 'ENVELOPE' || item.name === 'BODYSTRUCTURE' || item.name === 'BODY')
+  );
 }
 
 function needsBody(item: FetchItem): boolean {
@@ -134,9 +145,19 @@ async function fetchValues(
   const bodyItems = items.filter(needsBody);
   const only = bodyItems.length === 1 ? (bodyItems[0] as FetchItem) : null;
   const stream = only !== null && (isWholeMessage(only) || isWholeRange(only));
+  // Only ENVELOPE/BODY/BODYSTRUCTURE asked for, and the structure stored at append: no body read
+  // (a message the instance has parsed already is answered from its cache, cheaper than decoding).
+  const stored =
+    bodyItems.length > 0 && bodyItems.every(isStructural) && !ctx.cachedMessage(meta.blob)
+      ? decodeStructure(meta.structure, ctx.limits)
+      : null;
   // A cached message is served from memory even where it could be streamed.
   const parsed =
-    bodyItems.length > 0 ? (stream ? ctx.cachedMessage(meta.blob) : await ctx.parsedMessage(meta)) : null;
+    bodyItems.length > 0 && !stored
+      ? stream
+        ? ctx.cachedMessage(meta.blob)
+        : await ctx.parsedMessage(meta)
+      : null;
   const values: ImapValue[] = [];
   const whole = (): ImapValue =>
     parsed ? new Literal(parsed.raw) : new StreamLiteral(meta.size, ctx.storage.openBody(meta.blob));
@@ -184,13 +205,13 @@ async function fetchValues(
         values.push(meta.size);
         break;
       case 'ENVELOPE':
-        values.push(envelope((parsed as ParsedMessage).root.headers));
+        values.push(envelope(stored ? stored.headers : (parsed as ParsedMessage).root.headers));
         break;
       case 'BODYSTRUCTURE':
-        values.push(bodyStructure(parsed as ParsedMessage, true));
+        values.push(bodyStructure(stored ?? (parsed as ParsedMessage), true));
         break;
       case 'BODY':
-        values.push(bodyStructure(parsed as ParsedMessage, false));
+        values.push(bodyStructure(stored ?? (parsed as ParsedMessage), false));
         break;
       case 'RFC822':
         values.push(whole());
@@ -247,9 +268,12 @@ export const FETCH_COMMANDS: CommandFamily<'FETCH'> = {
         items.unshift({ kind: 'attribute', name: 'UID' });
       }
       const markSeen = !mailbox.readOnly && items.some(setsSeen);
+      // The stored structures travel only when they answer the items asked for.
+      const bodyItems = items.filter(needsBody);
+      const structure = bodyItems.length > 0 && bodyItems.every(isStructural);
       for (let i = 0; i < uids.length; i += ctx.limits.storageBatch) {
         const batch = uids.slice(i, i + ctx.limits.storageBatch);
-        const { messages } = await ctx.storage.messages(user, mailbox.name, batch);
+        const { messages } = await ctx.storage.messages(user, mailbox.name, batch, { structure });
         const metas = new Map(messages.map((m) => [m.uid, m]));
         const seenNow = new Set<number>();
         if (markSeen) {

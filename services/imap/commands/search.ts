@@ -1,13 +1,17 @@
 /**
  * SEARCH and UID SEARCH (RFC 9051 6.4.4, RFC 3501 6.4.4 result form `* SEARCH n...`).
  *
- * Flag, size, date, sequence and UID keys use metadata only; header, body and sent-date keys
- * read and parse the message, lazily, once per message. String matching is a case-insensitive
+ * Flag, size, date, sequence and UID keys use metadata only; header and sent-date keys use the
+ * header fields stored with the message at append (services/core/mime-structure.ts KEPT_FIELDS)
+ * when it has them; other header fields, TEXT and BODY read and parse the message, lazily, once
+ * per message. String matching is a case-insensitive
  * substring match on decoded text (RFC 2047 words in headers, transfer encoding and charset in
  * bodies).
  */
 import libmime from 'libmime';
 import type { MessageMeta } from '../../core/mailbox-api.ts';
+import { KEPT_FIELDS, decodeStructure } from '../../core/mime-structure.ts';
+import type { Field, StructureNode } from '../../core/mime-structure.ts';
 import type { SessionContext } from '../context.ts';
 import { bodyText, decodeCharset } from '../mime-tree.ts';
 import type { ParsedMessage } from '../mime-tree.ts';
@@ -32,6 +36,7 @@ export class Candidate {
   readonly #ctx: SessionContext;
   #parsed: Promise<ParsedMessage> | null = null;
   #body: string | null = null;
+  #stored: StructureNode | null | undefined;
 
   constructor(ctx: SessionContext, seq: number, meta: MessageMeta) {
     this.#ctx = ctx;
@@ -49,10 +54,47 @@ export class Candidate {
     return this.#body;
   }
 
-  async headers(name: string): Promise<string[]> {
+  /**
+   * The structure stored at append; null for a message stored before it was kept, and for one the
+   * instance has parsed already (its cache is cheaper than decoding).
+   */
+  #structure(): StructureNode | null {
+    if (this.#stored === undefined) {
+      this.#stored = this.#ctx.cachedMessage(this.meta.blob)
+        ? null
+        : decodeStructure(this.meta.structure, this.#ctx.limits);
+    }
+    return this.#stored;
+  }
+
+  /** Every field of that name in the message header (stored when kept, else parsed), in order. */
+  async fields(name: string): Promise<readonly Field[]> {
     const lower = name.toLowerCase();
-    const msg = await this.parsed();
-    return msg.root.headers.filter((h) => h.name === lower).map((h) => decodeHeader(h.value));
+    const stored = KEPT_FIELDS.has(lower) ? this.#structure() : null;
+    const all = stored ? stored.headers : (await this.parsed()).root.headers;
+    return all.filter((h) => h.name === lower);
+  }
+
+  async headers(name: string): Promise<string[]> {
+    return (await this.fields(name)).map((h) => decodeHeader(h.value));
+  }
+}
+
+/** Whether a key reads header fields that are stored (SEARCH then asks storage for the structures). */
+export function usesHeaders(key: SearchKey): boolean {
+  switch (key.op) {
+    case 'header':
+      return KEPT_FIELDS.has(key.name.toLowerCase());
+    case 'date':
+      return key.field !== 'internal';
+    case 'and':
+      return key.keys.some(usesHeaders);
+    case 'or':
+      return usesHeaders(key.left) || usesHeaders(key.right);
+    case 'not':
+      return usesHeaders(key.key);
+    default:
+      return false;
   }
 }
 
@@ -154,15 +196,23 @@ async function matches(key: SearchKey, m: Candidate, mailbox: SelectedMailbox): 
   }
 }
 
-/** The messages of the selected mailbox that match `key`, in sequence order; null if the connection closed. */
-export async function findMatches(ctx: SessionContext, key: SearchKey): Promise<Candidate[] | null> {
+/**
+ * The messages of the selected mailbox that match `key`, in sequence order; null if the connection
+ * closed. `headers`: the caller reads header fields of the matches (SORT, THREAD).
+ */
+export async function findMatches(
+  ctx: SessionContext,
+  key: SearchKey,
+  headers = false,
+): Promise<Candidate[] | null> {
   const mailbox = selectedOf(ctx);
   const user = userOf(ctx);
   const found: Candidate[] = [];
   const uids = [...mailbox.uids];
+  const structure = headers || usesHeaders(key);
   for (let i = 0; i < uids.length; i += ctx.limits.storageBatch) {
     const batch = uids.slice(i, i + ctx.limits.storageBatch);
-    const { messages } = await ctx.storage.messages(user, mailbox.name, batch);
+    const { messages } = await ctx.storage.messages(user, mailbox.name, batch, { structure });
     for (const meta of messages) {
       if (ctx.closed) return null;
       const seq = mailbox.seqOf(meta.uid);

@@ -1,7 +1,7 @@
 /**
  * SORT and THREAD=ORDEREDSUBJECT (RFC 5256), with DISPLAYFROM/DISPLAYTO (RFC 5957), and their UID
  * forms. Messages are selected as SEARCH selects them (search.ts); the sort keys come from the
- * parsed header (cached per instance). Ties keep mailbox order (RFC 5256 3).
+ * header fields stored with the message, or from the parsed header for older messages. Ties keep mailbox order (RFC 5256 3).
  */
 import libmime from 'libmime';
 import type { SessionContext } from '../context.ts';
@@ -53,8 +53,7 @@ function decodedHeader(candidate: Candidate, name: string): Promise<string[]> {
 
 /** The first address of a header: its mailbox (local part), or display name for DISPLAY* keys. */
 async function firstAddress(candidate: Candidate, name: string, display: boolean): Promise<string> {
-  const msg = await candidate.parsed();
-  const field = msg.root.headers.find((h) => h.name === name);
+  const field = (await candidate.fields(name))[0];
   const list = addressList(field ? field.value : null);
   const first = Array.isArray(list) ? (list[0] as ImapValue[] | undefined) : undefined;
   if (!first) return '';
@@ -103,9 +102,10 @@ async function select(
   ctx: SessionContext,
   charset: string,
   key: SearchKey,
+  headers: boolean,
 ): Promise<Candidate[] | { badCharset: true } | null> {
   if (!CHARSETS.has(charset)) return { badCharset: true };
-  return findMatches(ctx, key);
+  return findMatches(ctx, key, headers);
 }
 
 const BAD_CHARSET = no('Unsupported charset', `BADCHARSET (${[...CHARSETS].join(' ')})`);
@@ -115,7 +115,9 @@ export const SORT_COMMANDS: CommandFamily<'SORT' | 'THREAD'> = {
     states: SELECTED,
     async handle(ctx, command) {
       const { criteria, charset, key } = command.args;
-      const found = await select(ctx, charset, key);
+      // Sort keys other than ARRIVAL and SIZE read header fields (stored with the message).
+      const headers = criteria.some((c) => c.key !== 'ARRIVAL' && c.key !== 'SIZE');
+      const found = await select(ctx, charset, key, headers);
       if (found === null) return ok('SORT aborted');
       if (!Array.isArray(found)) return BAD_CHARSET;
       const keyed = [];
@@ -145,7 +147,7 @@ export const SORT_COMMANDS: CommandFamily<'SORT' | 'THREAD'> = {
     async handle(ctx, command) {
       const { algorithm, charset, key } = command.args;
       if (algorithm !== 'ORDEREDSUBJECT') return no('Unsupported threading algorithm', 'CANNOT');
-      const found = await select(ctx, charset, key);
+      const found = await select(ctx, charset, key, true);
       if (found === null) return ok('THREAD aborted');
       if (!Array.isArray(found)) return BAD_CHARSET;
       // RFC 5256 4: group by base subject, each group in sent-date order; threads ordered by

@@ -1,0 +1,256 @@
+/**
+ * Bodies that never reach a mailbox are collected (services/core/blobs.ts): the whole pipeline on
+ * real peers (nats-server, redis-server, dnsmasq for the MX, an smtp-server sink on 127.0.0.3,
+ * nodemailer submitting), with a short BLOB_GC_GRACE. The object store is looked at directly: a
+ * body is gone once no queue entry and no mailbox holds it any more, and never before.
+ */
+import { after, before, describe, test } from 'node:test';
+import assert from 'node:assert/strict';
+import { createHash } from 'node:crypto';
+import nodemailer from 'nodemailer';
+import { SMTPServer } from 'smtp-server';
+import { Objm } from '@nats-io/obj';
+import { freePort, startDns, startNats, startRedis, until, type Proc } from '../helpers/servers.ts';
+import { startServices, testConfig, type Ports } from '../helpers/postino.ts';
+import type { Running } from '../../services/core/runtime.ts';
+import { BLOB_BUCKET, BlobRecords } from '../../services/core/blobs.ts';
+import { publish, STREAMS, SUBJECTS } from '../../services/core/nats.ts';
+import { encode, pb } from '../../services/core/codec.ts';
+import { partitionOf } from '../../services/core/partition.ts';
+import { MailboxRpcClient } from '../../services/mailbox-store/rpc.ts';
+import { QueueStore } from '../../services/delivery/queue-store.ts';
+
+/** Per-recipient replies of the sink, one consumed per attempt (the last one repeats). */
+const script = new Map<string, number[]>();
+const sunk: string[][] = [];
+
+function sink(host: string, port: number): Promise<SMTPServer> {
+  const s = new SMTPServer({
+    authOptional: true,
+    maxAllowedUnauthenticatedCommands: Infinity,
+    disabledCommands: ['STARTTLS'],
+    logger: false,
+    onRcptTo(addr, _session, cb) {
+      const plan = script.get(addr.address.toLowerCase());
+      const code = plan && plan.length > 1 ? (plan.shift() ?? 250) : (plan?.[0] ?? 250);
+      if (code === 250) return cb();
+      const text = code >= 500 ? '5.1.1 no such user here' : '4.2.1 try again later';
+      cb(Object.assign(new Error(text), { responseCode: code }));
+    },
+    onData(stream, session, cb) {
+      stream.on('data', () => undefined);
+      stream.on('end', () => {
+        sunk.push(session.envelope.rcptTo.map((r) => r.address));
+        cb();
+      });
+    },
+  });
+  s.on('error', () => undefined);
+  return new Promise((resolve) => s.listen(port, host, () => resolve(s)));
+}
+
+const sha = (b: Buffer) => `sha256:${createHash('sha256').update(b).digest('hex')}`;
+
+describe('message bodies outside mailboxes are collected', () => {
+  let nats: Proc;
+  let redis: Proc;
+  let dns: Proc;
+  let smtp: SMTPServer;
+  let ports: Ports;
+  let main: Running;
+  let client: MailboxRpcClient;
+  let records: BlobRecords;
+
+  const send = (to: string[], subject: string) =>
+    nodemailer
+      .createTransport({
+        host: '127.0.0.1',
+        port: ports.submission,
+        secure: false,
+        ignoreTLS: true,
+        auth: { user: 'alice@example.test', pass: 'alice-password' },
+      })
+      .sendMail({ from: 'alice@example.test', to, subject, text: `${subject}\n` });
+
+  /** Bodies in the object store now. */
+  async function stored(): Promise<Set<string>> {
+    const os = await new Objm(main.runtime.nats.js).open(BLOB_BUCKET);
+    const infos = await os.list();
+    return new Set(infos.filter((i) => !i.deleted).map((i) => `sha256:${i.name}`));
+  }
+  const exists = (id: string) => main.runtime.blobs.has(id);
+
+  /** The INBOX messages of a user, and the body each was filed from (its Return-Path line taken off). */
+  async function inbox(user: string): Promise<{ blob: string; original: string; text: string }[]> {
+    const { messages } = await client.messages(user, 'INBOX');
+    const out = [];
+    for (const m of messages) {
+      const copy = await main.runtime.blobs.read(m.blob);
+      const rest = copy.subarray(copy.indexOf('\r\n') + 2);
+      assert.match(copy.toString('latin1'), /^Return-Path: /);
+      out.push({ blob: m.blob, original: sha(rest), text: copy.toString('utf8') });
+    }
+    return out;
+  }
+
+  /** Waits until every JetStream work queue of the pipeline is empty (all entries acked). */
+  const drained = () =>
+    until('the pipeline to drain', async () => {
+      for (const s of [STREAMS.INGRESS, STREAMS.LOCAL]) {
+        if ((await main.runtime.nats.jsm.streams.info(s)).state.messages > 0) return false;
+      }
+      return true;
+    });
+
+  before(async () => {
+    [nats, redis] = await Promise.all([startNats(), startRedis()]);
+    const port = await freePort('127.0.0.3');
+    smtp = await sink('127.0.0.3', port);
+    dns = await startDns([
+      '--mx-host=remote.test,mx.remote.test,10',
+      '--host-record=mx.remote.test,127.0.0.3',
+    ]);
+    let config;
+    ({ config, ports } = await testConfig({
+      NATS_URL: nats.url,
+      REDIS_URL: redis.url,
+      DNS_SERVERS: dns.url,
+      DELIVERY_SMTP_PORT: String(port),
+      DELIVERY_RETRY_SCHEDULE: '1s',
+      DELIVERY_TIMEOUT: '3s',
+      PARTITIONS: '4',
+      BLOB_GC_GRACE: '2s',
+    }));
+    main = await startServices(config);
+    client = new MailboxRpcClient(main.runtime.nats, main.runtime.blobs);
+    records = new BlobRecords(main.runtime.redis, config.redisPrefix);
+    await main.runtime.directory.addDomain('example.test');
+    await main.runtime.directory.addUser('alice@example.test', 'alice-password');
+    await main.runtime.directory.addUser('bob@example.test', 'bob-password');
+  });
+
+  after(async () => {
+    await main?.stop();
+    await new Promise<void>((r) => (smtp ? smtp.close(() => r()) : r()));
+    await Promise.all([nats?.cleanup(), redis?.cleanup(), dns?.cleanup()]);
+  });
+
+  test('a message to a remote recipient only: its body is gone after delivery and the grace period', async () => {
+    const before = await stored();
+    await send(['far@remote.test'], 'remote only');
+    // The 250 comes once the body is stored (and held for its envelope).
+    const mine = [...(await stored())].filter((id) => !before.has(id));
+    assert.equal(mine.length, 1);
+    const body = mine[0] ?? '';
+    await until('the remote delivery', async () => sunk.some((to) => to.includes('far@remote.test')));
+    await until('the body collected', async () => !(await exists(body)), 30_000);
+  });
+
+  test('a local and a remote recipient: the body stays while either needs it, redeliveries included', async () => {
+    // The remote recipient is deferred a few times first.
+    script.set('later@remote.test', [...Array.from({ length: 12 }, () => 451), 250]);
+    const info = await send(['bob@example.test', 'later@remote.test'], 'local and remote');
+    const queueId = /queued as (\S+)/.exec(info.response)?.[1] ?? '';
+    const filed = await until('the copy in bob INBOX', async () => {
+      const msgs = await inbox('bob@example.test');
+      return msgs.find((m) => m.text.includes('local and remote'));
+    });
+    const body = filed.original;
+    const size = (await main.runtime.blobs.read(body)).length;
+    assert.ok(await exists(body));
+    await drained();
+
+    // Redeliveries: the router's envelope and bob's LOCAL entry come again (as JetStream would
+    // redeliver them when an ack is lost). Neither may drop the hold of the deferred remote entry.
+    const receivedAt = Date.now();
+    await publish(
+      main.runtime.nats,
+      SUBJECTS.ingress,
+      encode(pb.Envelope, {
+        queueId,
+        mailFrom: 'alice@example.test',
+        recipients: [{ address: 'bob@example.test' }, { address: 'later@remote.test' }],
+        body: { id: body, size },
+        receivedAt,
+        messageId: '',
+      }),
+      { stream: STREAMS.INGRESS },
+    );
+    await publish(
+      main.runtime.nats,
+      SUBJECTS.local(partitionOf('bob@example.test', main.runtime.config.partitions)),
+      encode(pb.LocalDelivery, {
+        queueId,
+        user: 'bob@example.test',
+        originalRecipient: 'bob@example.test',
+        folder: 'INBOX',
+        body: { id: body, size },
+        mailFrom: 'alice@example.test',
+        receivedAt,
+        idempotencyKey: `${queueId}:bob@example.test`,
+      }),
+      { stream: STREAMS.LOCAL },
+    );
+    await drained();
+    // Long enough for the grace period to pass and the sweeper to run: the remote entry has been
+    // tried several times (retry schedule 1s, grace 2s), and is tried seven more before it goes.
+    const queue = new QueueStore(main.runtime.redis, main.runtime.config.redisPrefix);
+    await until('five attempts at the remote recipient', async () => {
+      const [e] = await queue.list({ queueId });
+      return e && e.attempts >= 5;
+    });
+    assert.ok(await exists(body), 'the deferred remote entry still needs the body');
+    assert.equal(await records.holders(body), 1, 'held by the remote entry alone');
+    assert.equal(
+      (await inbox('bob@example.test')).filter((m) => m.text.includes('local and remote')).length,
+      1,
+    );
+
+    await until('the remote delivery', async () => sunk.some((to) => to.includes('later@remote.test')));
+    await until('the body collected', async () => !(await exists(body)), 30_000);
+    // Bob's copy is his mailbox's, and stays.
+    assert.ok(await exists(filed.blob));
+    assert.match((await main.runtime.blobs.read(filed.blob)).toString(), /local and remote/);
+  });
+
+  test('a bounced message: the original and the DSN bodies are both collected', async () => {
+    script.set('gone@remote.test', [550]);
+    const before = await stored();
+    await send(['gone@remote.test'], 'bounced one');
+    const original = [...(await stored())].filter((id) => !before.has(id));
+    assert.equal(original.length, 1);
+    const dsn = await until('the DSN in alice INBOX', async () => {
+      const msgs = await inbox('alice@example.test');
+      return msgs.find((m) => m.text.includes('gone@remote.test') && m.text.includes('delivery-status'));
+    });
+    // The DSN's own body (filed with a Return-Path line in front) is another object.
+    assert.notEqual(dsn.original, original[0]);
+    assert.notEqual(dsn.original, dsn.blob);
+    await until(
+      'the original and the DSN bodies collected',
+      async () => !(await exists(original[0] ?? '')) && !(await exists(dsn.original)),
+      30_000,
+    );
+    // What is left of this message is alice's copy of the DSN.
+    const left = [...(await stored())].filter((id) => !before.has(id));
+    assert.deepEqual(left, [dsn.blob]);
+  });
+
+  test('a deferred message deleted by queue control: its body is collected', async () => {
+    script.set('stuck@remote.test', [451]);
+    const before = await stored();
+    const info = await send(['stuck@remote.test'], 'deleted from the queue');
+    const queueId = /queued as (\S+)/.exec(info.response)?.[1] ?? '';
+    const body = [...(await stored())].filter((id) => !before.has(id))[0] ?? '';
+    const queue = new QueueStore(main.runtime.redis, main.runtime.config.redisPrefix);
+    await until('the deferred entry', async () => (await queue.list({ queueId })).length === 1);
+    const res = await fetch(`http://127.0.0.1:${main.runtime.http.port}/api/queue/delete`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body: JSON.stringify({ id: `${queueId}:remote.test` }),
+    });
+    assert.equal(res.status, 200);
+    assert.deepEqual(await res.json(), { action: 'delete', changed: 1 });
+    await until('the body collected', async () => !(await exists(body)), 30_000);
+  });
+});

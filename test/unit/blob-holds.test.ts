@@ -1,0 +1,159 @@
+/**
+ * Queue entries holding message bodies (services/core/blobs.ts) on real Redis and a real JetStream
+ * object store, with the sweeper of services/mailbox-store/blob-refs.ts. Runs against a single
+ * redis-server and a three-master Redis Cluster: each hold and release is one single-slot script.
+ */
+import { after, before, describe, test } from 'node:test';
+import assert from 'node:assert/strict';
+import { pino } from 'pino';
+import { startNats, startRedis, startRedisCluster, type Proc } from '../helpers/servers.ts';
+import { connectNats, type Nats } from '../../services/core/nats.ts';
+import { connectRedis, type Redis } from '../../services/core/redis.ts';
+import { BlobHolder, BlobRecords, BlobStore } from '../../services/core/blobs.ts';
+import { BlobRefs } from '../../services/mailbox-store/blob-refs.ts';
+
+const logger = pino({ level: 'silent' });
+const GRACE = 60_000;
+/** A sweep as if the grace period had passed since now. */
+const later = () => Date.now() + 2 * GRACE;
+
+let natsProc: Proc;
+let nats: Nats;
+
+before(async () => {
+  natsProc = await startNats();
+  nats = await connectNats(natsProc.url, 'test', logger);
+});
+
+after(async () => {
+  await nats.nc.close();
+  await natsProc.cleanup();
+});
+
+for (const backend of ['single redis-server', 'three-master Redis Cluster'] as const) {
+  describe(`queue entries holding bodies on a ${backend}`, () => {
+    let cleanup: () => Promise<void>;
+    let redis: Redis;
+    let blobs: BlobStore;
+    let refs: BlobRefs;
+    let n = 0;
+    /** A body no other test uses, stored for an INGRESS envelope as smtp-ingress stores it. */
+    const accept = async (queueId: string) =>
+      blobs.put([Buffer.from(`Subject: ${backend} ${n++}\r\n\r\nbody of ${queueId}\r\n`)], {
+        holder: BlobHolder.ingress(queueId),
+      });
+
+    before(async () => {
+      let url: string;
+      if (backend === 'single redis-server') {
+        const proc = await startRedis();
+        url = proc.url;
+        cleanup = () => proc.cleanup();
+      } else {
+        const cluster = await startRedisCluster();
+        url = cluster.url;
+        cleanup = () => cluster.cleanup();
+      }
+      redis = await connectRedis(url, logger);
+      blobs = await BlobStore.open(nats, 1, new BlobRecords(redis, 'h:'));
+      refs = new BlobRefs(redis, 'h:', { graceMs: GRACE, deleteBody: (id) => blobs.delete(id) });
+    });
+
+    after(async () => {
+      redis.disconnect();
+      await cleanup();
+    });
+
+    test('a remote-only message: its body goes after the final outcome and the grace period', async () => {
+      const body = await accept('Q1');
+      // The router: a hold per entry, then the envelope lets go.
+      await blobs.hold(body.id, BlobHolder.outbound('Q1:remote.test'));
+      await blobs.release(body.id, BlobHolder.ingress('Q1'));
+      assert.equal(await refs.holders(body.id), 1);
+      await refs.sweep(later());
+      assert.ok(await blobs.has(body.id), 'kept while the outbound entry may still need it');
+      // Delivery's final outcome.
+      await blobs.release(body.id, BlobHolder.outbound('Q1:remote.test'));
+      assert.equal(await refs.sweep(), 0, 'kept during the grace period');
+      assert.ok(await blobs.has(body.id));
+      assert.ok((await refs.sweep(later())) >= 1);
+      assert.equal(await blobs.has(body.id), false);
+    });
+
+    test('a local and a remote recipient: the body stays while either entry holds it', async () => {
+      const body = await accept('Q2');
+      await blobs.hold(body.id, BlobHolder.local('Q2:bob@example.test'));
+      await blobs.hold(body.id, BlobHolder.outbound('Q2:remote.test'));
+      await blobs.release(body.id, BlobHolder.ingress('Q2'));
+      await blobs.release(body.id, BlobHolder.local('Q2:bob@example.test'));
+      await refs.sweep(later());
+      assert.ok(await blobs.has(body.id));
+      await blobs.release(body.id, BlobHolder.outbound('Q2:remote.test'));
+      await refs.sweep(later());
+      assert.equal(await blobs.has(body.id), false);
+    });
+
+    test('redelivered holds and releases never free a body early', async () => {
+      const body = await accept('Q3');
+      const local = BlobHolder.local('Q3:bob@example.test');
+      const outbound = BlobHolder.outbound('Q3:remote.test');
+      // The router's envelope twice (redelivered before its ack), the mailbox entry twice.
+      for (let i = 0; i < 2; i++) {
+        await blobs.hold(body.id, local);
+        await blobs.hold(body.id, outbound);
+        await blobs.release(body.id, BlobHolder.ingress('Q3'));
+      }
+      assert.equal(await refs.holders(body.id), 2);
+      await blobs.release(body.id, local);
+      await blobs.release(body.id, local);
+      assert.equal(await refs.holders(body.id), 1, 'a second release of one entry drops nothing else');
+      // The envelope redelivered once more, after its local entry was done: the hold stays released.
+      await blobs.hold(body.id, local);
+      await blobs.release(body.id, BlobHolder.ingress('Q3'));
+      assert.equal(await refs.holders(body.id), 1);
+      await refs.sweep(later());
+      assert.ok(await blobs.has(body.id), 'the outbound entry still holds it');
+      await blobs.release(body.id, outbound);
+      assert.equal(await refs.holders(body.id), 0);
+      await refs.sweep(later());
+      assert.equal(await blobs.has(body.id), false);
+    });
+
+    test('a bounce: the original and the DSN bodies are both collected', async () => {
+      const original = await accept('Q4');
+      await blobs.hold(original.id, BlobHolder.outbound('Q4:remote.test'));
+      await blobs.release(original.id, BlobHolder.ingress('Q4'));
+      // Delivery: a 5xx; the DSN is stored for its own envelope before the entry lets go.
+      const dsn = await accept('Q4B1');
+      await blobs.release(original.id, BlobHolder.outbound('Q4:remote.test'));
+      // The router sends the DSN out (to a remote sender), delivery finishes it.
+      await blobs.hold(dsn.id, BlobHolder.outbound('Q4B1:sender.test'));
+      await blobs.release(dsn.id, BlobHolder.ingress('Q4B1'));
+      await refs.sweep(later());
+      assert.equal(await blobs.has(original.id), false);
+      assert.ok(await blobs.has(dsn.id));
+      await blobs.release(dsn.id, BlobHolder.outbound('Q4B1:sender.test'));
+      await refs.sweep(later());
+      assert.equal(await blobs.has(dsn.id), false);
+    });
+
+    test('a body stored again for a new message after it was collected is kept for it', async () => {
+      const text = Buffer.from(`Subject: same bytes ${backend}\r\n\r\nagain\r\n`);
+      const first = await blobs.put([text], { holder: BlobHolder.ingress('Q5') });
+      await blobs.release(first.id, BlobHolder.ingress('Q5'));
+      await refs.sweep(later());
+      assert.equal(await blobs.has(first.id), false);
+      const second = await blobs.put([text], { holder: BlobHolder.ingress('Q6') });
+      assert.equal(second.id, first.id);
+      await refs.sweep(later());
+      assert.deepEqual(await blobs.read(second.id), text);
+    });
+
+    test('releasing an entry that never held the body (a message from before holds) collects nothing', async () => {
+      const old = await blobs.put([Buffer.from(`Subject: older ${backend}\r\n\r\nx\r\n`)]);
+      await blobs.release(old.id, BlobHolder.ingress('Q7'));
+      await refs.sweep(later());
+      assert.ok(await blobs.has(old.id));
+    });
+  });
+}
