@@ -213,7 +213,8 @@ export function acceptMessage(deps: AcceptDeps, info: SessionInfo, tx: Transacti
         },
         'message accepted',
       );
-      await recordEvent(
+      // Tracking only (the EVENTS stream): not on the path to the 250, which waits for nothing more.
+      void recordEvent(
         deps.nats,
         log,
         'received',
