@@ -161,6 +161,9 @@ export async function connectNats(
     maxReconnectAttempts: -1,
     reconnectTimeWait: 500,
     waitOnFirstConnect: false,
+    // Every request otherwise captures stack traces up front in case it fails (several Error
+    // objects per message on the hot paths); failures still carry their message and code.
+    noAsyncTraces: true,
   });
   void (async () => {
     for await (const s of nc.status()) {

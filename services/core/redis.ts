@@ -63,6 +63,7 @@ export async function connectRedis(
     const first = new URL(url.split(',')[0]?.trim() ?? '');
     const cluster = new Cluster(nodes, {
       lazyConnect: true,
+      enableAutoPipelining: true,
       enableOfflineQueue: true,
       clusterRetryStrategy: retryStrategy,
       redisOptions: {
@@ -78,6 +79,8 @@ export async function connectRedis(
     redis = new Redis(url, {
       protocol: 2,
       lazyConnect: true,
+      // Commands issued in the same tick go out in one write (one system call, not one each).
+      enableAutoPipelining: true,
       maxRetriesPerRequest: 3,
       enableOfflineQueue: true,
       retryStrategy,
