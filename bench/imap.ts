@@ -158,7 +158,8 @@ async function idleServer(): Promise<void> {
     logger: pino({ level: 'silent' }),
     hostname: 'bench',
     allowPlaintextAuth: true,
-    limits: { authTimeoutMs: 600_000 },
+    // Every idle client comes from 127.0.0.1: no per-client or total cap below the load.
+    limits: { authTimeoutMs: 600_000, maxConnections: 1_000_000, maxConnectionsPerIp: 1_000_000 },
   });
   const port = await server.listen(0, '127.0.0.1');
   process.send?.({ port });

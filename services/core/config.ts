@@ -475,6 +475,12 @@ export const schema = {
     30 * 60_000,
     'IMAP inactivity timeout (RFC 3501: at least 30m)',
   ),
+  imapMaxConnections: setting(
+    'IMAP_MAX_CONNECTIONS',
+    int(1, 10_000_000),
+    20_000,
+    'Open IMAP sessions per replica, all clients together (* BYE [UNAVAILABLE] past it)',
+  ),
   imapMaxConnectionsPerIp: setting(
     'IMAP_MAX_CONNECTIONS_PER_IP',
     int(1, 1_000_000),

@@ -46,6 +46,7 @@ export async function start(rt: Runtime): Promise<Service> {
     limits: {
       maxLiteralBytes: rt.config.maxMessageSize,
       maxCommandBytes: rt.config.maxMessageSize + 256 * 1024,
+      maxConnections: rt.config.imapMaxConnections,
       maxConnectionsPerIp: rt.config.imapMaxConnectionsPerIp,
     },
   });
