@@ -561,23 +561,7 @@ export class MailboxRpcClient implements MailboxClient {
     // and kept with the message, so FETCH ENVELOPE/BODYSTRUCTURE never load the body.
     const tee = withStructure(body);
     const blob = await this.#blobs.putStream(tee.body);
-    const structure = tee.result();
-    const r = await this.#call(
-      'append',
-      encode(pb.AppendRequest, {
-        user,
-        folder,
-        blob: blob.id,
-        size: blob.size,
-        flags,
-        internalDate,
-        origin,
-        structure,
-      }),
-      pb.AppendReply,
-    );
-    check(r.error);
-    return { uid: r.uid, uidValidity: r.uidValidity };
+    return this.#append({ user, folder, flags, internalDate, origin }, blob, tee.result());
   }
 
   async append(
@@ -589,20 +573,17 @@ export class MailboxRpcClient implements MailboxClient {
     origin = '',
   ): Promise<{ uid: number; uidValidity: number }> {
     const blob = await this.#blobs.put([body]);
-    const r = await this.#call(
-      'append',
-      encode(pb.AppendRequest, {
-        user,
-        folder,
-        blob: blob.id,
-        size: blob.size,
-        flags,
-        internalDate,
-        origin,
-        structure: structureOf(body),
-      }),
-      pb.AppendReply,
-    );
+    return this.#append({ user, folder, flags, internalDate, origin }, blob, structureOf(body));
+  }
+
+  /** The append RPC for a body already in the blob store, with its MIME structure. */
+  async #append(
+    message: { user: string; folder: string; flags: string[]; internalDate: number; origin: string },
+    blob: { id: string; size: number },
+    structure: Buffer | null,
+  ): Promise<{ uid: number; uidValidity: number }> {
+    const request = { ...message, blob: blob.id, size: blob.size, structure };
+    const r = await this.#call('append', encode(pb.AppendRequest, request), pb.AppendReply);
     check(r.error);
     return { uid: r.uid, uidValidity: r.uidValidity };
   }

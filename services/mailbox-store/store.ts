@@ -390,17 +390,7 @@ export class MailboxStore implements MailboxClient {
     origin = '',
   ): Promise<{ uid: number; uidValidity: number }> {
     const blob = await this.#blobs.put([body]);
-    const { uid, uidValidity } = await this.appendBlob(
-      user,
-      folder,
-      blob,
-      flags,
-      internalDate,
-      '',
-      origin,
-      structureOf(body),
-    );
-    return { uid, uidValidity };
+    return this.#appendStored(user, folder, blob, flags, internalDate, origin, structureOf(body));
   }
 
   async appendStream(
@@ -417,6 +407,19 @@ export class MailboxStore implements MailboxClient {
     // The structure is built from the chunks on their way to the blob store: no second read.
     const tee = withStructure(body);
     const blob = await this.#blobs.putStream(tee.body);
+    return this.#appendStored(user, folder, blob, flags, internalDate, origin, tee.result());
+  }
+
+  /** appendBlob for a body just stored (no idempotency key), answering its UID and UIDVALIDITY. */
+  async #appendStored(
+    user: string,
+    folder: string,
+    blob: { id: string; size: number },
+    flags: string[],
+    internalDate: number,
+    origin: string,
+    structure: Buffer | null,
+  ): Promise<{ uid: number; uidValidity: number }> {
     const { uid, uidValidity } = await this.appendBlob(
       user,
       folder,
@@ -425,7 +428,7 @@ export class MailboxStore implements MailboxClient {
       internalDate,
       '',
       origin,
-      tee.result(),
+      structure,
     );
     return { uid, uidValidity };
   }

@@ -7,11 +7,12 @@
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
-import nodemailer from 'nodemailer';
-import { SMTPServer } from 'smtp-server';
+import type { SMTPServer } from 'smtp-server';
 import { Objm } from '@nats-io/obj';
 import { freePort, startDns, startNats, startRedis, until, type Proc } from '../helpers/servers.ts';
 import { startServices, testConfig, type Ports } from '../helpers/postino.ts';
+import { scripted, startSink, type Received } from '../helpers/sink.ts';
+import { submit } from '../helpers/clients.ts';
 import type { Running } from '../../services/core/runtime.ts';
 import { BLOB_BUCKET, BlobRecords } from '../../services/core/blobs.ts';
 import { publish, STREAMS, SUBJECTS } from '../../services/core/nats.ts';
@@ -22,32 +23,7 @@ import { QueueStore } from '../../services/delivery/queue-store.ts';
 
 /** Per-recipient replies of the sink, one consumed per attempt (the last one repeats). */
 const script = new Map<string, number[]>();
-const sunk: string[][] = [];
-
-function sink(host: string, port: number): Promise<SMTPServer> {
-  const s = new SMTPServer({
-    authOptional: true,
-    maxAllowedUnauthenticatedCommands: Infinity,
-    disabledCommands: ['STARTTLS'],
-    logger: false,
-    onRcptTo(addr, _session, cb) {
-      const plan = script.get(addr.address.toLowerCase());
-      const code = plan && plan.length > 1 ? (plan.shift() ?? 250) : (plan?.[0] ?? 250);
-      if (code === 250) return cb();
-      const text = code >= 500 ? '5.1.1 no such user here' : '4.2.1 try again later';
-      cb(Object.assign(new Error(text), { responseCode: code }));
-    },
-    onData(stream, session, cb) {
-      stream.on('data', () => undefined);
-      stream.on('end', () => {
-        sunk.push(session.envelope.rcptTo.map((r) => r.address));
-        cb();
-      });
-    },
-  });
-  s.on('error', () => undefined);
-  return new Promise((resolve) => s.listen(port, host, () => resolve(s)));
-}
+const sunk: Received[] = [];
 
 const sha = (b: Buffer) => `sha256:${createHash('sha256').update(b).digest('hex')}`;
 
@@ -62,15 +38,7 @@ describe('message bodies outside mailboxes are collected', () => {
   let records: BlobRecords;
 
   const send = (to: string[], subject: string) =>
-    nodemailer
-      .createTransport({
-        host: '127.0.0.1',
-        port: ports.submission,
-        secure: false,
-        ignoreTLS: true,
-        auth: { user: 'alice@example.test', pass: 'alice-password' },
-      })
-      .sendMail({ from: 'alice@example.test', to, subject, text: `${subject}\n` });
+    submit(ports.submission, { to, subject, text: `${subject}\n` });
 
   /** Bodies in the object store now. */
   async function stored(): Promise<Set<string>> {
@@ -105,7 +73,7 @@ describe('message bodies outside mailboxes are collected', () => {
   before(async () => {
     [nats, redis] = await Promise.all([startNats(), startRedis()]);
     const port = await freePort('127.0.0.3');
-    smtp = await sink('127.0.0.3', port);
+    smtp = await startSink({ host: '127.0.0.3', port, received: sunk, rcpt: scripted(script) });
     dns = await startDns([
       '--mx-host=remote.test,mx.remote.test,10',
       '--host-record=mx.remote.test,127.0.0.3',
@@ -142,7 +110,7 @@ describe('message bodies outside mailboxes are collected', () => {
     const mine = [...(await stored())].filter((id) => !before.has(id));
     assert.equal(mine.length, 1);
     const body = mine[0] ?? '';
-    await until('the remote delivery', async () => sunk.some((to) => to.includes('far@remote.test')));
+    await until('the remote delivery', async () => sunk.some((m) => m.to.includes('far@remote.test')));
     await until('the body collected', async () => !(await exists(body)), 30_000);
   });
 
@@ -206,7 +174,7 @@ describe('message bodies outside mailboxes are collected', () => {
       1,
     );
 
-    await until('the remote delivery', async () => sunk.some((to) => to.includes('later@remote.test')));
+    await until('the remote delivery', async () => sunk.some((m) => m.to.includes('later@remote.test')));
     await until('the body collected', async () => !(await exists(body)), 30_000);
     // Bob's copy is his mailbox's, and stays.
     assert.ok(await exists(filed.blob));

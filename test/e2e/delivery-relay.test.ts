@@ -7,15 +7,13 @@
  */
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { execFileSync } from 'node:child_process';
-import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
-import nodemailer from 'nodemailer';
-import { ImapFlow } from 'imapflow';
-import { SMTPServer, type SMTPServerOptions } from 'smtp-server';
+import { readFileSync } from 'node:fs';
+import type { SMTPServer } from 'smtp-server';
 import { freePort, startDns, startNats, startRedis, until, type Proc } from '../helpers/servers.ts';
 import { startServices, testConfig, type Ports } from '../helpers/postino.ts';
+import { startSink, type Received } from '../helpers/sink.ts';
+import { ALICE, submit, withImap } from '../helpers/clients.ts';
+import { TestCa } from '../helpers/test-ca.ts';
 import type { Running } from '../../services/core/runtime.ts';
 
 const RELAY = '127.0.0.31';
@@ -28,67 +26,19 @@ const PACED = '127.0.0.35';
 const CONCURRENCY = 2;
 const RATE = 5;
 
-interface Sunk {
-  to: string[];
-  user: string;
-  secure: boolean;
-  /** When MAIL FROM arrived (ms). */
-  mailAt: number;
-}
+let ca: TestCa;
 
-const dir = mkdtempSync(join(tmpdir(), 'postino-relay-'));
-const file = (name: string) => join(dir, name);
-const openssl = (...args: string[]) => execFileSync('openssl', args, { stdio: 'pipe' });
-const ecKey = ['-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256', '-nodes'];
-
-function sink(
-  host: string,
-  port: number,
-  out: Sunk[],
-  extra: Partial<SMTPServerOptions>,
-  hold = 0,
-): Promise<SMTPServer> {
-  const mailAt = new WeakMap<object, number>();
-  const s = new SMTPServer({
-    maxAllowedUnauthenticatedCommands: Infinity,
-    logger: false,
-    onMailFrom(_addr, session, cb) {
-      mailAt.set(session, Date.now());
-      cb();
-    },
-    onRcptTo(addr, _session, cb) {
-      // slow.test is always greylisted: its messages stay in the deferred queue.
-      if (addr.address.endsWith('@slow.test')) {
-        return cb(Object.assign(new Error('4.2.1 greylisted, try again later'), { responseCode: 451 }));
-      }
-      cb();
-    },
-    onData(stream, session, cb) {
-      stream.resume();
-      stream.on('end', () => {
-        out.push({
-          to: session.envelope.rcptTo.map((r) => r.address),
-          user: String(session.user ?? ''),
-          secure: session.secure,
-          mailAt: mailAt.get(session) ?? 0,
-        });
-        // Holding the answer keeps the session busy, so that sessions overlap when allowed to.
-        setTimeout(() => cb(), hold);
-      });
-    },
-    ...extra,
-  });
-  s.on('error', () => undefined); // a sender that resets is not a test failure
-  return new Promise((resolve) => s.listen(port, host, () => resolve(s)));
-}
+/** slow.test is always greylisted: its messages stay in the deferred queue. */
+const greylistSlow = (address: string) =>
+  address.endsWith('@slow.test') ? { code: 451, text: '4.2.1 greylisted, try again later' } : 250;
 
 describe('smarthost, delay warnings and per-domain limits', () => {
   let nats: Proc;
   let redis: Proc;
   let dns: Proc;
   const servers: SMTPServer[] = [];
-  const relayed: Sunk[] = [];
-  const sunk: Sunk[] = [];
+  const relayed: Received[] = [];
+  const sunk: Received[] = [];
   let open = 0;
   let mostOpen = 0;
   let ports: Ports;
@@ -99,35 +49,17 @@ describe('smarthost, delay warnings and per-domain limits', () => {
     subject: string,
     dsn?: { notify: ('never' | 'success' | 'failure' | 'delay')[] },
   ) =>
-    nodemailer
-      .createTransport({
-        host: '127.0.0.1',
-        port: ports.submission,
-        secure: false,
-        ignoreTLS: true,
-        auth: { user: 'alice@example.test', pass: 'alice-password' },
-      })
-      .sendMail({
-        from: 'alice@example.test',
-        to,
-        subject,
-        text: `${subject}\n`,
-        dsn: dsn ? { ...dsn, ret: 'hdrs', envid: subject.replace(/\W+/g, '-') } : undefined,
-      });
+    submit(ports.submission, {
+      to,
+      subject,
+      text: `${subject}\n`,
+      dsn: dsn ? { ...dsn, ret: 'hdrs', envid: subject.replace(/\W+/g, '-') } : undefined,
+    });
 
   /** Sources of the messages in alice's INBOX. */
-  const inbox = async (): Promise<string[]> => {
-    const client = new ImapFlow({
-      host: '127.0.0.1',
-      port: ports.imap,
-      secure: false,
-      tls: { rejectUnauthorized: false },
-      auth: { user: 'alice@example.test', pass: 'alice-password' },
-      logger: false,
-    });
-    await client.connect();
-    const out: string[] = [];
-    try {
+  const inbox = (): Promise<string[]> =>
+    withImap(ports.imap, ALICE, async (client) => {
+      const out: string[] = [];
       const lock = await client.getMailboxLock('INBOX');
       try {
         const exists = typeof client.mailbox === 'object' ? client.mailbox.exists : 0;
@@ -136,11 +68,8 @@ describe('smarthost, delay warnings and per-domain limits', () => {
       } finally {
         lock.release();
       }
-    } finally {
-      await client.logout();
-    }
-    return out;
-  };
+      return out;
+    });
 
   const attemptsOf = async (recipient: string): Promise<number> => {
     const r = (await (
@@ -152,74 +81,40 @@ describe('smarthost, delay warnings and per-domain limits', () => {
   };
 
   before(async () => {
-    openssl(
-      'req',
-      '-x509',
-      ...ecKey,
-      '-keyout',
-      file('ca.key'),
-      '-out',
-      file('ca.pem'),
-      '-days',
-      '2',
-      '-subj',
-      '/CN=Postino relay test CA',
-      '-addext',
-      'basicConstraints=critical,CA:TRUE',
-      '-addext',
-      'keyUsage=critical,keyCertSign,cRLSign',
-    );
-    openssl(
-      'req',
-      ...ecKey,
-      '-keyout',
-      file('relay.key'),
-      '-out',
-      file('relay.csr'),
-      '-subj',
-      `/CN=${RELAY}`,
-    );
-    writeFileSync(file('relay.ext'), `subjectAltName=IP:${RELAY}\n`);
-    openssl(
-      'x509',
-      '-req',
-      '-in',
-      file('relay.csr'),
-      '-CA',
-      file('ca.pem'),
-      '-CAkey',
-      file('ca.key'),
-      '-CAcreateserial',
-      '-days',
-      '2',
-      '-extfile',
-      file('relay.ext'),
-      '-out',
-      file('relay.pem'),
-    );
+    ca = new TestCa('Postino relay test CA');
+    ca.issue('relay', [`IP:${RELAY}`]);
     [nats, redis] = await Promise.all([startNats(), startRedis()]);
     const relayPort = await freePort(RELAY);
     const port = await freePort(SINK);
     servers.push(
       // The smarthost: AUTH required, only after STARTTLS (smtp-server's default).
-      await sink(RELAY, relayPort, relayed, {
-        key: readFileSync(file('relay.key')),
-        cert: readFileSync(file('relay.pem')),
-        authMethods: ['PLAIN', 'LOGIN'],
-        onAuth(auth, _session, cb) {
-          if (auth.username === 'relay-user' && auth.password === 'relay secret')
-            return cb(null, { user: auth.username });
-          cb(new Error('5.7.8 bad credentials'));
+      await startSink({
+        host: RELAY,
+        port: relayPort,
+        received: relayed,
+        rcpt: greylistSlow,
+        smtp: {
+          authOptional: false,
+          disabledCommands: [],
+          key: readFileSync(ca.file('relay.key')),
+          cert: readFileSync(ca.file('relay.pem')),
+          authMethods: ['PLAIN', 'LOGIN'],
+          onAuth(auth, _session, cb) {
+            if (auth.username === 'relay-user' && auth.password === 'relay secret')
+              return cb(null, { user: auth.username });
+            cb(new Error('5.7.8 bad credentials'));
+          },
         },
       }),
-      await sink(SINK, port, sunk, { authOptional: true, disabledCommands: ['STARTTLS'] }),
-      await sink(
-        LIMITED,
+      await startSink({ host: SINK, port, received: sunk, rcpt: greylistSlow }),
+      await startSink({
+        host: LIMITED,
         port,
-        sunk,
-        {
-          authOptional: true,
-          disabledCommands: ['STARTTLS'],
+        received: sunk,
+        rcpt: greylistSlow,
+        // Holding each answer keeps the session busy, so that sessions overlap when allowed to.
+        holdMs: 1000,
+        smtp: {
           onConnect(_session, cb) {
             open++;
             mostOpen = Math.max(mostOpen, open);
@@ -229,9 +124,8 @@ describe('smarthost, delay warnings and per-domain limits', () => {
             open--;
           },
         },
-        1000,
-      ),
-      await sink(PACED, port, sunk, { authOptional: true, disabledCommands: ['STARTTLS'] }),
+      }),
+      await startSink({ host: PACED, port, received: sunk, rcpt: greylistSlow }),
     );
     dns = await startDns([
       '--mx-host=relayed.test,mx.relayed.test,10',
@@ -248,7 +142,7 @@ describe('smarthost, delay warnings and per-domain limits', () => {
       DELIVERY_SMTP_PORT: String(port),
       DELIVERY_SMARTHOST: `smtp://relay-user:${encodeURIComponent('relay secret')}@${RELAY}:${relayPort}`,
       DELIVERY_POLICY: 'relayed.test:smarthost',
-      DELIVERY_TLS_CA_FILE: file('ca.pem'),
+      DELIVERY_TLS_CA_FILE: ca.file('ca.pem'),
       DELIVERY_RETRY_SCHEDULE: '1s',
       DELIVERY_DELAY_WARNING: '2s',
       DELIVERY_DOMAIN_CONCURRENCY: String(CONCURRENCY),
@@ -266,6 +160,7 @@ describe('smarthost, delay warnings and per-domain limits', () => {
     await main?.stop();
     for (const s of servers) await new Promise<void>((r) => s.close(() => r()));
     await Promise.all([nats?.cleanup(), redis?.cleanup(), dns?.cleanup()]);
+    ca?.cleanup();
   });
 
   test('the smarthost: relayed over verified STARTTLS with AUTH, not to the MX', async () => {

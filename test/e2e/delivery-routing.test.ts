@@ -7,11 +7,11 @@ import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
 import { promisify } from 'node:util';
-import nodemailer from 'nodemailer';
-import { ImapFlow } from 'imapflow';
-import { SMTPServer } from 'smtp-server';
+import type { SMTPServer } from 'smtp-server';
 import { freePort, startDns, startNats, startRedis, until, type Proc } from '../helpers/servers.ts';
 import { POSTINO, startServices, testConfig, type Ports } from '../helpers/postino.ts';
+import { scripted, startSink, type Received } from '../helpers/sink.ts';
+import { ALICE, submit, withImap } from '../helpers/clients.ts';
 import type { Running } from '../../services/core/runtime.ts';
 import { publish, STREAMS, SUBJECTS } from '../../services/core/nats.ts';
 import { encode, pb } from '../../services/core/codec.ts';
@@ -19,46 +19,11 @@ import { partitionOf } from '../../services/core/partition.ts';
 
 const run = promisify(execFile);
 
-interface Sunk {
-  host: string;
-  to: string[];
-  body: string;
-}
-
-/** Per-recipient behaviour of the sinks: a reply code, or a list consumed one per attempt. */
+/** Per-recipient behaviour of the sinks: a list of reply codes consumed one per attempt. */
 const script = new Map<string, number[]>();
-const sunk: Sunk[] = [];
-
-function sinkOn(host: string, port: number): Promise<SMTPServer> {
-  const s = new SMTPServer({
-    authOptional: true,
-    // An MX takes mail without AUTH: no limit on commands before it (smtp-server's default is 10).
-    maxAllowedUnauthenticatedCommands: Infinity,
-    disabledCommands: ['STARTTLS'],
-    logger: false,
-    onRcptTo(addr, _session, cb) {
-      const plan = script.get(addr.address.toLowerCase());
-      const code = plan && plan.length > 1 ? (plan.shift() ?? 250) : (plan?.[0] ?? 250);
-      if (code === 250) return cb();
-      const text = code >= 500 ? '5.1.1 no such user here' : '4.2.1 try again later';
-      cb(Object.assign(new Error(`${text}`), { responseCode: code }));
-    },
-    onData(stream, session, cb) {
-      const chunks: Buffer[] = [];
-      stream.on('data', (c: Buffer) => chunks.push(c));
-      stream.on('end', () => {
-        sunk.push({
-          host,
-          to: session.envelope.rcptTo.map((r) => r.address),
-          body: Buffer.concat(chunks).toString('utf8'),
-        });
-        cb();
-      });
-    },
-  });
-  s.on('error', () => undefined); // a sender that resets is not a test failure
-  return new Promise((resolve) => s.listen(port, host, () => resolve(s)));
-}
+const sunk: Received[] = [];
+const sinkOn = (host: string, port: number) =>
+  startSink({ host, port, received: sunk, rcpt: scripted(script) });
 
 describe('routing and delivery', () => {
   let nats: Proc;
@@ -73,15 +38,7 @@ describe('routing and delivery', () => {
     run(process.execPath, [POSTINO, ...args], { env: { ...process.env, ADMIN_URL: adminUrl } });
 
   const send = (to: string[], subject: string) =>
-    nodemailer
-      .createTransport({
-        host: '127.0.0.1',
-        port: ports.submission,
-        secure: false,
-        ignoreTLS: true,
-        auth: { user: 'alice@example.test', pass: 'alice-password' },
-      })
-      .sendMail({ from: 'alice@example.test', to, subject, text: `${subject}\n` });
+    submit(ports.submission, { to, subject, text: `${subject}\n` });
 
   before(async () => {
     [nats, redis] = await Promise.all([startNats(), startRedis()]);
@@ -145,17 +102,7 @@ describe('routing and delivery', () => {
     assert.deepEqual(first.to, ['ok@remote.test']);
     // The 4xx recipient is retried (schedule 1s) and delivered once.
     await until('the retried recipient', async () => sunk.find((s) => s.to.includes('later@remote.test')));
-    const client = new ImapFlow({
-      host: '127.0.0.1',
-      port: ports.imap,
-      secure: false,
-      // The test server's certificate is self-signed.
-      tls: { rejectUnauthorized: false },
-      auth: { user: 'alice@example.test', pass: 'alice-password' },
-      logger: false,
-    });
-    await client.connect();
-    try {
+    await withImap(ports.imap, ALICE, async (client) => {
       const src = await until('the bounce in the sender INBOX', async () => {
         const lock = await client.getMailboxLock('INBOX');
         try {
@@ -178,9 +125,7 @@ describe('routing and delivery', () => {
       assert.match(rcpt, /^Status: 5\.1\.1$/m);
       assert.match(rcpt, /^Remote-MTA: dns; mx2\.remote\.test$/m);
       assert.doesNotMatch(rcpt, /ok@remote\.test|later@remote\.test/);
-    } finally {
-      await client.logout();
-    }
+    });
     assert.equal(sunk.filter((s) => s.to.includes('ok@remote.test')).length, 1);
     assert.equal(sunk.filter((s) => s.to.includes('later@remote.test')).length, 1);
   });

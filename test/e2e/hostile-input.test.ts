@@ -65,6 +65,18 @@ async function measured<T>(fn: () => Promise<T>): Promise<{ result: T; peak: num
 
 const mib = (n: number): string => `${(n / MiB).toFixed(1)} MiB`;
 
+/** A plain connection to a local port, once the server has greeted: what it said so far, and whether it closed. */
+async function greeted(port: number): Promise<{ sock: net.Socket; said: string; closed: boolean }> {
+  const sock = net.connect({ host: '127.0.0.1', port });
+  const peer = { sock, said: '', closed: false };
+  sock.on('data', (c: Buffer) => (peer.said += c.toString('latin1')));
+  sock.on('close', () => (peer.closed = true));
+  sock.on('error', () => undefined);
+  await new Promise((resolve) => sock.once('connect', resolve));
+  await until('the greeting', async () => peer.said.includes('\r\n'));
+  return peer;
+}
+
 // ---- a raw IMAP client -------------------------------------------------------------------------
 
 interface Tagged {
@@ -375,22 +387,15 @@ describe('hostile input against the real services', () => {
   it('slow drip: a client sending one byte a second is logged out by the idle timers of SMTP, IMAP and POP3', async () => {
     /** Drips `text` a byte a second; resolves with what the server said and whether it closed first. */
     const drip = async (port: number, text: string): Promise<{ said: string; closedEarly: boolean }> => {
-      const sock = net.connect({ host: '127.0.0.1', port });
-      let said = '';
-      let closed = false;
-      sock.on('data', (c: Buffer) => (said += c.toString('latin1')));
-      sock.on('close', () => (closed = true));
-      sock.on('error', () => undefined);
-      await new Promise((resolve) => sock.once('connect', resolve));
-      await until('the greeting', async () => said.includes('\r\n'));
+      const peer = await greeted(port);
       for (const ch of text) {
-        if (closed) break;
-        sock.write(ch);
+        if (peer.closed) break;
+        peer.sock.write(ch);
         await sleep(1000);
       }
-      const closedEarly = closed;
-      sock.destroy();
-      return { said, closedEarly };
+      const closedEarly = peer.closed;
+      peer.sock.destroy();
+      return { said: peer.said, closedEarly };
     };
     // 20 seconds of dripping each, against idle timers of 5 seconds.
     const [smtp, imap, pop3] = await Promise.all([
@@ -410,17 +415,11 @@ describe('hostile input against the real services', () => {
     const chunk = Buffer.alloc(64 * 1024, 0x41);
     const LINE = 48 * MiB;
     const flood = async (port: number, prefix: string): Promise<{ retained: number; said: string }> => {
-      const sock = net.connect({ host: '127.0.0.1', port });
-      let said = '';
-      let closed = false;
-      sock.on('data', (c: Buffer) => (said += c.toString('latin1')));
-      sock.on('close', () => (closed = true));
-      sock.on('error', () => undefined);
-      await new Promise((resolve) => sock.once('connect', resolve));
-      await until('the greeting', async () => said.includes('\r\n'));
+      const peer = await greeted(port);
+      const { sock } = peer;
       const base = settledMemory();
       sock.write(prefix);
-      for (let sent = 0; sent < LINE && !closed; sent += chunk.length) {
+      for (let sent = 0; sent < LINE && !peer.closed; sent += chunk.length) {
         if (!sock.write(chunk)) await new Promise((resolve) => sock.once('drain', resolve));
       }
       // Everything sent has been read by the server (it is not pausing this socket).
@@ -430,7 +429,7 @@ describe('hostile input against the real services', () => {
       sock.write('\r\n');
       await sleep(200);
       sock.destroy();
-      return { retained, said };
+      return { retained, said: peer.said };
     };
     const smtp = await flood(ports.smtp, 'EHLO ');
     const imap = await flood(ports.imap, 'a1 LOGIN ');

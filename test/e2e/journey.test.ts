@@ -11,8 +11,9 @@ import { join } from 'node:path';
 import { promisify } from 'node:util';
 import nodemailer from 'nodemailer';
 import { ImapFlow } from 'imapflow';
-import { SMTPServer } from 'smtp-server';
+import type { SMTPServer } from 'smtp-server';
 import { freePort, startDns, startNats, startRedis, until, type Proc } from '../helpers/servers.ts';
+import { startSink, type Received } from '../helpers/sink.ts';
 import {
   POSTINO,
   spawnServices,
@@ -33,18 +34,12 @@ async function inboxCount(client: ImapFlow): Promise<number> {
   return status ? (status.messages ?? 0) : 0;
 }
 
-interface Sunk {
-  from: string;
-  to: string[];
-  body: string;
-}
-
 describe('the journey of a message', () => {
   let nats: Proc;
   let redis: Proc;
   let dns: Proc;
   let sink: SMTPServer;
-  const sunk: Sunk[] = [];
+  const sunk: Received[] = [];
   let env: Record<string, string>;
   let ports: Ports;
   let main: Running;
@@ -80,25 +75,7 @@ describe('the journey of a message', () => {
   before(async () => {
     [nats, redis] = await Promise.all([startNats(), startRedis()]);
     const sinkPort = await freePort('127.0.0.2');
-    sink = new SMTPServer({
-      authOptional: true,
-      disabledCommands: ['STARTTLS'],
-      logger: false,
-      onData(stream, session, cb) {
-        const chunks: Buffer[] = [];
-        stream.on('data', (c: Buffer) => chunks.push(c));
-        stream.on('end', () => {
-          sunk.push({
-            from: session.envelope.mailFrom ? session.envelope.mailFrom.address : '',
-            to: session.envelope.rcptTo.map((r) => r.address),
-            body: Buffer.concat(chunks).toString('utf8'),
-          });
-          cb();
-        });
-      },
-    });
-    sink.on('error', () => undefined); // a sender that resets is not a test failure
-    await new Promise<void>((resolve) => sink.listen(sinkPort, '127.0.0.2', () => resolve()));
+    sink = await startSink({ host: '127.0.0.2', port: sinkPort, received: sunk });
     dns = await startDns([
       '--mx-host=remote.test,mx.remote.test,10',
       '--host-record=mx.remote.test,127.0.0.2',

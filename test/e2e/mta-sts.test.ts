@@ -7,17 +7,16 @@
  */
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { execFileSync } from 'node:child_process';
-import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { readFileSync } from 'node:fs';
 import { createServer, type Server } from 'node:https';
 import { Resolver } from 'node:dns/promises';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
-import nodemailer from 'nodemailer';
 import { pino } from 'pino';
-import { SMTPServer } from 'smtp-server';
+import type { SMTPServer } from 'smtp-server';
 import { freePort, startDns, startNats, startRedis, until, type Proc } from '../helpers/servers.ts';
 import { startServices, testConfig, type Ports } from '../helpers/postino.ts';
+import { startSink, type Received } from '../helpers/sink.ts';
+import { submit } from '../helpers/clients.ts';
+import { TestCa } from '../helpers/test-ca.ts';
 import type { Running } from '../../services/core/runtime.ts';
 import { MtaSts } from '../../services/delivery/mta-sts.ts';
 
@@ -25,48 +24,9 @@ const POLICY_HOST = '127.0.0.20';
 const GOOD_MX = '127.0.0.21';
 const BAD_MX = '127.0.0.22';
 
-interface Sunk {
-  to: string[];
-  secure: boolean;
-}
-const sunk: Sunk[] = [];
+const sunk: Received[] = [];
 
-const dir = mkdtempSync(join(tmpdir(), 'postino-sts-'));
-const file = (name: string) => join(dir, name);
-const openssl = (...args: string[]) => execFileSync('openssl', args, { stdio: 'pipe' });
-const ecKey = ['-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256', '-nodes'];
-
-/** A certificate for `names` signed by the test CA. */
-function issue(name: string, names: string[]): void {
-  openssl(
-    'req',
-    ...ecKey,
-    '-keyout',
-    file(`${name}.key`),
-    '-out',
-    file(`${name}.csr`),
-    '-subj',
-    `/CN=${names[0]}`,
-  );
-  writeFileSync(file(`${name}.ext`), `subjectAltName=${names.map((n) => `DNS:${n}`).join(',')}\n`);
-  openssl(
-    'x509',
-    '-req',
-    '-in',
-    file(`${name}.csr`),
-    '-CA',
-    file('ca.pem'),
-    '-CAkey',
-    file('ca.key'),
-    '-CAcreateserial',
-    '-days',
-    '2',
-    '-extfile',
-    file(`${name}.ext`),
-    '-out',
-    file(`${name}.pem`),
-  );
-}
+let ca: TestCa;
 
 /** Policy files by policy host name; changed by the tests. */
 const policies = new Map<string, string>([
@@ -78,26 +38,20 @@ const policies = new Map<string, string>([
 ]);
 let policyFetches = 0;
 
-function sinkOn(host: string, name: string): Promise<SMTPServer> {
-  const s = new SMTPServer({
-    authOptional: true,
-    maxAllowedUnauthenticatedCommands: Infinity,
-    key: readFileSync(file(`${name}.key`)),
-    cert: readFileSync(file(`${name}.pem`)),
-    logger: false,
-    onData(stream, session, cb) {
-      stream.resume();
-      stream.on('end', () => {
-        sunk.push({ to: session.envelope.rcptTo.map((r) => r.address), secure: session.secure });
-        cb();
-      });
+let port = 0;
+
+/** An MX offering STARTTLS with the certificate `name`. */
+const sinkOn = (host: string, name: string) =>
+  startSink({
+    host,
+    port,
+    received: sunk,
+    smtp: {
+      key: readFileSync(ca.file(`${name}.key`)),
+      cert: readFileSync(ca.file(`${name}.pem`)),
+      disabledCommands: [],
     },
   });
-  s.on('error', () => undefined); // a sender that resets is not a test failure
-  return new Promise((resolve) => s.listen(port, host, () => resolve(s)));
-}
-
-let port = 0;
 
 describe('MTA-STS (RFC 8461)', () => {
   let nats: Proc;
@@ -111,15 +65,7 @@ describe('MTA-STS (RFC 8461)', () => {
   let adminUrl: string;
 
   const send = (to: string, subject: string) =>
-    nodemailer
-      .createTransport({
-        host: '127.0.0.1',
-        port: ports.submission,
-        secure: false,
-        ignoreTLS: true,
-        auth: { user: 'alice@example.test', pass: 'alice-password' },
-      })
-      .sendMail({ from: 'alice@example.test', to, subject, text: `${subject}\n` });
+    submit(ports.submission, { to, subject, text: `${subject}\n` });
 
   const queued = async (domain: string) =>
     (
@@ -146,47 +92,20 @@ describe('MTA-STS (RFC 8461)', () => {
   ];
 
   before(async () => {
-    openssl(
-      'req',
-      '-x509',
-      ...ecKey,
-      '-keyout',
-      file('ca.key'),
-      '-out',
-      file('ca.pem'),
-      '-days',
-      '2',
-      '-subj',
-      '/CN=Postino MTA-STS test CA',
-      '-addext',
-      'basicConstraints=critical,CA:TRUE',
-      '-addext',
-      'keyUsage=critical,keyCertSign,cRLSign',
+    ca = new TestCa('Postino MTA-STS test CA');
+    ca.issue(
+      'policy',
+      [...policies.keys()].map((n) => `DNS:${n}`),
     );
-    issue('policy', [...policies.keys()]);
-    issue('mx', ['mx.enforce.test', 'mx.notlisted.test']);
+    ca.issue('mx', ['DNS:mx.enforce.test', 'DNS:mx.notlisted.test']);
     // The bad MX: a self-signed certificate (no chain to a trusted CA), though for the right names.
-    openssl(
-      'req',
-      '-x509',
-      ...ecKey,
-      '-keyout',
-      file('self.key'),
-      '-out',
-      file('self.pem'),
-      '-days',
-      '2',
-      '-subj',
-      '/CN=mx.badcert.test',
-      '-addext',
-      'subjectAltName=DNS:mx.badcert.test,DNS:mx.testing.test',
-    );
+    ca.selfSigned('self', ['DNS:mx.badcert.test', 'DNS:mx.testing.test']);
 
     [nats, redis] = await Promise.all([startNats(), startRedis()]);
     port = await freePort(GOOD_MX);
     sinks.push(await sinkOn(GOOD_MX, 'mx'), await sinkOn(BAD_MX, 'self'));
     https = createServer(
-      { key: readFileSync(file('policy.key')), cert: readFileSync(file('policy.pem')) },
+      { key: readFileSync(ca.file('policy.key')), cert: readFileSync(ca.file('policy.pem')) },
       (req, res) => {
         policyFetches++;
         const body = policies.get((req.headers.host ?? '').toLowerCase());
@@ -206,7 +125,7 @@ describe('MTA-STS (RFC 8461)', () => {
       REDIS_URL: redis.url,
       DNS_SERVERS: dns.url,
       DELIVERY_SMTP_PORT: String(port),
-      DELIVERY_TLS_CA_FILE: file('ca.pem'),
+      DELIVERY_TLS_CA_FILE: ca.file('ca.pem'),
       DELIVERY_RETRY_SCHEDULE: '1s',
       DELIVERY_LEASE: '3s',
       DELIVERY_TIMEOUT: '5s',
@@ -223,6 +142,7 @@ describe('MTA-STS (RFC 8461)', () => {
     for (const s of sinks) await new Promise<void>((r) => s.close(() => r()));
     if (https?.listening) await new Promise<void>((r) => https.close(() => r()));
     await Promise.all([nats?.cleanup(), redis?.cleanup(), dns?.cleanup(), dns2?.cleanup()]);
+    ca?.cleanup();
   });
 
   test('enforce, MX named and certificate valid: delivered over TLS', async () => {
@@ -284,7 +204,7 @@ describe('MTA-STS (RFC 8461)', () => {
         store: main.runtime.redis,
         prefix: main.runtime.config.redisPrefix,
         logger: pino({ level: 'silent' }),
-        ca: [readFileSync(file('ca.pem'), 'utf8')],
+        ca: [readFileSync(ca.file('ca.pem'), 'utf8')],
         fetchTimeoutMs: 5000,
         recheckMs: 60_000,
       });

@@ -13,9 +13,10 @@ import { connect } from 'node:net';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import nodemailer from 'nodemailer';
-import { SMTPServer } from 'smtp-server';
+import type { SMTPServer } from 'smtp-server';
 import { parse } from 'yaml';
 import { freePort, startDns, startNats, startRedis, until, type Proc } from '../helpers/servers.ts';
+import { startSink } from '../helpers/sink.ts';
 import {
   POSTINO,
   ROOT,
@@ -88,24 +89,13 @@ describe('dashboards and alert rules', () => {
   before(async () => {
     [nats, redis] = await Promise.all([startNats(), startRedis()]);
     const sinkPort = await freePort('127.0.0.4');
-    sink = new SMTPServer({
-      authOptional: true,
-      disabledCommands: ['STARTTLS'],
-      logger: false,
-      onData: (s, _x, cb) => s.on('end', () => cb()).resume(),
-    });
-    sink.on('error', () => undefined); // a sender that resets is not a test failure
-    await new Promise<void>((resolve) => sink.listen(sinkPort, '127.0.0.4', () => resolve()));
+    sink = await startSink({ host: '127.0.0.4', port: sinkPort });
     // down.test's MX answers 451 to every recipient: its mail is deferred (a failed attempt, a retry).
-    greylist = new SMTPServer({
-      authOptional: true,
-      disabledCommands: ['STARTTLS'],
-      logger: false,
-      onRcptTo: (_a, _s, cb) =>
-        cb(Object.assign(new Error('4.7.1 Greylisted, try again later'), { responseCode: 451 })),
+    greylist = await startSink({
+      host: '127.0.0.5',
+      port: sinkPort,
+      rcpt: () => ({ code: 451, text: '4.7.1 Greylisted, try again later' }),
     });
-    greylist.on('error', () => undefined); // a sender that resets is not a test failure
-    await new Promise<void>((resolve) => greylist.listen(sinkPort, '127.0.0.5', () => resolve()));
     dns = await startDns([
       '--mx-host=down.test,mx.down.test,10',
       '--host-record=mx.down.test,127.0.0.5',

@@ -23,9 +23,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { connect as tlsConnect, type SecureVersion, type TLSSocket } from 'node:tls';
 import { promisify } from 'node:util';
-import { ImapFlow } from 'imapflow';
 import nodemailer from 'nodemailer';
-import { SMTPServer } from 'smtp-server';
+import type { SMTPServer } from 'smtp-server';
 import { Redis } from 'ioredis';
 import pino from 'pino';
 import {
@@ -38,6 +37,9 @@ import {
   type Proc,
 } from '../helpers/servers.ts';
 import { POSTINO, startServices, testConfig, type Ports } from '../helpers/postino.ts';
+import { startSink, type Received } from '../helpers/sink.ts';
+import { TestCa } from '../helpers/test-ca.ts';
+import { withImap } from '../helpers/clients.ts';
 import type { Running } from '../../services/core/runtime.ts';
 import { nkeys } from '@nats-io/transport-node';
 import { connectNats, SUBJECTS } from '../../services/core/nats.ts';
@@ -68,48 +70,69 @@ const SINK = '127.0.0.9';
 
 const b64 = (s: string) => Buffer.from(s).toString('base64');
 
-/** A raw IMAP client: tagged commands, synchronizing literals, every byte the server sent. */
-class ImapWire {
+/** A raw client connection: every byte the server sent (as latin1 text), taken answer by answer. */
+class RawWire {
   sock: Socket | TLSSocket;
-  #buf = Buffer.alloc(0);
-  #closed = false;
+  buf = '';
+  closed = false;
   #wake: (() => void) | null = null;
-  #tag = 0;
 
   constructor(sock: Socket | TLSSocket) {
     this.sock = sock;
     sock.on('data', (c: Buffer) => {
-      this.#buf = Buffer.concat([this.#buf, c]);
+      this.buf += c.toString('latin1');
       this.#wake?.();
     });
     sock.on('close', () => {
-      this.#closed = true;
+      this.closed = true;
       this.#wake?.();
     });
     sock.on('error', () => undefined);
   }
 
-  static async open(port: number, localAddress = '127.0.0.1'): Promise<ImapWire> {
+  /** A plain connection to a local port from `localAddress`. */
+  static async connect(port: number, localAddress: string): Promise<Socket> {
     const sock = connect({ host: '127.0.0.1', port, localAddress });
     await new Promise((resolve, reject) => sock.once('connect', resolve).once('error', reject));
-    const w = new ImapWire(sock);
-    await w.#until(/^\* (OK|BYE)[^\n]*\n/m);
-    return w;
+    return sock;
   }
 
-  /** Waits until the buffer matches, and takes everything up to the end of the match. */
-  async #until(re: RegExp): Promise<string> {
+  /**
+   * Waits until `length` finds a whole answer at the start of the buffer and takes it; null when
+   * the server closed the connection first (the buffer is left as it is).
+   */
+  async take(length: (buf: string) => number | null): Promise<string | null> {
     for (;;) {
-      const text = this.#buf.toString('latin1');
-      const m = re.exec(text);
-      if (m) {
-        const end = m.index + m[0].length;
-        this.#buf = this.#buf.subarray(end);
-        return text.slice(0, end);
+      const n = length(this.buf);
+      if (n !== null) {
+        const text = this.buf.slice(0, n);
+        this.buf = this.buf.slice(n);
+        return text;
       }
-      if (this.#closed) return `${text}\n(closed)`;
+      if (this.closed) return null;
       await new Promise<void>((resolve) => (this.#wake = resolve));
     }
+  }
+
+  end(): void {
+    this.sock.destroy();
+  }
+}
+
+/** The length of the buffer up to the end of the first match of `re`, or null. */
+const through = (re: RegExp) => (buf: string) => {
+  const m = re.exec(buf);
+  return m ? m.index + m[0].length : null;
+};
+
+/** A raw IMAP client: tagged commands, synchronizing literals, every byte the server sent. */
+class ImapWire extends RawWire {
+  #tag = 0;
+
+  static async open(port: number, localAddress = '127.0.0.1'): Promise<ImapWire> {
+    const w = new ImapWire(await RawWire.connect(port, localAddress));
+    await w.expect(/^\* (OK|BYE)[^\n]*\n/m);
+    return w;
   }
 
   /**
@@ -126,14 +149,14 @@ class ImapWire {
         continue;
       }
       this.sock.write(`${line}{${p.length}}\r\n`);
-      const got = await this.#until(new RegExp(`^(\\+[^\\n]*|${tag} [^\\n]*)\\n`, 'm'));
+      const got = await this.expect(new RegExp(`^(\\+[^\\n]*|${tag} [^\\n]*)\\n`, 'm'));
       out += got;
       if (!/^\+/m.test(got.split('\n').at(-2) ?? got)) return out;
       this.sock.write(p);
       line = '';
     }
     this.sock.write(`${line}\r\n`);
-    return out + (await this.#until(new RegExp(`^${tag} (OK|NO|BAD)[^\\n]*\\n`, 'm')));
+    return out + (await this.expect(new RegExp(`^${tag} (OK|NO|BAD)[^\\n]*\\n`, 'm')));
   }
 
   /** Writes a raw line (IDLE's DONE). */
@@ -142,109 +165,47 @@ class ImapWire {
   }
 
   /** Everything the server sent up to and including the first match of `re`. */
-  expect(re: RegExp): Promise<string> {
-    return this.#until(re);
-  }
-
-  end(): void {
-    this.sock.destroy();
+  async expect(re: RegExp): Promise<string> {
+    return (await this.take(through(re))) ?? `${this.buf}\n(closed)`;
   }
 }
 
 /** A raw POP3 client: one-line and multi-line answers as text. */
-class Pop3Wire {
-  sock: Socket;
-  #buf = '';
-  #closed = false;
-  #wake: (() => void) | null = null;
-
-  constructor(sock: Socket) {
-    this.sock = sock;
-    sock.on('data', (c: Buffer) => {
-      this.#buf += c.toString('latin1');
-      this.#wake?.();
-    });
-    sock.on('close', () => {
-      this.#closed = true;
-      this.#wake?.();
-    });
-    sock.on('error', () => undefined);
-  }
-
+class Pop3Wire extends RawWire {
   static async open(port: number, localAddress = '127.0.0.1'): Promise<Pop3Wire> {
-    const sock = connect({ host: '127.0.0.1', port, localAddress });
-    await new Promise((resolve, reject) => sock.once('connect', resolve).once('error', reject));
-    const w = new Pop3Wire(sock);
+    const w = new Pop3Wire(await RawWire.connect(port, localAddress));
     await w.#read(false);
     return w;
   }
 
   async #read(multi: boolean): Promise<string> {
-    for (;;) {
-      const first = this.#buf.indexOf('\r\n');
-      if (first >= 0) {
-        const isOk = this.#buf.startsWith('+OK');
-        const end = multi && isOk ? this.#buf.indexOf('\r\n.\r\n', first - 2) : first;
-        if (end >= 0) {
-          const take = multi && isOk ? end + 5 : first + 2;
-          const text = this.#buf.slice(0, take);
-          this.#buf = this.#buf.slice(take);
-          return text;
-        }
-      }
-      if (this.#closed) return `${this.#buf}(closed)`;
-      await new Promise<void>((resolve) => (this.#wake = resolve));
-    }
+    const answer = (buf: string) => {
+      const first = buf.indexOf('\r\n');
+      if (first < 0) return null;
+      if (!multi || !buf.startsWith('+OK')) return first + 2;
+      const end = buf.indexOf('\r\n.\r\n', first - 2);
+      return end >= 0 ? end + 5 : null;
+    };
+    return (await this.take(answer)) ?? `${this.buf}(closed)`;
   }
 
   async cmd(line: string | Buffer, multi = false): Promise<string> {
     this.sock.write(Buffer.concat([Buffer.from(line), Buffer.from('\r\n')]));
     return this.#read(multi);
   }
-
-  end(): void {
-    this.sock.destroy();
-  }
 }
 
 /** A raw SMTP client. */
-class SmtpWire {
-  sock: Socket;
-  #buf = '';
-  #closed = false;
-  #wake: (() => void) | null = null;
-
-  constructor(sock: Socket) {
-    this.sock = sock;
-    sock.on('data', (c: Buffer) => {
-      this.#buf += c.toString('latin1');
-      this.#wake?.();
-    });
-    sock.on('close', () => {
-      this.#closed = true;
-      this.#wake?.();
-    });
-    sock.on('error', () => undefined);
-  }
-
+class SmtpWire extends RawWire {
   static async open(port: number, localAddress = '127.0.0.1'): Promise<SmtpWire> {
-    const sock = connect({ host: '127.0.0.1', port, localAddress });
-    await new Promise((resolve, reject) => sock.once('connect', resolve).once('error', reject));
-    const w = new SmtpWire(sock);
+    const w = new SmtpWire(await RawWire.connect(port, localAddress));
     await w.reply();
     return w;
   }
 
   async reply(): Promise<string> {
-    for (;;) {
-      const m = /^(?:\d{3}-[^\n]*\n)*\d{3}(?: [^\n]*)?\r?\n/.exec(this.#buf);
-      if (m) {
-        this.#buf = this.#buf.slice(m[0].length);
-        return m[0].trimEnd();
-      }
-      if (this.#closed) return `(closed) ${this.#buf}`;
-      await new Promise<void>((resolve) => (this.#wake = resolve));
-    }
+    const got = await this.take(through(/^(?:\d{3}-[^\n]*\n)*\d{3}(?: [^\n]*)?\r?\n/));
+    return got === null ? `(closed) ${this.buf}` : got.trimEnd();
   }
 
   async cmd(line: string | Buffer): Promise<string> {
@@ -252,29 +213,16 @@ class SmtpWire {
     this.sock.write(Buffer.concat([bytes, Buffer.from('\r\n')]));
     return this.reply();
   }
-
-  end(): void {
-    this.sock.destroy();
-  }
 }
 
-/** The messages of one folder as its owner sees them (imapflow over STARTTLS... or loopback plain). */
-async function folderOf(
+/** The messages of one folder as its owner sees them. */
+function folderOf(
   port: number,
   user: string,
   pass: string,
   folder: string,
 ): Promise<{ uid: number; subject: string; flags: string[] }[]> {
-  const client = new ImapFlow({
-    host: '127.0.0.1',
-    port,
-    secure: false,
-    auth: { user, pass },
-    logger: false,
-    tls: { rejectUnauthorized: false },
-  });
-  await client.connect();
-  try {
+  return withImap(port, { user, pass }, async (client) => {
     const lock = await client.getMailboxLock(folder);
     try {
       const out: { uid: number; subject: string; flags: string[] }[] = [];
@@ -286,26 +234,11 @@ async function folderOf(
     } finally {
       lock.release();
     }
-  } finally {
-    await client.logout();
-  }
+  });
 }
 
-async function folderNames(port: number, user: string, pass: string): Promise<string[]> {
-  const client = new ImapFlow({
-    host: '127.0.0.1',
-    port,
-    secure: false,
-    auth: { user, pass },
-    logger: false,
-    tls: { rejectUnauthorized: false },
-  });
-  await client.connect();
-  try {
-    return (await client.list()).map((f) => f.path).sort();
-  } finally {
-    await client.logout();
-  }
+function folderNames(port: number, user: string, pass: string): Promise<string[]> {
+  return withImap(port, { user, pass }, async (client) => (await client.list()).map((f) => f.path).sort());
 }
 
 /**
@@ -363,7 +296,7 @@ describe('security: one user never reaches another, no relay, TLS 1.2+, admin AP
   let redis: Proc;
   let dns: Proc;
   let sink: SMTPServer;
-  const sunk: { to: string[]; body: string }[] = [];
+  const sunk: Received[] = [];
   let main: Running;
   let ports: Ports;
   let http: number;
@@ -386,23 +319,7 @@ describe('security: one user never reaches another, no relay, TLS 1.2+, admin AP
 
   before(async () => {
     const sinkPort = await freePort(SINK);
-    sink = new SMTPServer({
-      authOptional: true,
-      disabledCommands: ['STARTTLS'],
-      logger: false,
-      onData(stream, session, cb) {
-        const chunks: Buffer[] = [];
-        stream.on('data', (c: Buffer) => chunks.push(c));
-        stream.on('end', () => {
-          sunk.push({
-            to: session.envelope.rcptTo.map((r) => r.address),
-            body: Buffer.concat(chunks).toString('latin1'),
-          });
-          cb();
-        });
-      },
-    });
-    await new Promise<void>((resolve) => sink.listen(sinkPort, SINK, resolve));
+    sink = await startSink({ host: SINK, port: sinkPort, received: sunk });
     [nats, redis, dns] = await Promise.all([
       startNats(),
       startRedis(),
@@ -430,35 +347,19 @@ describe('security: one user never reaches another, no relay, TLS 1.2+, admin AP
       assert.equal(res.status, 201, `${path} ${await res.text()}`);
     }
     // Bob: three messages in INBOX (so his UIDs go past alice's), and a folder of his own.
-    const bob = new ImapFlow({
-      host: '127.0.0.1',
-      port: ports.imap,
-      secure: false,
-      auth: { user: BOB, pass: BOB_PASSWORD },
-      logger: false,
-      tls: { rejectUnauthorized: false },
+    await withImap(ports.imap, { user: BOB, pass: BOB_PASSWORD }, async (bob) => {
+      for (let i = 1; i <= 3; i++) {
+        await bob.append(
+          'INBOX',
+          `From: carol@example.test\r\nTo: ${BOB}\r\nSubject: ${BOB_SECRET} ${i}\r\n\r\n${BOB_SECRET} body ${i}\r\n`,
+        );
+      }
+      await bob.mailboxCreate('Private');
+      await bob.append('Private', `Subject: ${BOB_SECRET} private\r\n\r\n${BOB_SECRET} private body\r\n`);
     });
-    await bob.connect();
-    for (let i = 1; i <= 3; i++) {
-      await bob.append(
-        'INBOX',
-        `From: carol@example.test\r\nTo: ${BOB}\r\nSubject: ${BOB_SECRET} ${i}\r\n\r\n${BOB_SECRET} body ${i}\r\n`,
-      );
-    }
-    await bob.mailboxCreate('Private');
-    await bob.append('Private', `Subject: ${BOB_SECRET} private\r\n\r\n${BOB_SECRET} private body\r\n`);
-    await bob.logout();
-    const alice = new ImapFlow({
-      host: '127.0.0.1',
-      port: ports.imap,
-      secure: false,
-      auth: { user: ALICE, pass: ALICE_PASSWORD },
-      logger: false,
-      tls: { rejectUnauthorized: false },
-    });
-    await alice.connect();
-    await alice.append('INBOX', `Subject: ${ALICE_MARK}\r\n\r\n${ALICE_MARK} body\r\n`);
-    await alice.logout();
+    await withImap(ports.imap, { user: ALICE, pass: ALICE_PASSWORD }, (alice) =>
+      alice.append('INBOX', `Subject: ${ALICE_MARK}\r\n\r\n${ALICE_MARK} body\r\n`),
+    );
     bobUids = (await folderOf(ports.imap, BOB, BOB_PASSWORD, 'INBOX')).map((m) => m.uid);
     assert.deepEqual(bobUids, [1, 2, 3]);
   });
@@ -593,33 +494,17 @@ describe('security: one user never reaches another, no relay, TLS 1.2+, admin AP
       const exists = Number(/^\* (\d+) EXISTS/m.exec(await w.cmd('SELECT INBOX'))?.[1]);
       w.send('i1 IDLE');
       await w.expect(/^\+[^\n]*\n/m);
-      const bob = new ImapFlow({
-        host: '127.0.0.1',
-        port: ports.imap,
-        secure: false,
-        auth: { user: BOB, pass: BOB_PASSWORD },
-        logger: false,
-        tls: { rejectUnauthorized: false },
+      await withImap(ports.imap, { user: BOB, pass: BOB_PASSWORD }, async (bob) => {
+        await bob.append('INBOX', `Subject: ${BOB_SECRET} during idle\r\n\r\nx\r\n`);
+        const lock = await bob.getMailboxLock('INBOX');
+        await bob.messageFlagsAdd('1:*', ['\\Flagged'], { uid: true });
+        await bob.messageDelete(`${(bob.mailbox as { uidNext: number }).uidNext - 1}`, { uid: true });
+        lock.release();
       });
-      await bob.connect();
-      await bob.append('INBOX', `Subject: ${BOB_SECRET} during idle\r\n\r\nx\r\n`);
-      const lock = await bob.getMailboxLock('INBOX');
-      await bob.messageFlagsAdd('1:*', ['\\Flagged'], { uid: true });
-      await bob.messageDelete(`${(bob.mailbox as { uidNext: number }).uidNext - 1}`, { uid: true });
-      lock.release();
-      await bob.logout();
       // The canary: alice's own new message is announced to the idling session.
-      const alice = new ImapFlow({
-        host: '127.0.0.1',
-        port: ports.imap,
-        secure: false,
-        auth: { user: ALICE, pass: ALICE_PASSWORD },
-        logger: false,
-        tls: { rejectUnauthorized: false },
-      });
-      await alice.connect();
-      await alice.append('INBOX', `Subject: ${ALICE_MARK} during idle\r\n\r\nx\r\n`);
-      await alice.logout();
+      await withImap(ports.imap, { user: ALICE, pass: ALICE_PASSWORD }, (alice) =>
+        alice.append('INBOX', `Subject: ${ALICE_MARK} during idle\r\n\r\nx\r\n`),
+      );
       const seen = await w.expect(new RegExp(`^\\* ${exists + 1} EXISTS[^\\n]*\\n`, 'm'));
       w.send('DONE');
       const rest = await w.expect(/^i1 OK[^\n]*\n/m);
@@ -848,6 +733,12 @@ describe('security: one user never reaches another, no relay, TLS 1.2+, admin AP
   });
 
   test('admin API with ADMIN_TOKEN: 401 without the token or with a wrong one, on every route; 200 with it (curl)', async () => {
+    /** The HTTP status curl gets for the admin API path last in `args`. */
+    const curlStatus = async (...args: string[]) => {
+      const path = args.pop() ?? '';
+      const url = `http://127.0.0.1:${http}${path}`;
+      return (await run('curl', ['-s', '-o', '/dev/null', '-w', '%{http_code}', ...args, url])).stdout;
+    };
     const routes = [
       '/api/domains',
       '/api/users',
@@ -863,43 +754,13 @@ describe('security: one user never reaches another, no relay, TLS 1.2+, admin AP
         ['-H', `Authorization: bearer${ADMIN_TOKEN}`],
         ['-H', `Authorization: Basic ${b64(`admin:${ADMIN_TOKEN}`)}`],
       ]) {
-        const { stdout } = await run('curl', [
-          '-s',
-          '-o',
-          '/dev/null',
-          '-w',
-          '%{http_code}',
-          ...header,
-          `http://127.0.0.1:${http}${path}`,
-        ]);
-        assert.equal(stdout, '401', `${path} ${header.join(' ')}`);
+        assert.equal(await curlStatus(...header, path), '401', `${path} ${header.join(' ')}`);
       }
-      const { stdout } = await run('curl', [
-        '-s',
-        '-o',
-        '/dev/null',
-        '-w',
-        '%{http_code}',
-        '-H',
-        `Authorization: Bearer ${ADMIN_TOKEN}`,
-        `http://127.0.0.1:${http}${path}`,
-      ]);
-      assert.match(stdout, /^(200|404)$/, path);
+      assert.match(await curlStatus('-H', `Authorization: Bearer ${ADMIN_TOKEN}`, path), /^(200|404)$/, path);
     }
     // A write without the token changes nothing.
-    const { stdout } = await run('curl', [
-      '-s',
-      '-o',
-      '/dev/null',
-      '-w',
-      '%{http_code}',
-      '-X',
-      'POST',
-      '-d',
-      JSON.stringify({ address: 'mallory@example.test', password: 'x' }),
-      `http://127.0.0.1:${http}/api/users`,
-    ]);
-    assert.equal(stdout, '401');
+    const body = JSON.stringify({ address: 'mallory@example.test', password: 'x' });
+    assert.equal(await curlStatus('-X', 'POST', '-d', body, '/api/users'), '401');
     assert.ok(!(await (await api('/api/users')).text()).includes('mallory'));
   });
 
@@ -955,57 +816,6 @@ describe('security: one user never reaches another, no relay, TLS 1.2+, admin AP
   });
 });
 
-/** A CA and a certificate for 127.0.0.1 signed by it, made with openssl. */
-async function makeCa(dir: string): Promise<{ ca: string; cert: string; key: string }> {
-  const f = (n: string) => join(dir, n);
-  await run('openssl', [
-    'req',
-    '-x509',
-    '-newkey',
-    'rsa:2048',
-    '-nodes',
-    '-days',
-    '2',
-    '-subj',
-    '/CN=Postino Test CA',
-    '-keyout',
-    f('ca.key'),
-    '-out',
-    f('ca.pem'),
-  ]);
-  await run('openssl', [
-    'req',
-    '-newkey',
-    'rsa:2048',
-    '-nodes',
-    '-subj',
-    '/CN=127.0.0.1',
-    '-keyout',
-    f('server.key'),
-    '-out',
-    f('server.csr'),
-  ]);
-  writeFileSync(f('ext.cnf'), 'subjectAltName=IP:127.0.0.1,DNS:localhost\n');
-  await run('openssl', [
-    'x509',
-    '-req',
-    '-in',
-    f('server.csr'),
-    '-CA',
-    f('ca.pem'),
-    '-CAkey',
-    f('ca.key'),
-    '-CAcreateserial',
-    '-days',
-    '2',
-    '-extfile',
-    f('ext.cnf'),
-    '-out',
-    f('server.pem'),
-  ]);
-  return { ca: f('ca.pem'), cert: f('server.pem'), key: f('server.key') };
-}
-
 function spawnDaemon(bin: string, args: string[]): ChildProcess {
   return spawn(bin, args, { stdio: 'ignore' });
 }
@@ -1038,7 +848,9 @@ describe('security: NATS and Redis with credentials and TLS; no secret in logs o
 
   before(async () => {
     dir = mkdtempSync(join(tmpdir(), 'postino-sec-'));
-    ca = await makeCa(dir);
+    const testCa = new TestCa('Postino Test CA', dir);
+    testCa.issue('server', ['IP:127.0.0.1', 'DNS:localhost']);
+    ca = { ca: testCa.file('ca.pem'), cert: testCa.file('server.pem'), key: testCa.file('server.key') };
     natsPort = await freePort();
     redisPort = await freePort();
     const seedFile = join(dir, 'user.nk');

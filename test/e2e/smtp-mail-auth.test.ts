@@ -9,7 +9,6 @@ import { execFile } from 'node:child_process';
 import { generateKeyPairSync } from 'node:crypto';
 import { promisify } from 'node:util';
 import { connect } from 'node:net';
-import nodemailer from 'nodemailer';
 import { dkimVerify } from 'mailauth/lib/dkim/verify.js';
 import { startDns, startNats, startRedis, type Proc } from '../helpers/servers.ts';
 import { POSTINO, startServices, testConfig, type Ports } from '../helpers/postino.ts';
@@ -19,6 +18,7 @@ import { STREAMS } from '../../services/core/nats.ts';
 import { dkimSign } from '../../services/smtp-ingress/dkim-sign.ts';
 import { dnsResolver } from '../../services/smtp-ingress/mail-auth.ts';
 import { Wire, transcript } from '../helpers/smtp-wire.ts';
+import { submit } from '../helpers/clients.ts';
 
 const run = promisify(execFile);
 
@@ -176,20 +176,12 @@ describe('SPF, DKIM and DMARC on port 25, and DKIM signing on submission', () =>
     };
     assert.equal(shown.txt, strings.join(''));
 
-    const info = await nodemailer
-      .createTransport({
-        host: '127.0.0.1',
-        port: ports.submission,
-        secure: false,
-        ignoreTLS: true,
-        auth: { user: 'alice@example.test', pass: 'alice-password' },
-      })
-      .sendMail({
-        from: 'Alice <alice@example.test>',
-        to: 'friend@remote.test',
-        subject: 'signed for you',
-        text: 'Hello,\n\n  spaced   text  \n\n\n',
-      });
+    const info = await submit(ports.submission, {
+      from: 'Alice <alice@example.test>',
+      to: 'friend@remote.test',
+      subject: 'signed for you',
+      text: 'Hello,\n\n  spaced   text  \n\n\n',
+    });
     const body = await bodyOf(main, info.response);
     assert.match(
       body,

@@ -11,8 +11,9 @@ import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { ImapFlow } from 'imapflow';
 import nodemailer from 'nodemailer';
-import { SMTPServer } from 'smtp-server';
+import type { SMTPServer } from 'smtp-server';
 import { freePort, startDns, startNats, startRedis, until, type Proc } from '../helpers/servers.ts';
+import { startSink } from '../helpers/sink.ts';
 import { spawnServices, testConfig, type Ports, type ServiceProcess } from '../helpers/postino.ts';
 
 interface Span {
@@ -127,14 +128,7 @@ describe('end-to-end traces over OTLP', () => {
     [nats, redis] = await Promise.all([startNats(), startRedis()]);
     receiver = await startReceiver(spans);
     const sinkPort = await freePort('127.0.0.3');
-    sink = new SMTPServer({
-      authOptional: true,
-      disabledCommands: ['STARTTLS'],
-      logger: false,
-      onData: (s, _sess, cb) => s.on('end', () => cb()).resume(),
-    });
-    sink.on('error', () => undefined); // a sender that resets is not a test failure
-    await new Promise<void>((resolve) => sink.listen(sinkPort, '127.0.0.3', () => resolve()));
+    sink = await startSink({ host: '127.0.0.3', port: sinkPort });
     dns = await startDns([
       '--mx-host=remote.test,mx.remote.test,10',
       '--host-record=mx.remote.test,127.0.0.3',

@@ -234,6 +234,15 @@ export async function startRedisCluster(): Promise<RedisCluster> {
   return { url: ports.map((p) => `redis://127.0.0.1:${p}`).join(','), ports, cleanup };
 }
 
+/** The Redis deployments a suite of Redis-backed code runs against, each in its own describe(). */
+export const REDIS_BACKENDS = ['single redis-server', 'three-master Redis Cluster'] as const;
+export type RedisBackend = (typeof REDIS_BACKENDS)[number];
+
+/** A fresh Redis of the kind `backend` names: its URL (connectRedis() takes both) and how to stop it. */
+export function startRedisBackend(backend: RedisBackend): Promise<{ url: string; cleanup(): Promise<void> }> {
+  return backend === 'single redis-server' ? startRedis() : startRedisCluster();
+}
+
 /**
  * dnsmasq as an authoritative-looking DNS server for test zones. `records` are dnsmasq options
  * such as `--mx-host=remote.test,mx.remote.test,10` and `--host-record=mx.remote.test,127.0.0.2`.

@@ -6,7 +6,7 @@
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { pino } from 'pino';
-import { startNats, startRedis, startRedisCluster, type Proc } from '../helpers/servers.ts';
+import { REDIS_BACKENDS, startNats, startRedisBackend, type Proc } from '../helpers/servers.ts';
 import { connectNats, type Nats } from '../../services/core/nats.ts';
 import { connectRedis, type Redis } from '../../services/core/redis.ts';
 import { BlobHolder, BlobRecords, BlobStore } from '../../services/core/blobs.ts';
@@ -30,7 +30,7 @@ after(async () => {
   await natsProc.cleanup();
 });
 
-for (const backend of ['single redis-server', 'three-master Redis Cluster'] as const) {
+for (const backend of REDIS_BACKENDS) {
   describe(`queue entries holding bodies on a ${backend}`, () => {
     let cleanup: () => Promise<void>;
     let redis: Redis;
@@ -44,17 +44,9 @@ for (const backend of ['single redis-server', 'three-master Redis Cluster'] as c
       });
 
     before(async () => {
-      let url: string;
-      if (backend === 'single redis-server') {
-        const proc = await startRedis();
-        url = proc.url;
-        cleanup = () => proc.cleanup();
-      } else {
-        const cluster = await startRedisCluster();
-        url = cluster.url;
-        cleanup = () => cluster.cleanup();
-      }
-      redis = await connectRedis(url, logger);
+      const server = await startRedisBackend(backend);
+      cleanup = () => server.cleanup();
+      redis = await connectRedis(server.url, logger);
       blobs = await BlobStore.open(nats, 1, new BlobRecords(redis, 'h:'));
       refs = new BlobRefs(redis, 'h:', { graceMs: GRACE, deleteBody: (id) => blobs.delete(id) });
     });

@@ -8,13 +8,13 @@
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { pino } from 'pino';
-import { startRedis, startRedisCluster } from '../helpers/servers.ts';
+import { REDIS_BACKENDS, startRedisBackend } from '../helpers/servers.ts';
 import { connectRedis, type Redis } from '../../services/core/redis.ts';
 import { Directory } from '../../services/core/directory.ts';
 
 const logger = pino({ level: 'silent' });
 
-for (const backend of ['single redis-server', 'three-master Redis Cluster'] as const) {
+for (const backend of REDIS_BACKENDS) {
   describe(`directory on a ${backend}`, () => {
     let cleanup: () => Promise<void>;
     let redis: Redis;
@@ -27,17 +27,9 @@ for (const backend of ['single redis-server', 'three-master Redis Cluster'] as c
     }
 
     before(async () => {
-      let url: string;
-      if (backend === 'single redis-server') {
-        const proc = await startRedis();
-        url = proc.url;
-        cleanup = () => proc.cleanup();
-      } else {
-        const cluster = await startRedisCluster();
-        url = cluster.url;
-        cleanup = () => cluster.cleanup();
-      }
-      redis = await connectRedis(url, logger);
+      const server = await startRedisBackend(backend);
+      cleanup = () => server.cleanup();
+      redis = await connectRedis(server.url, logger);
       dir = new Directory(redis, 'd:');
       await dir.addDomain('example.test');
       await dir.addDomain('other.test');

@@ -9,7 +9,7 @@ import { setFlagsFromString } from 'node:v8';
 import { runInNewContext } from 'node:vm';
 import fc from 'fast-check';
 import { pino } from 'pino';
-import { startNats, startRedis, startRedisCluster, type Proc } from '../helpers/servers.ts';
+import { REDIS_BACKENDS, startNats, startRedisBackend, type Proc } from '../helpers/servers.ts';
 import { connectNats, type Nats } from '../../services/core/nats.ts';
 import { connectRedis, type Redis } from '../../services/core/redis.ts';
 import { BlobStore } from '../../services/core/blobs.ts';
@@ -59,7 +59,7 @@ after(async () => {
 
 const raw = (s: string) => Buffer.from(s.replace(/\r?\n/g, '\r\n'));
 
-for (const backend of ['single redis-server', 'three-master Redis Cluster'] as const) {
+for (const backend of REDIS_BACKENDS) {
   describe(`mailbox store on a ${backend}`, () => {
     let cleanup: () => Promise<void>;
     let url: string;
@@ -81,15 +81,9 @@ for (const backend of ['single redis-server', 'three-master Redis Cluster'] as c
     };
 
     before(async () => {
-      if (backend === 'single redis-server') {
-        const proc = await startRedis();
-        url = proc.url;
-        cleanup = () => proc.cleanup();
-      } else {
-        const cluster = await startRedisCluster();
-        url = cluster.url;
-        cleanup = () => cluster.cleanup();
-      }
+      const server = await startRedisBackend(backend);
+      url = server.url;
+      cleanup = () => server.cleanup();
       const redis = await connectRedis(url, logger);
       redises.push(redis);
       refs = new BlobRefs(redis, 't:', { graceMs: 3_600_000, deleteBody: (id) => blobs.delete(id) });
