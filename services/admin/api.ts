@@ -16,33 +16,19 @@
  *   POST   /api/import        NDJSON of domains, users, aliases (services/admin/import.ts)
  * Requests need `Authorization: Bearer <ADMIN_TOKEN>`; with no token configured only loopback clients are served.
  */
-import type { IncomingMessage, ServerResponse } from 'node:http';
+import type { IncomingMessage } from 'node:http';
 import type { Logger } from 'pino';
 import { DirectoryError, type Directory } from '../core/directory.ts';
 import type { Route } from '../core/http.ts';
 import { adminAuthorizer } from './auth.ts';
+import { BodyError, readJsonObject, sendJson } from './json.ts';
 import type { Nats } from '../core/nats.ts';
 import { traceMessage } from './trace.ts';
 import { ImportLineTooLong, importDirectory, ndjsonLines } from './import.ts';
 
 const MAX_BODY = 64 * 1024;
 
-async function readJson(req: IncomingMessage): Promise<Record<string, unknown>> {
-  const chunks: Buffer[] = [];
-  let size = 0;
-  for await (const c of req) {
-    size += (c as Buffer).length;
-    if (size > MAX_BODY) throw new HttpError(413, 'request body too large');
-    chunks.push(c as Buffer);
-  }
-  try {
-    const v: unknown = JSON.parse(Buffer.concat(chunks).toString('utf8') || '{}');
-    if (typeof v !== 'object' || v === null || Array.isArray(v)) throw new Error('not an object');
-    return v as Record<string, unknown>;
-  } catch {
-    throw new HttpError(400, 'body must be a JSON object');
-  }
-}
+const readJson = (req: IncomingMessage) => readJsonObject(req, MAX_BODY);
 
 class HttpError extends Error {
   readonly status: number;
@@ -52,11 +38,7 @@ class HttpError extends Error {
   }
 }
 
-function json(res: ServerResponse, status: number, body: unknown): void {
-  res.statusCode = status;
-  res.setHeader('content-type', 'application/json');
-  res.end(`${JSON.stringify(body)}\n`);
-}
+const json = sendJson;
 
 function str(body: Record<string, unknown>, key: string): string {
   const v = body[key];
@@ -162,7 +144,7 @@ export function adminRoute(directory: Directory, nats: Nats, token: string, logg
       }
       throw new HttpError(404, `no route ${method} ${url.pathname}`);
     } catch (err) {
-      if (err instanceof HttpError) json(res, err.status, { error: err.message });
+      if (err instanceof HttpError || err instanceof BodyError) json(res, err.status, { error: err.message });
       else if (err instanceof ImportLineTooLong) json(res, 413, { error: err.message });
       else if (err instanceof DirectoryError) json(res, STATUS_OF[err.code], { error: err.message });
       else {

@@ -7,11 +7,12 @@
  * Same access rule as the rest of the API: `Authorization: Bearer <ADMIN_TOKEN>`, or loopback only.
  */
 import { generateKeyPairSync } from 'node:crypto';
-import type { IncomingMessage, ServerResponse } from 'node:http';
+import type { IncomingMessage } from 'node:http';
 import type { Logger } from 'pino';
 import type { Directory } from '../core/directory.ts';
 import type { Route } from '../core/http.ts';
 import { adminAuthorizer } from './auth.ts';
+import { readJsonObject, sendJson } from './json.ts';
 
 const MAX_BODY = 4096;
 
@@ -46,25 +47,12 @@ export function dkimRecord(
   };
 }
 
-function json(res: ServerResponse, status: number, body: unknown): void {
-  res.statusCode = status;
-  res.setHeader('content-type', 'application/json');
-  res.end(`${JSON.stringify(body)}\n`);
-}
+const json = sendJson;
 
 async function readSelector(req: IncomingMessage): Promise<string | null> {
-  let raw = '';
-  for await (const c of req) {
-    raw += (c as Buffer).toString('utf8');
-    if (raw.length > MAX_BODY) return null;
-  }
-  let body: unknown;
-  try {
-    body = JSON.parse(raw || '{}');
-  } catch {
-    return null;
-  }
-  const sel = (body as { selector?: unknown }).selector;
+  const body = await readJsonObject(req, MAX_BODY).catch(() => null);
+  if (!body) return null;
+  const sel = body.selector;
   if (sel === undefined) return `p${new Date().toISOString().slice(0, 10).replace(/-/g, '')}`;
   // RFC 6376 3.1: a selector is one or more sub-domain labels.
   return typeof sel === 'string' && /^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?(?:\.[a-z0-9-]{1,63})*$/i.test(sel)

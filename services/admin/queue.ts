@@ -11,6 +11,7 @@ import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { Logger } from 'pino';
 import type { Route } from '../core/http.ts';
 import { adminAuthorizer } from './auth.ts';
+import { readJsonObject, sendJson } from './json.ts';
 import type { Runtime } from '../core/runtime.ts';
 import { QueueStore } from '../delivery/queue-store.ts';
 import { BlobHolder } from '../core/blobs.ts';
@@ -30,24 +31,12 @@ const ACTIONS = ['retry', 'hold', 'release', 'delete'] as const;
 type Action = (typeof ACTIONS)[number];
 
 function send(res: ServerResponse, status: number, body: unknown): true {
-  res.statusCode = status;
-  res.setHeader('content-type', 'application/json');
-  res.end(`${JSON.stringify(body)}\n`);
+  sendJson(res, status, body);
   return true;
 }
 
-async function body(req: IncomingMessage): Promise<Record<string, unknown> | null> {
-  let raw = '';
-  for await (const c of req) {
-    raw += (c as Buffer).toString('utf8');
-    if (raw.length > MAX_BODY) return null;
-  }
-  try {
-    const v: unknown = JSON.parse(raw || '{}');
-    return typeof v === 'object' && v !== null && !Array.isArray(v) ? (v as Record<string, unknown>) : null;
-  } catch {
-    return null;
-  }
+function body(req: IncomingMessage): Promise<Record<string, unknown> | null> {
+  return readJsonObject(req, MAX_BODY).catch(() => null);
 }
 
 export function queueRoute(rt: Runtime, logger: Logger): Route {

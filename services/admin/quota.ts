@@ -7,36 +7,24 @@
  * Usage comes from the mailbox store over its RPC. Same access rule as the rest of the API:
  * `Authorization: Bearer <ADMIN_TOKEN>`, or loopback only.
  */
-import type { IncomingMessage, ServerResponse } from 'node:http';
+import type { IncomingMessage } from 'node:http';
 import type { Logger } from 'pino';
 import type { Directory } from '../core/directory.ts';
 import { DirectoryError } from '../core/directory.ts';
 import type { Route } from '../core/http.ts';
 import type { MailboxClient } from '../core/mailbox-api.ts';
 import { adminAuthorizer } from './auth.ts';
+import { readJsonObject, sendJson } from './json.ts';
 
 const MAX_BODY = 4096;
 
-function json(res: ServerResponse, status: number, body: unknown): void {
-  res.statusCode = status;
-  res.setHeader('content-type', 'application/json');
-  res.end(`${JSON.stringify(body)}\n`);
-}
+const json = sendJson;
 
 /** {bytes, messages} as non-negative integers, or null. */
 async function readLimits(req: IncomingMessage): Promise<{ bytes: number; messages: number } | null> {
-  let raw = '';
-  for await (const c of req) {
-    raw += (c as Buffer).toString('utf8');
-    if (raw.length > MAX_BODY) return null;
-  }
-  let body: unknown;
-  try {
-    body = JSON.parse(raw || '{}');
-  } catch {
-    return null;
-  }
-  const { bytes = 0, messages = 0 } = (body ?? {}) as { bytes?: unknown; messages?: unknown };
+  const body = await readJsonObject(req, MAX_BODY).catch(() => null);
+  if (!body) return null;
+  const { bytes = 0, messages = 0 } = body;
   const ok = (v: unknown): v is number => typeof v === 'number' && Number.isSafeInteger(v) && v >= 0;
   return ok(bytes) && ok(messages) ? { bytes, messages } : null;
 }
