@@ -12,7 +12,6 @@ import { SpanKind, extractTrace, withSpan } from '../core/telemetry.ts';
 import { userToken } from '../core/address.ts';
 import {
   MailboxError,
-  quotaReached,
   type FlagOp,
   type FolderInfo,
   type MailboxChange,
@@ -20,7 +19,8 @@ import {
   type MessageMeta,
   type MessagesOptions,
 } from '../core/mailbox-api.ts';
-import { structureOf, withStructure } from '../core/mime-structure.ts';
+import { structureOf } from '../core/mime-structure.ts';
+import { storeStreamedBody } from './stream-append.ts';
 import { histogram } from '../core/metrics.ts';
 import { BATCH, type MailboxStore } from './store.ts';
 
@@ -554,14 +554,8 @@ export class MailboxRpcClient implements MailboxClient {
     internalDate = Date.now(),
     origin = '',
   ): Promise<{ uid: number; uidValidity: number }> {
-    // Fail early, before storing the body, when the folder is missing or the user is at the limit.
-    const [q] = await Promise.all([this.quota(user), this.status(user, folder)]);
-    if (quotaReached(q)) throw new MailboxError('OVERQUOTA', 'mailbox is full');
-    // The MIME structure is built from the chunks on their way to the blob store (no second read)
-    // and kept with the message, so FETCH ENVELOPE/BODYSTRUCTURE never load the body.
-    const tee = withStructure(body);
-    const blob = await this.#blobs.putStream(tee.body);
-    return this.#append({ user, folder, flags, internalDate, origin }, blob, tee.result());
+    const { blob, structure } = await storeStreamedBody(this, this.#blobs, user, folder, body);
+    return this.#append({ user, folder, flags, internalDate, origin }, blob, structure);
   }
 
   async append(

@@ -10,7 +10,6 @@ import type { Redis } from 'ioredis';
 import type { BlobStore } from '../core/blobs.ts';
 import {
   MailboxError,
-  quotaReached,
   type FlagOp,
   type FolderInfo,
   type MailboxChange,
@@ -19,7 +18,8 @@ import {
   type MessagesOptions,
 } from '../core/mailbox-api.ts';
 import { canonicalAddress } from '../core/address.ts';
-import { checkStructure, structureOf, withStructure } from '../core/mime-structure.ts';
+import { checkStructure, structureOf } from '../core/mime-structure.ts';
+import { storeStreamedBody } from './stream-append.ts';
 import * as S from './scripts.ts';
 
 type Reply = (string | Buffer | number | null | Reply)[];
@@ -401,13 +401,8 @@ export class MailboxStore implements MailboxClient {
     internalDate = Date.now(),
     origin = '',
   ): Promise<{ uid: number; uidValidity: number }> {
-    // Fail early, before storing the body, when the folder is missing or the user is at the limit.
-    const [q] = await Promise.all([this.quota(user), this.status(user, folder)]);
-    if (quotaReached(q)) throw new MailboxError('OVERQUOTA', 'mailbox is full');
-    // The structure is built from the chunks on their way to the blob store: no second read.
-    const tee = withStructure(body);
-    const blob = await this.#blobs.putStream(tee.body);
-    return this.#appendStored(user, folder, blob, flags, internalDate, origin, tee.result());
+    const { blob, structure } = await storeStreamedBody(this, this.#blobs, user, folder, body);
+    return this.#appendStored(user, folder, blob, flags, internalDate, origin, structure);
   }
 
   /** appendBlob for a body just stored (no idempotency key), answering its UID and UIDVALIDITY. */
