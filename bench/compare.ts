@@ -614,7 +614,7 @@ async function main(): Promise<void> {
   try {
     process.stderr.write('starting Postino (postino up)...\n');
     const p = await startPostino(join(root, 'postino'));
-    stops.push(() => p.stop());
+    stops.push(async () => void (await p.stop()));
     const hash = await hashPassword(PASSWORD);
     const cheap = await cheapHash(PASSWORD);
     await p.importLines([

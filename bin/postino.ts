@@ -248,28 +248,43 @@ async function serve(names: string[], embedded: boolean): Promise<void> {
     { ensureBackends },
     { createLogger },
     { SERVICES, OPTIONAL_SERVICES },
+    { planThreads, runThreaded },
+    { availableParallelism },
   ] = await Promise.all([
     import('../services/core/runtime.ts'),
     import('../services/core/embedded.ts'),
     import('../services/core/log.ts'),
     import('../services/services.ts'),
+    import('../services/core/threads.ts'),
+    import('node:os'),
   ]);
   const logger = createLogger(config.logLevel, { services: 'postino' });
   const backends = embedded
     ? await ensureBackends(config.natsUrl, config.redisUrl, config.dataDir, logger)
     : undefined;
-  const startup = runServices(config, names, { ...SERVICES, ...OPTIONAL_SERVICES }).catch(
-    async (err: unknown) => {
-      await backends?.stop();
-      throw err;
-    },
-  );
+  const table = { ...SERVICES, ...OPTIONAL_SERVICES };
+  // `postino up` spreads its services over threads (services/core/threads.ts); `postino run` keeps
+  // the named services on one thread, as a replica in a cluster does.
+  const threads = embedded ? config.upThreads || (availableParallelism() >= 2 ? 3 : 1) : 1;
+  const plan = planThreads(names, threads);
+  const onThreadFailure = (err: Error) => {
+    logger.fatal({ err }, 'a service thread failed; stopping');
+    void backends?.stop().finally(() => process.exit(1));
+  };
+  const startup = (
+    plan.groups.length > 1
+      ? runThreaded(config, plan, table, onThreadFailure)
+      : runServices(config, names, table)
+  ).catch(async (err: unknown) => {
+    await backends?.stop();
+    throw err;
+  });
   stopOnSignals(startup, config.shutdownGrace, async () => backends?.stop());
   const running = await startup;
   if (embedded) {
     const c = config;
     process.stderr.write(
-      `\nPostino is up (${names.length} services in one process):\n` +
+      `\nPostino is up (${names.length} services in one process, on ${plan.groups.length} thread${plan.groups.length === 1 ? '' : 's'}):\n` +
         `  SMTP        ${c.bindHost}:${c.smtpPort}  (incoming mail)\n` +
         `  Submission  ${c.bindHost}:${c.submissionPort}  (AUTH PLAIN/LOGIN)\n` +
         `  IMAP        ${c.bindHost}:${c.imapPort}\n` +

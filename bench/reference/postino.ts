@@ -19,6 +19,7 @@ import { freePort, until } from '../../test/helpers/servers.ts';
 
 export interface PostinoInstance {
   smtpPort: number;
+  submissionPort: number;
   imapPort: number;
   pop3Port: number;
   httpPort: number;
@@ -26,7 +27,8 @@ export interface PostinoInstance {
   pid: number;
   /** Imports NDJSON lines through the admin API; throws on any error line. */
   importLines(lines: string[]): Promise<void>;
-  stop(): Promise<void>;
+  /** SIGTERM, then resolves with the exit code once the process (and its backends) are gone. */
+  stop(): Promise<number | null>;
 }
 
 /** A cheap scrypt hash (N = 2^10) in the form the directory stores: for the memory load's many logins. */
@@ -99,7 +101,7 @@ export async function startPostino(
   child.stderr?.on('data', (c: Buffer) => {
     stderr = (stderr + c.toString()).slice(-20_000);
   });
-  const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
+  const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
   await until(
     'postino up to be ready',
     async () => {
@@ -108,9 +110,15 @@ export async function startPostino(
       return res?.status === 200;
     },
     120_000,
-  );
+  ).catch(async (err: unknown) => {
+    // Not left running (with its nats-server and redis-server) when it never became ready.
+    if (child.exitCode === null) child.kill('SIGTERM');
+    await exited;
+    throw err;
+  });
   return {
     smtpPort: ports.smtp,
+    submissionPort: ports.submission,
     imapPort: ports.imap,
     pop3Port: ports.pop3,
     httpPort: ports.http,
@@ -126,7 +134,7 @@ export async function startPostino(
     },
     async stop() {
       if (child.exitCode === null) child.kill('SIGTERM');
-      await exited;
+      return exited;
     },
   };
 }

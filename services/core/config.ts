@@ -487,6 +487,12 @@ export const schema = {
     50,
     'Open IMAP sessions per client IP per replica (* BYE [UNAVAILABLE] past it)',
   ),
+  authCacheTtl: setting(
+    'AUTH_CACHE_TTL',
+    duration,
+    300_000,
+    'How long a verified login (user, password, stored hash) skips scrypt on the same replica; 0: off',
+  ),
   adminToken: setting(
     'ADMIN_TOKEN',
     str,
@@ -506,6 +512,12 @@ export const schema = {
     'Log level: fatal, error, warn, info, debug, trace, silent',
   ),
   shutdownGrace: setting('SHUTDOWN_GRACE', duration, 25_000, 'Time given to in-flight work on SIGTERM'),
+  upThreads: setting(
+    'UP_THREADS',
+    int(0, 3),
+    0,
+    '`postino up`: threads the services run on (1: one; 2: mail pipeline apart; 3: SMTP ingress apart too; 0: 3 when the machine has 2+ cores)',
+  ),
   partitions: setting(
     'PARTITIONS',
     int(1, 4096),

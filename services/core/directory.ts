@@ -35,6 +35,7 @@ import type { Redis } from 'ioredis';
 import type { Authenticator } from './mailbox-api.ts';
 import { canonicalAddress, parseAddress } from './address.ts';
 import { dummyHash, hashPassword, verifyPassword } from './passwords.ts';
+import { DEFAULT_LOGIN_CACHE_TTL_MS, LoginCache } from './login-cache.ts';
 
 export interface UserRecord {
   address: string;
@@ -91,13 +92,32 @@ export function validDomain(domain: string): boolean {
   return DOMAIN_RE.test(domain);
 }
 
+export interface DirectoryOptions {
+  /** Lifetime of a verified login (AUTH_CACHE_TTL, ms; 0: every login runs scrypt). */
+  loginCacheTtlMs?: number;
+  /** Most verified logins remembered. */
+  loginCacheEntries?: number;
+  /** Clock of the login cache (tests). */
+  now?: () => number;
+  /** The password check (tests count its calls); verifyPassword by default. */
+  verify?: (password: string, stored: string) => Promise<boolean>;
+}
+
 export class Directory implements Authenticator {
   readonly #redis: Redis;
   readonly #p: string;
+  readonly #logins: LoginCache;
+  readonly #verify: (password: string, stored: string) => Promise<boolean>;
 
-  constructor(redis: Redis, prefix: string) {
+  constructor(redis: Redis, prefix: string, options: DirectoryOptions = {}) {
     this.#redis = redis;
     this.#p = prefix;
+    this.#logins = new LoginCache({
+      ttlMs: options.loginCacheTtlMs ?? DEFAULT_LOGIN_CACHE_TTL_MS,
+      maxEntries: options.loginCacheEntries,
+      now: options.now,
+    });
+    this.#verify = options.verify ?? verifyPassword;
     for (const [name, lua] of Object.entries({ dirCreateUser: CREATE_USER, dirHsetIf: HSET_IF })) {
       if (!(name in redis)) redis.defineCommand(name, { numberOfKeys: 1, lua });
     }
@@ -427,15 +447,25 @@ export class Directory implements Authenticator {
     return found ? { users: [...users], external: [...external] } : null;
   }
 
+  /**
+   * The user a login and password open, or null. The record (hash, disabled flag) is read on every
+   * call, so a password change, a disabled account or a removed user takes effect at once; only the
+   * scrypt of a login already verified with this very hash is skipped (services/core/login-cache.ts).
+   * A failure is never remembered, and an unknown user costs a scrypt too (timing tells nothing).
+   */
   async authenticate(login: string, password: string): Promise<string | null> {
     const addr = canonicalAddress(login);
     const h = await this.#redis.hmget(this.#k('user', addr), 'password', 'disabled');
     const stored = h[0];
     if (!stored) {
-      await verifyPassword(password, await dummyHash());
+      await this.#verify(password, await dummyHash());
       return null;
     }
-    const ok = await verifyPassword(password, stored);
+    let ok = this.#logins.has(addr, password, stored);
+    if (!ok) {
+      ok = await this.#verify(password, stored);
+      if (ok) this.#logins.remember(addr, password, stored);
+    }
     return ok && h[1] !== '1' ? addr : null;
   }
 

@@ -1,7 +1,11 @@
 /** The HTTP port every process opens: /healthz (alive), /readyz (dependencies up), /metrics, plus extra routes. */
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
+import { AggregatorRegistry, type MetricObjectWithValues, type MetricValue } from 'prom-client';
 import { registry } from './metrics.ts';
+
+/** Other threads' metrics, summed with this one's on /metrics (services/core/threads.ts). */
+export type MetricSources = () => Promise<MetricObjectWithValues<MetricValue<string>>[][]>;
 
 export type ReadinessCheck = () => string | null;
 
@@ -38,7 +42,12 @@ export interface HttpServer {
   close(): Promise<void>;
 }
 
-export async function startHttp(host: string, port: number, health: Health): Promise<HttpServer> {
+export async function startHttp(
+  host: string,
+  port: number,
+  health: Health,
+  otherThreads?: MetricSources,
+): Promise<HttpServer> {
   const routes: Route[] = [];
   const server = createServer((req, res) => {
     const url = new URL(req.url ?? '/', 'http://localhost');
@@ -53,7 +62,9 @@ export async function startHttp(host: string, port: number, health: Health): Pro
         }
         if (url.pathname === '/metrics') {
           res.setHeader('content-type', registry.contentType);
-          return send(res, 200, await registry.metrics());
+          if (!otherThreads) return send(res, 200, await registry.metrics());
+          const all = [await registry.getMetricsAsJSON(), ...(await otherThreads())];
+          return send(res, 200, await AggregatorRegistry.aggregate(all).metrics());
         }
         for (const route of routes) if (await route(req, res, url)) return;
         send(res, 404, 'not found\n');

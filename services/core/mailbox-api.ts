@@ -43,6 +43,12 @@ export interface MessageMeta {
 export interface MessagesOptions {
   /** Include each message's stored MIME structure (FETCH ENVELOPE/BODYSTRUCTURE, header SEARCH). */
   structure?: boolean;
+  /**
+   * Summaries only: uid, flags, modseq, size and internalDate, with `blob` left '' (SELECT, and a
+   * FETCH of flags and sizes, read a big folder much faster so). Pages may then hold more than
+   * 1,000 messages. Ignored together with `structure`; a store may always answer in full.
+   */
+  summary?: boolean;
 }
 
 export type FlagOp = 'add' | 'remove' | 'replace';

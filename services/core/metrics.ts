@@ -1,8 +1,11 @@
 /** Prometheus metrics shared by the services of one process, exposed on /metrics. */
+import { isMainThread } from 'node:worker_threads';
 import client from 'prom-client';
 
 export const registry = new client.Registry();
-client.collectDefaultMetrics({ register: registry, prefix: 'postino_' });
+// Process metrics once per process: a worker thread's registry is summed with the main thread's
+// (services/core/threads.ts), and the process's CPU and memory would count once per thread.
+if (isMainThread) client.collectDefaultMetrics({ register: registry, prefix: 'postino_' });
 
 const cache = new Map<string, unknown>();
 

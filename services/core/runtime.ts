@@ -12,7 +12,7 @@ import { connectNats, provision, retryJetStream, type Nats } from './nats.ts';
 import { connectRedis } from './redis.ts';
 import { BlobRecords, BlobStore } from './blobs.ts';
 import { Directory } from './directory.ts';
-import { Health, startHttp, type HttpServer } from './http.ts';
+import { Health, startHttp, type HttpServer, type MetricSources } from './http.ts';
 import { TlsProvider } from './tls.ts';
 import { registerDependencyMetric, registerQueueMetrics } from './queue-metrics.ts';
 import { setEventNode } from './events.ts';
@@ -45,10 +45,40 @@ export interface Running {
   stop(): Promise<void>;
 }
 
-export async function startRuntime(config: Config, names: string[]): Promise<Runtime> {
+/** How this runtime shares its process with others (services/core/threads.ts). */
+export interface RuntimeOptions {
+  /** Set on a worker thread of `postino up`: no HTTP port and no process-wide metrics of its own. */
+  thread?: string;
+  /** On the main thread of a threaded `postino up`: the other threads' metrics, summed on /metrics. */
+  gatherMetrics?: MetricSources;
+  /** On the main thread of a threaded `postino up`: adds the other threads' readiness to /readyz. */
+  addReadiness?: (health: Health) => void;
+}
+
+/** A worker thread's stand-in for the HTTP port the main thread holds: routes are for the main thread. */
+function noHttp(thread: string): HttpServer {
+  return {
+    server: null as unknown as HttpServer['server'],
+    port: 0,
+    addRoute: () => {
+      throw new Error(`thread ${thread} has no HTTP port: HTTP routes belong on the main thread`);
+    },
+    close: async () => undefined,
+  };
+}
+
+export async function startRuntime(
+  config: Config,
+  names: string[],
+  opts: RuntimeOptions = {},
+): Promise<Runtime> {
   const node = config.nodeName || `${hostname()}-${process.pid}`;
   startTelemetry(names.length === 1 ? `postino-${names[0]}` : 'postino');
-  const logger = createLogger(config.logLevel, { node, services: names.join(',') });
+  const logger = createLogger(config.logLevel, {
+    node,
+    services: names.join(','),
+    ...(opts.thread ? { thread: opts.thread } : {}),
+  });
   const nats = await connectNats(config.natsUrl, `postino-${names.join('+')}-${node}`, logger, {
     user: config.natsUser,
     password: config.natsPassword,
@@ -67,13 +97,18 @@ export async function startRuntime(config: Config, names: string[]): Promise<Run
   const blobs = await retryJetStream(() =>
     BlobStore.open(nats, config.natsReplicas, new BlobRecords(redis, config.redisPrefix)),
   );
-  registerQueueMetrics(nats);
   setEventNode(node);
   const health = new Health();
   health.add('nats', () => (nats.nc.isClosed() ? 'closed' : nats.nc.isDraining() ? 'draining' : null));
   health.add('redis', () => (redis.status === 'ready' ? null : redis.status));
-  registerDependencyMetric(health);
-  const http = await startHttp(config.httpHost, config.httpPort, health);
+  if (!opts.thread) {
+    registerQueueMetrics(nats);
+    registerDependencyMetric(health);
+    opts.addReadiness?.(health);
+  }
+  const http = opts.thread
+    ? noHttp(opts.thread)
+    : await startHttp(config.httpHost, config.httpPort, health, opts.gatherMetrics);
   const tls = await TlsProvider.load(
     {
       certFile: config.tlsCertFile,
@@ -90,7 +125,7 @@ export async function startRuntime(config: Config, names: string[]): Promise<Run
     nats,
     redis,
     blobs,
-    directory: new Directory(redis, config.redisPrefix),
+    directory: new Directory(redis, config.redisPrefix, { loginCacheTtlMs: config.authCacheTtl }),
     health,
     http,
     node,
@@ -101,8 +136,9 @@ export async function runServices(
   config: Config,
   names: string[],
   table: Record<string, ServiceStart>,
+  opts: RuntimeOptions = {},
 ): Promise<Running> {
-  const rt = await startRuntime(config, names);
+  const rt = await startRuntime(config, names, opts);
   const started: { name: string; svc: Service }[] = [];
   // Not ready (readiness probe) until every service of this process has started.
   let starting = true;

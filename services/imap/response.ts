@@ -68,9 +68,23 @@ function quotable(bytes: Buffer): boolean {
 class Writer {
   readonly parts: OutputPart[] = [];
   #pending: Buffer[] = [];
+  /** Text (latin1) not yet turned into bytes: one Buffer per run of text, not one per token. */
+  #text = '';
 
   bytes(data: Buffer | string): void {
-    this.#pending.push(typeof data === 'string' ? Buffer.from(data, 'latin1') : data);
+    if (typeof data === 'string') {
+      this.#text += data;
+      return;
+    }
+    this.#takeText();
+    this.#pending.push(data);
+  }
+
+  #takeText(): void {
+    if (this.#text.length > 0) {
+      this.#pending.push(Buffer.from(this.#text, 'latin1'));
+      this.#text = '';
+    }
   }
 
   stream(part: StreamLiteral): void {
@@ -79,6 +93,7 @@ class Writer {
   }
 
   flush(): void {
+    this.#takeText();
     if (this.#pending.length > 0) {
       this.parts.push(
         this.#pending.length === 1 ? (this.#pending[0] as Buffer) : Buffer.concat(this.#pending),

@@ -96,8 +96,10 @@ export class SelectedMailbox {
 
   /** Records flags; true if they differ from what was last known. */
   setFlags(uid: number, flags: readonly string[]): boolean {
-    if (!this.has(uid)) return false;
-    const before = this.#flags.get(uid) ?? [];
+    const before = this.#flags.get(uid);
+    if (before === undefined) return false;
+    // The common case (nothing changed, same order) costs no copy and no Set.
+    if (before === flags || sameOrder(before, flags)) return false;
     this.#flags.set(uid, [...flags]);
     return !sameFlags(before, flags);
   }
@@ -134,6 +136,12 @@ export class SelectedMailbox {
     for (const flags of this.#flags.values()) for (const f of flags) if (!f.startsWith('\\')) set.add(f);
     return [...set].sort();
   }
+}
+
+function sameOrder(a: readonly string[], b: readonly string[]): boolean {
+  if (a.length !== b.length) return false;
+  for (let i = 0; i < a.length; i++) if (a[i] !== b[i]) return false;
+  return true;
 }
 
 export function sameFlags(a: readonly string[], b: readonly string[]): boolean {

@@ -545,13 +545,20 @@ export class ImapSession implements SessionContext {
   }
 
   async #writeNow(parts: OutputPart[]): Promise<void> {
-    for (const part of parts) {
+    for (let i = 0; i < parts.length;) {
       if (this.#closed || this.#socket.destroyed) return;
-      if (Buffer.isBuffer(part)) {
-        if (!this.#out().write(part)) await this.#drain();
-      } else {
+      const part = parts[i] as OutputPart;
+      if (!Buffer.isBuffer(part)) {
         await this.#writeStream(part);
+        i++;
+        continue;
       }
+      // Adjacent buffers (a batch of FETCH responses) go out in one write: one syscall, not one each.
+      let j = i + 1;
+      while (j < parts.length && Buffer.isBuffer(parts[j])) j++;
+      const chunk = j - i === 1 ? part : Buffer.concat(parts.slice(i, j) as Buffer[]);
+      i = j;
+      if (!this.#out().write(chunk)) await this.#drain();
     }
     // RFC 4978 4: each response is flushed so the client can decompress it at once.
     this.#deflate?.flush(zlib.constants.Z_SYNC_FLUSH);
@@ -808,7 +815,7 @@ export class ImapSession implements SessionContext {
         mailbox.flagsPending.clear();
         for (let i = 0; i < uids.length; i += this.limits.storageBatch) {
           const batch = uids.slice(i, i + this.limits.storageBatch);
-          const { messages } = await this.storage.messages(user, mailbox.name, batch);
+          const { messages } = await this.storage.messages(user, mailbox.name, batch, { summary: true });
           for (const meta of messages) {
             if (!mailbox.setFlags(meta.uid, meta.flags)) continue;
             const seq = mailbox.seqOf(meta.uid);
@@ -842,11 +849,11 @@ export class ImapSession implements SessionContext {
       for (let start = from; start <= to; start += this.limits.storageBatch) {
         const end = Math.min(to, start + this.limits.storageBatch - 1);
         const uids = Array.from({ length: end - start + 1 }, (_, i) => start + i);
-        const { messages } = await this.storage.messages(user, mailbox.name, uids);
+        const { messages } = await this.storage.messages(user, mailbox.name, uids, { summary: true });
         added += mailbox.add(messages);
       }
     } else {
-      const { messages } = await this.storage.messages(user, mailbox.name);
+      const { messages } = await this.storage.messages(user, mailbox.name, [], { summary: true });
       added += mailbox.add(messages.filter((m) => m.uid >= from));
     }
     if (added > 0) {

@@ -22,7 +22,7 @@ import {
 import { structureOf } from '../core/mime-structure.ts';
 import { storeStreamedBody } from './stream-append.ts';
 import { histogram } from '../core/metrics.ts';
-import { BATCH, type MailboxStore } from './store.ts';
+import { BATCH, SUMMARY_BATCH, type MailboxStore } from './store.ts';
 
 /**
  * Replies stay under this many bytes (NATS max_payload defaults to 1 MiB): a longer page is cut
@@ -79,10 +79,21 @@ function folderIn(f: Folder | null | undefined): FolderInfo {
     exists: f?.exists ?? 0,
     unseen: f?.unseen ?? 0,
     recent: f?.recent ?? 0,
-    highestModseq: Number(f?.highestModseq ?? 0),
+    highestModseq: num(f?.highestModseq),
     specialUse: f?.specialUse ?? '',
     subscribed: f?.subscribed ?? false,
   };
+}
+
+/**
+ * A 64-bit field as a number. protobufjs decodes them as Long objects (typed `number`), and
+ * Number(long) goes through a decimal string: this is many times faster on a page of thousands.
+ */
+function num(v: unknown): number {
+  if (typeof v === 'number') return v;
+  if (v && typeof (v as { toNumber?: unknown }).toNumber === 'function')
+    return (v as { toNumber(): number }).toNumber();
+  return Number(v ?? 0);
 }
 
 function metaIn(m: ConstructorParameters<typeof pb.MessageMeta>[0]): MessageMeta {
@@ -90,10 +101,10 @@ function metaIn(m: ConstructorParameters<typeof pb.MessageMeta>[0]): MessageMeta
   const meta: MessageMeta = {
     uid: m.uid ?? 0,
     flags: m.flags ?? [],
-    size: Number(m.size),
-    internalDate: Number(m.internalDate),
+    size: num(m.size),
+    internalDate: num(m.internalDate),
     blob: m.blob ?? '',
-    modseq: Number(m.modseq),
+    modseq: num(m.modseq),
   };
   if (m.structure && m.structure.length > 0) meta.structure = m.structure;
   return meta;
@@ -146,6 +157,30 @@ function handlers(store: MailboxStore): Record<string, (data: Uint8Array) => Pro
                 q.firstUid || 1,
                 q.lastUid || 0xffffffff,
                 q.limit || BATCH,
+                options,
+              )
+            : await store.messages(q.user, q.folder, q.uids, options);
+        return messagesReply(r.folder, r.messages);
+      } catch (err) {
+        return encode(pb.MessagesReply, { error: errorOut(err) });
+      }
+    },
+    // Summaries (MessagesOptions.summary): the same request and reply as `messages`, with blob and
+    // structure left out, and pages of up to SUMMARY_BATCH messages.
+    summaries: async (d) => {
+      const q = decode(pb.MessagesRequest, d);
+      try {
+        if (q.uids.length > UIDS_PER_REQUEST)
+          throw new MailboxError('INVALID', 'too many UIDs in one request');
+        const options = { summary: true };
+        const r =
+          q.uids.length === 0
+            ? await store.messageRange(
+                q.user,
+                q.folder,
+                q.firstUid || 1,
+                q.lastUid || 0xffffffff,
+                q.limit || SUMMARY_BATCH,
                 options,
               )
             : await store.messages(q.user, q.folder, q.uids, options);
@@ -322,6 +357,8 @@ export function changePublisher(nats: Nats): (user: string, change: MailboxChang
 export class MailboxRpcClient implements MailboxClient {
   readonly #nats: Nats;
   readonly #blobs: BlobStore;
+  /** Set once a store answered that it has no `summaries` op (an older replica): full rows then. */
+  #noSummaries = false;
 
   constructor(nats: Nats, blobs: BlobStore) {
     this.#nats = nats;
@@ -337,6 +374,19 @@ export class MailboxRpcClient implements MailboxClient {
         cause: err,
       });
     }
+  }
+
+  /** A `messages` request, or `summaries` when only summaries are asked for and the store has them. */
+  async #messagesCall(
+    request: ConstructorParameters<typeof pb.MessagesRequest>[0],
+    options: MessagesOptions,
+  ): Promise<ReturnType<typeof pb.MessagesReply.decode>> {
+    if (options.summary && !options.structure && !this.#noSummaries) {
+      const r = await this.#call('summaries', encode(pb.MessagesRequest, request), pb.MessagesReply);
+      if (!r.error.startsWith('INVALID unknown operation')) return r;
+      this.#noSummaries = true;
+    }
+    return this.#call('messages', encode(pb.MessagesRequest, request), pb.MessagesReply);
   }
 
   async listFolders(user: string): Promise<FolderInfo[]> {
@@ -360,9 +410,10 @@ export class MailboxRpcClient implements MailboxClient {
     const messages: MessageMeta[] = [];
     let info: FolderInfo | undefined;
     if (uids.length === 0) {
+      const limit = options.summary && !options.structure ? SUMMARY_BATCH : BATCH;
       let first = 1;
       for (;;) {
-        const page = await this.messageRange(user, folder, first, 0xffffffff, BATCH, options);
+        const page = await this.messageRange(user, folder, first, 0xffffffff, limit, options);
         info = page.folder;
         for (const m of page.messages) messages.push(m);
         const tail = page.messages.at(-1);
@@ -373,10 +424,9 @@ export class MailboxRpcClient implements MailboxClient {
     }
     for (let todo of chunks(uids)) {
       while (todo.length > 0) {
-        const r = await this.#call(
-          'messages',
-          encode(pb.MessagesRequest, { user, folder, uids: todo, withStructure: !!options.structure }),
-          pb.MessagesReply,
+        const r = await this.#messagesCall(
+          { user, folder, uids: todo, withStructure: !!options.structure },
+          options,
         );
         check(r.error);
         info = folderIn(r.folder);
@@ -395,17 +445,16 @@ export class MailboxRpcClient implements MailboxClient {
     limit = BATCH,
     options: MessagesOptions = {},
   ): Promise<{ folder: FolderInfo; messages: MessageMeta[] }> {
-    const r = await this.#call(
-      'messages',
-      encode(pb.MessagesRequest, {
+    const r = await this.#messagesCall(
+      {
         user,
         folder,
         firstUid: first,
         lastUid: last,
         limit: Math.max(1, limit),
         withStructure: !!options.structure,
-      }),
-      pb.MessagesReply,
+      },
+      options,
     );
     check(r.error);
     // A page cut for size simply ends early; the caller goes on from its last UID + 1.

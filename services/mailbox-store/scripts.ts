@@ -13,6 +13,13 @@
  *                        body: see services/core/mime-structure.ts for the reasons and the figures.
  *   K:lastuv             last UIDVALIDITY given
  *   K:f:<id>:ms          ZSET uid scored by its MODSEQ (CONDSTORE CHANGEDSINCE, RFC 7162 3.1.4.1)
+ *   K:f:<id>:sum         HASH uid -> "uid modseq size idate flags": the summary index that SELECT and
+ *                        FETCH of flags read thousands at a time with one HMGET, instead of one
+ *                        HMGET per message hash. Every script that adds, removes or changes a
+ *                        message keeps it, and moves the folder's `sumseq` with its `modseq`;
+ *                        when they differ (a folder stored before the index was kept, or changed
+ *                        by an older replica during an upgrade) SUMMARIES rebuilds it or, for a
+ *                        folder bigger than one rebuild, reads the message hashes.
  *   K:f:<id>:x           ZSET expunged uid scored by the MODSEQ of its expunge (QRESYNC, RFC 7162 3.2.5)
  *   K:idem               HASH idempotency key -> "<folder id>:<uid>" (a redelivered append is a no-op)
  *   K:idemt              ZSET idempotency key scored by when it was used: keys older than a week
@@ -85,7 +92,7 @@ local function new_folder(name, now, special, subscribed)
   local id = redis.call('INCR', K .. ':fseq')
   local uidvalidity = next_uidvalidity(now)
   redis.call('HSET', K .. ':folders', name, id)
-  redis.call('HSET', K .. ':f:' .. id, 'name', name, 'uidvalidity', uidvalidity, 'uidnext', 1, 'modseq', 1,
+  redis.call('HSET', K .. ':f:' .. id, 'name', name, 'uidvalidity', uidvalidity, 'uidnext', 1, 'modseq', 1, 'sumseq', 1,
     'exists', 0, 'unseen', 0, 'special', special, 'subscribed', subscribed)
   return id
 end
@@ -102,15 +109,30 @@ end
 local function folder_reply(id)
   return redis.call('HMGET', K .. ':f:' .. id, 'name', 'uidvalidity', 'uidnext', 'exists', 'unseen', 'modseq', 'special', 'subscribed')
 end
+-- The summary index (K:f:<id>:sum) is in step with its folder while the folder's sumseq equals
+-- its modseq: every change made by these scripts moves both; a change made without the index (a
+-- replica of an older version, during an upgrade) moves only modseq, and the index is then not
+-- trusted until SUMMARIES rebuilds it.
+local function bump_modseq(fk)
+  local before = redis.call('HMGET', fk, 'modseq', 'sumseq')
+  local modseq = redis.call('HINCRBY', fk, 'modseq', 1)
+  if before[1] == before[2] then redis.call('HSET', fk, 'sumseq', modseq) end
+  return modseq
+end
+-- The summary index entry of a message (K:f:<id>:sum): flags last, they hold spaces.
+local function summary(uid, modseq, size, idate, flags)
+  return uid .. ' ' .. modseq .. ' ' .. size .. ' ' .. idate .. ' ' .. flags
+end
 -- Adds a message to a folder (st: its MIME structure, '' or false for none); returns its uid.
 local function add_message(fid, blob, size, flags, idate, st)
   local fk = K .. ':f:' .. fid
   local uid = redis.call('HINCRBY', fk, 'uidnext', 1) - 1
-  local modseq = redis.call('HINCRBY', fk, 'modseq', 1)
+  local modseq = bump_modseq(fk)
   redis.call('ZADD', fk .. ':uids', uid, uid)
   redis.call('ZADD', fk .. ':ms', modseq, uid)
   redis.call('HSET', fk .. ':m:' .. uid, 'flags', flags, 'size', size, 'idate', idate, 'blob', blob, 'modseq', modseq)
   if st and st ~= '' then redis.call('HSET', fk .. ':m:' .. uid, 'st', st) end
+  redis.call('HSET', fk .. ':sum', uid, summary(uid, modseq, size, idate, flags))
   redis.call('HINCRBY', fk, 'exists', 1)
   if not has_flag(flags, '\\\\Seen') then redis.call('HINCRBY', fk, 'unseen', 1) end
   ref_blob(blob, size, 1)
@@ -123,13 +145,14 @@ local function remove_message(fid, uid, jmax)
   local m = redis.call('HMGET', mk, 'flags', 'blob', 'size')
   if not m[1] then return false end
   redis.call('DEL', mk)
+  redis.call('HDEL', fk .. ':sum', uid)
   redis.call('ZREM', fk .. ':uids', uid)
   redis.call('ZREM', fk .. ':ms', uid)
   redis.call('HINCRBY', fk, 'exists', -1)
   if not has_flag(m[1], '\\\\Seen') then redis.call('HINCRBY', fk, 'unseen', -1) end
   ref_blob(m[2], m[3], -1)
   if jmax then
-    local modseq = redis.call('HINCRBY', fk, 'modseq', 1)
+    local modseq = bump_modseq(fk)
     redis.call('ZADD', fk .. ':x', modseq, uid)
     local over = redis.call('ZCARD', fk .. ':x') - tonumber(jmax)
     if over > 0 then
@@ -207,6 +230,72 @@ for _, uid in ipairs(redis.call('ZRANGEBYSCORE', fk .. ':uids', ARGV[3], ARGV[4]
   if r then out[#out + 1] = r end
 end
 return out
+`;
+
+/** Folders up to this many messages get their summary index rebuilt in one script (a few ms of Redis). */
+const SUMMARY_REBUILD_MAX = 5000;
+
+/**
+ * ARGV: uidvalidity, folder, first uid, last uid, limit, byte budget, uid... The summaries of
+ * messages (SELECT, FETCH of flags and sizes): everything but the blob and the structure, packed
+ * in one string so that a page of thousands of messages is one bulk reply, not six per message.
+ * With uids, those that exist; without, one page of the UID range first..last, ascending, of at
+ * most `limit` messages and about `byte budget` octets (the caller goes on from the last UID + 1
+ * until a page comes back empty). Returns {folder, packed}: rows `uid modseq size idate flags`
+ * joined by LF (flags are space-separated atoms, never holding CR or LF).
+ *
+ * Read from the summary index (K:f:<id>:sum) with one HMGET while it is in step with the folder
+ * (sumseq = modseq). Otherwise the index is rebuilt first, when the folder is small enough for one
+ * script; a bigger folder is read from its message hashes (exact, slower).
+ */
+export const SUMMARIES = `${COMMON}
+ensure(ARGV[1])
+local fid = folder_id(ARGV[2])
+if not fid then return redis.error_reply('NONEXISTENT no such folder') end
+local fk = K .. ':f:' .. fid
+local ranged = #ARGV <= 6
+local uids
+if ranged then
+  uids = redis.call('ZRANGEBYSCORE', fk .. ':uids', ARGV[3], ARGV[4], 'LIMIT', 0, ARGV[5])
+else
+  uids = {}
+  for i = 7, #ARGV do uids[#uids + 1] = ARGV[i] end
+end
+if #uids == 0 then return { folder_reply(fid), '' } end
+local rows = {}
+local f = redis.call('HMGET', fk, 'modseq', 'sumseq', 'exists')
+local synced = f[1] == f[2]
+if not synced and tonumber(f[3] or '0') <= ${SUMMARY_REBUILD_MAX} then
+  -- Rebuilt whole in this one script, so it is exact at this modseq.
+  redis.call('DEL', fk .. ':sum')
+  for _, uid in ipairs(redis.call('ZRANGE', fk .. ':uids', 0, -1)) do
+    local m = redis.call('HMGET', fk .. ':m:' .. uid, 'flags', 'modseq', 'size', 'idate')
+    if m[1] then redis.call('HSET', fk .. ':sum', uid, summary(uid, m[2], m[3], m[4], m[1])) end
+  end
+  redis.call('HSET', fk, 'sumseq', f[1])
+  synced = true
+end
+local sums
+if synced then
+  sums = redis.call('HMGET', fk .. ':sum', unpack(uids))
+else
+  sums = {}
+  for i, uid in ipairs(uids) do
+    local m = redis.call('HMGET', fk .. ':m:' .. uid, 'flags', 'modseq', 'size', 'idate')
+    sums[i] = m[1] and summary(uid, m[2], m[3], m[4], m[1]) or false
+  end
+end
+local budget = tonumber(ARGV[6])
+local bytes = 0
+for i = 1, #uids do
+  local v = sums[i]
+  if v then
+    rows[#rows + 1] = v
+    bytes = bytes + #v + 1
+    if ranged and bytes >= budget then break end
+  end
+end
+return { folder_reply(fid), table.concat(rows, '\\n') }
 `;
 
 /**
@@ -327,16 +416,17 @@ for i = 6, #ARGV do
     for _, lf in ipairs(order) do if set[lf] then list[#list + 1] = set[lf]; set[lf] = nil end end
     local new = table.concat(list, ' ')
     local mmod = cur[2]
+    local m = redis.call('HMGET', mk, 'size', 'idate', 'blob')
     if new ~= old then
-      modseq = redis.call('HINCRBY', fk, 'modseq', 1)
+      modseq = bump_modseq(fk)
       mmod = modseq
       redis.call('HSET', mk, 'flags', new, 'modseq', modseq)
       redis.call('ZADD', fk .. ':ms', modseq, uid)
+      redis.call('HSET', fk .. ':sum', uid, summary(uid, modseq, m[1], m[2], new))
       local was, now = has_flag(old, '\\\\Seen'), has_flag(new, '\\\\Seen')
       if was and not now then redis.call('HINCRBY', fk, 'unseen', 1) end
       if now and not was then redis.call('HINCRBY', fk, 'unseen', -1) end
     end
-    local m = redis.call('HMGET', mk, 'size', 'idate', 'blob')
     out[#out + 1] = { tonumber(uid), new, mmod, m[1], m[2], m[3] }
   end
 end
@@ -425,7 +515,7 @@ for i = 1, #all, 2 do
       remove_message(id, uid, nil)
       count = count + 1
     end
-    redis.call('DEL', fk, fk .. ':uids', fk .. ':ms', fk .. ':x')
+    redis.call('DEL', fk, fk .. ':uids', fk .. ':ms', fk .. ':x', fk .. ':sum')
     redis.call('HDEL', K .. ':folders', n)
   end
 end

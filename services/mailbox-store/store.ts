@@ -43,6 +43,10 @@ export interface MailboxStoreOptions {
 
 /** UIDs per script call and per page: bounds the time a script holds Redis and the size of a reply. */
 export const BATCH = 1000;
+/** Messages per page and per script call for summaries (about 40 octets each; one HMGET of them all, and Lua unpacks at most ~8,000 arguments). */
+export const SUMMARY_BATCH = 5000;
+/** Octets of summaries per page: a page stays well under NATS max_payload (1 MiB by default). */
+const SUMMARY_PAGE_BYTES = 256 * 1024;
 /** Default number of expunge journal entries kept per folder. */
 export const JOURNAL_MAX = 10_000;
 /** How long quota limits read from the directory are reused. */
@@ -53,6 +57,7 @@ const SCRIPTS = {
   mboxStatus: S.STATUS,
   mboxMessages: S.MESSAGES,
   mboxRange: S.MESSAGES_RANGE,
+  mboxSummaries: S.SUMMARIES,
   mboxChanged: S.CHANGED,
   mboxExpunged: S.EXPUNGED,
   mboxUsage: S.USAGE,
@@ -115,6 +120,35 @@ function toMeta(row: Reply): MessageMeta {
   return meta;
 }
 
+/** Rows `uid modseq size idate flags` joined by LF (the SUMMARIES script); identical flags share one array. */
+export function parseSummaries(packed: string): MessageMeta[] {
+  const out: MessageMeta[] = [];
+  if (packed.length === 0) return out;
+  const shared = new Map<string, string[]>();
+  for (const row of packed.split('\n')) {
+    const a = row.indexOf(' ');
+    const b = row.indexOf(' ', a + 1);
+    const c = row.indexOf(' ', b + 1);
+    const d = row.indexOf(' ', c + 1);
+    if (a < 0 || b < 0 || c < 0) continue;
+    const f = d < 0 ? '' : row.slice(d + 1);
+    let flags = shared.get(f);
+    if (!flags) {
+      flags = splitFlags(f);
+      shared.set(f, flags);
+    }
+    out.push({
+      uid: Number(row.slice(0, a)),
+      flags,
+      size: Number(row.slice(b + 1, c)),
+      internalDate: Number(d < 0 ? row.slice(c + 1) : row.slice(c + 1, d)),
+      blob: '',
+      modseq: Number(row.slice(a + 1, b)),
+    });
+  }
+  return out;
+}
+
 function splitFlags(s: string): string[] {
   return s.split(' ').filter(Boolean);
 }
@@ -127,12 +161,12 @@ function sanitizeFlags(flags: string[]): string[] {
 }
 
 /** UIDs as valid, distinct, ascending integers (nz-number, RFC 3501 9), cut into batches. */
-function batches(uids: number[]): number[][] {
+function batches(uids: number[], size = BATCH): number[][] {
   const clean = [...new Set(uids.filter((u) => Number.isInteger(u) && u > 0 && u <= 0xffffffff))].sort(
     (a, b) => a - b,
   );
   const out: number[][] = [];
-  for (let i = 0; i < clean.length; i += BATCH) out.push(clean.slice(i, i + BATCH));
+  for (let i = 0; i < clean.length; i += size) out.push(clean.slice(i, i + size));
   return out;
 }
 
@@ -230,6 +264,15 @@ export class MailboxStore implements MailboxClient {
   ): Promise<{ folder: FolderInfo; messages: MessageMeta[] }> {
     const name = checkFolderName(folder);
     const messages: MessageMeta[] = [];
+    if (uids.length > 0 && options.summary && !options.structure) {
+      let info: FolderInfo | undefined;
+      for (const batch of batches(uids, SUMMARY_BATCH)) {
+        const [f, packed] = await this.#run('mboxSummaries', user, name, 0, 0, 0, 0, ...batch);
+        info = toFolder(f as Reply);
+        for (const m of parseSummaries(text(packed as Reply[number]))) messages.push(m);
+      }
+      return { folder: info ?? (await this.status(user, name)), messages };
+    }
     if (uids.length > 0) {
       let info: FolderInfo | undefined;
       for (const batch of batches(uids)) {
@@ -258,6 +301,18 @@ export class MailboxStore implements MailboxClient {
     limit = BATCH,
     options: MessagesOptions = {},
   ): Promise<{ folder: FolderInfo; messages: MessageMeta[] }> {
+    if (options.summary && !options.structure) {
+      const [f, packed] = await this.#run(
+        'mboxSummaries',
+        user,
+        checkFolderName(folder),
+        Math.max(1, Math.floor(first)),
+        Math.min(0xffffffff, Math.floor(last)),
+        Math.max(1, Math.min(SUMMARY_BATCH, Math.floor(limit) || SUMMARY_BATCH)),
+        SUMMARY_PAGE_BYTES,
+      );
+      return { folder: toFolder(f as Reply), messages: parseSummaries(text(packed as Reply[number])) };
+    }
     const [f, ...rows] = await (options.structure ? this.#runBytes : this.#run).call(
       this,
       'mboxRange',
@@ -279,12 +334,15 @@ export class MailboxStore implements MailboxClient {
     last: number,
     options: MessagesOptions = {},
   ): AsyncIterable<{ folder: FolderInfo; messages: MessageMeta[] }> {
+    // Summary pages are also cut by size: only an empty page ends them.
+    const summary = !!options.summary && !options.structure;
+    const size = summary ? SUMMARY_BATCH : BATCH;
     let from = first;
     for (;;) {
-      const page = await this.messageRange(user, folder, from, last, BATCH, options);
+      const page = await this.messageRange(user, folder, from, last, size, options);
       yield page;
       const tail = page.messages.at(-1);
-      if (page.messages.length < BATCH || !tail || tail.uid >= last) return;
+      if ((!summary && page.messages.length < BATCH) || !tail || tail.uid >= last) return;
       from = tail.uid + 1;
     }
   }

@@ -23,8 +23,7 @@ import {
 import type { ParsedMessage } from '../mime-tree.ts';
 import type { FetchItem, Section } from '../parser.ts';
 import { Literal, StreamLiteral, atom, bad, formatInternalDate, ok, responseLine } from '../response.ts';
-import type { ImapValue } from '../response.ts';
-import type { SelectedMailbox } from '../selected-mailbox.ts';
+import type { ImapValue, OutputPart } from '../response.ts';
 import { SELECTED, isOutcome, resolveSet, selectedOf, userOf } from './common.ts';
 import { formatSequenceSet, inSet } from '../sequence-set.ts';
 import type { CommandFamily } from './common.ts';
@@ -137,12 +136,13 @@ function slice(data: Buffer, partial: { start: number; length: number } | null):
 
 async function fetchValues(
   ctx: SessionContext,
-  mailbox: SelectedMailbox,
   meta: MessageMeta,
   items: readonly FetchItem[],
   flagsChanged: boolean,
 ): Promise<ImapValue[]> {
   const bodyItems = items.filter(needsBody);
+  // Only UID, FLAGS, MODSEQ, INTERNALDATE, RFC822.SIZE: answered from the summary, no await.
+  if (bodyItems.length === 0) return valuesOf(ctx, meta, items, flagsChanged, null, null, false);
   const only = bodyItems.length === 1 ? (bodyItems[0] as FetchItem) : null;
   const stream = only !== null && (isWholeMessage(only) || isWholeRange(only));
   // Only ENVELOPE/BODY/BODYSTRUCTURE asked for, and the structure stored at append: no body read
@@ -158,6 +158,19 @@ async function fetchValues(
         ? ctx.cachedMessage(meta.blob)
         : await ctx.parsedMessage(meta)
       : null;
+  return valuesOf(ctx, meta, items, flagsChanged, stored, parsed, stream);
+}
+
+/** The values of one FETCH response, once the structure or the parsed body (if needed) is at hand. */
+function valuesOf(
+  ctx: SessionContext,
+  meta: MessageMeta,
+  items: readonly FetchItem[],
+  flagsChanged: boolean,
+  stored: ReturnType<typeof decodeStructure> | null,
+  parsed: ParsedMessage | null,
+  stream: boolean,
+): ImapValue[] {
   const values: ImapValue[] = [];
   const whole = (): ImapValue =>
     parsed ? new Literal(parsed.raw) : new StreamLiteral(meta.size, ctx.storage.openBody(meta.blob));
@@ -268,12 +281,25 @@ export const FETCH_COMMANDS: CommandFamily<'FETCH'> = {
         items.unshift({ kind: 'attribute', name: 'UID' });
       }
       const markSeen = !mailbox.readOnly && items.some(setsSeen);
-      // The stored structures travel only when they answer the items asked for.
+      // The stored structures travel only when they answer the items asked for; without body
+      // items, summaries (no blob reference) answer, in bigger batches.
       const bodyItems = items.filter(needsBody);
       const structure = bodyItems.length > 0 && bodyItems.every(isStructural);
-      for (let i = 0; i < uids.length; i += ctx.limits.storageBatch) {
-        const batch = uids.slice(i, i + ctx.limits.storageBatch);
-        const { messages } = await ctx.storage.messages(user, mailbox.name, batch, { structure });
+      const summary = bodyItems.length === 0;
+      const step = summary ? ctx.limits.summaryBatch : ctx.limits.storageBatch;
+      // Responses are gathered and written in blocks of outputBatchBytes (one write each).
+      let out: OutputPart[] = [];
+      let pending = 0;
+      const flush = async (): Promise<void> => {
+        if (out.length === 0) return;
+        const parts = out;
+        out = [];
+        pending = 0;
+        await ctx.write(parts);
+      };
+      for (let i = 0; i < uids.length; i += step) {
+        const batch = uids.slice(i, i + step);
+        const { messages } = await ctx.storage.messages(user, mailbox.name, batch, { structure, summary });
         const metas = new Map(messages.map((m) => [m.uid, m]));
         const seenNow = new Set<number>();
         if (markSeen) {
@@ -301,10 +327,18 @@ export const FETCH_COMMANDS: CommandFamily<'FETCH'> = {
           if (!meta || seq === 0) continue;
           if (changedSince !== null && meta.modseq <= changedSince) continue;
           const changed = mailbox.setFlags(uid, meta.flags) || seenNow.has(uid);
-          const values = await fetchValues(ctx, mailbox, meta, items, changed);
-          await ctx.write(responseLine(`* ${seq} FETCH`, [values]));
+          const values = summary
+            ? valuesOf(ctx, meta, items, changed, null, null, false)
+            : await fetchValues(ctx, meta, items, changed);
+          for (const part of responseLine(`* ${seq} FETCH`, [values])) {
+            out.push(part);
+            // A streamed body goes out at once: nothing is held behind it.
+            pending += Buffer.isBuffer(part) ? part.length : ctx.limits.outputBatchBytes;
+          }
+          if (pending >= ctx.limits.outputBatchBytes) await flush();
         }
       }
+      await flush();
       return ok('FETCH completed');
     },
   },

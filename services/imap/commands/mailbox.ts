@@ -35,7 +35,8 @@ async function select(ctx: SessionContext, args: SelectArgs, readOnly: boolean):
   // RFC 7162 3.1.8: SELECT (CONDSTORE) is a CONDSTORE-enabling command.
   if (args.condstore) ctx.enabled.add('CONDSTORE');
   const mark = ctx.changeMark();
-  const loaded = await attempt(ctx, () => ctx.storage.messages(user, name));
+  // The sequence map and flags only: summaries, without blob references, in big pages.
+  const loaded = await attempt(ctx, () => ctx.storage.messages(user, name, [], { summary: true }));
   if (!loaded.ok) return loaded.outcome;
   const { folder, messages } = loaded.value;
   const mailbox = new SelectedMailbox(folder, messages, readOnly);
@@ -218,7 +219,7 @@ async function statusValues(
 ): Promise<ImapValue[]> {
   const needsMessages = items.includes('DELETED') || items.includes('SIZE');
   const { folder, messages } = needsMessages
-    ? await ctx.storage.messages(user, mailbox)
+    ? await ctx.storage.messages(user, mailbox, [], { summary: true })
     : { folder: await ctx.storage.status(user, mailbox), messages: [] };
   const values: ImapValue[] = [];
   for (const item of items) {

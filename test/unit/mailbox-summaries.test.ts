@@ -1,0 +1,170 @@
+/**
+ * Message summaries (MessagesOptions.summary: what SELECT and a FETCH of flags and sizes read) on
+ * real Redis and NATS: they always agree with the full message rows, through appends, flag
+ * changes, expunges, COPY and MOVE, across pages, over the RPC as well as on the store, and for a
+ * folder stored before the summary index was kept (the index is filled in on the first read).
+ */
+import { after, before, describe, test } from 'node:test';
+import assert from 'node:assert/strict';
+import { pino } from 'pino';
+import { startNats, startRedisBackend, type Proc } from '../helpers/servers.ts';
+import { connectNats, type Nats } from '../../services/core/nats.ts';
+import { connectRedis, type Redis } from '../../services/core/redis.ts';
+import { BlobStore } from '../../services/core/blobs.ts';
+import type { MessageMeta } from '../../services/core/mailbox-api.ts';
+import { MailboxStore, SUMMARY_BATCH } from '../../services/mailbox-store/store.ts';
+import { MailboxRpcClient, serveRpc } from '../../services/mailbox-store/rpc.ts';
+
+const logger = pino({ level: 'silent' });
+const USER = 'sum@example.test';
+
+/** What a summary carries of a message. */
+const summaryOf = (m: MessageMeta) => ({
+  uid: m.uid,
+  flags: m.flags,
+  modseq: m.modseq,
+  size: m.size,
+  internalDate: m.internalDate,
+});
+
+describe('message summaries', () => {
+  let natsProc: Proc;
+  let nats: Nats;
+  let redis: Redis;
+  let cleanup: () => Promise<void>;
+  let store: MailboxStore;
+  let rpc: MailboxRpcClient;
+  let stopRpc: () => void;
+  let blob: { id: string; size: number };
+
+  before(async () => {
+    natsProc = await startNats();
+    nats = await connectNats(natsProc.url, 'test', logger);
+    const blobs = await BlobStore.open(nats, 1);
+    const server = await startRedisBackend('single redis-server');
+    cleanup = () => server.cleanup();
+    redis = await connectRedis(server.url, logger);
+    store = new MailboxStore(redis, 's:', blobs, () => undefined);
+    const sub = serveRpc(nats, store, logger);
+    stopRpc = () => sub.unsubscribe();
+    rpc = new MailboxRpcClient(nats, blobs);
+    blob = await blobs.put([Buffer.from('Subject: hi\r\n\r\nhello\r\n')]);
+  });
+
+  after(async () => {
+    stopRpc();
+    redis.disconnect();
+    await cleanup();
+    await nats.nc.close();
+    await natsProc.cleanup();
+  });
+
+  /** Summaries from the store and over the RPC, whole folder and by UIDs, each checked against the full rows. */
+  async function check(folder: string): Promise<MessageMeta[]> {
+    const full = (await store.messages(USER, folder)).messages.map(summaryOf);
+    const uids = full.map((m) => m.uid);
+    for (const [how, got] of [
+      ['store, whole folder', await store.messages(USER, folder, [], { summary: true })],
+      ['rpc, whole folder', await rpc.messages(USER, folder, [], { summary: true })],
+      ['store, by uid', await store.messages(USER, folder, [...uids, 999_999], { summary: true })],
+      ['rpc, by uid', await rpc.messages(USER, folder, [...uids, 999_999], { summary: true })],
+    ] as const) {
+      assert.deepEqual(got.messages.map(summaryOf), full, how);
+      for (const m of got.messages) assert.equal(m.blob, '', `${how}: no blob reference in a summary`);
+    }
+    return (await store.messages(USER, folder)).messages;
+  }
+
+  test('agree with the full rows through appends, flag changes, expunges, COPY and MOVE', async () => {
+    for (let i = 0; i < 30; i++) {
+      const flags = i % 3 === 0 ? ['\\Seen', '$Label1'] : i % 3 === 1 ? [] : ['\\Flagged'];
+      await store.appendBlob(USER, 'INBOX', blob, flags, 1_700_000_000_000 + i * 1000, `a${i}`);
+    }
+    await check('INBOX');
+    await store.storeFlags(USER, 'INBOX', [1, 2, 3], 'add', ['\\Deleted', 'Work']);
+    await store.storeFlags(USER, 'INBOX', [4], 'replace', []);
+    await store.storeFlagsIf(USER, 'INBOX', [5, 6], 'remove', ['\\Seen'], 0);
+    await check('INBOX');
+    assert.deepEqual(await store.expunge(USER, 'INBOX', [1, 2, 3, 7]), [1, 2, 3]);
+    await store.copy(USER, 'INBOX', [8, 9, 10], 'Archive', false);
+    await store.copy(USER, 'INBOX', [11, 12], 'Trash', true);
+    const inbox = await check('INBOX');
+    assert.deepEqual(inbox.map((m) => m.uid).slice(0, 6), [4, 5, 6, 7, 8, 9]);
+    await check('Archive');
+    await check('Trash');
+    await store.renameFolder(USER, 'Archive', 'Old');
+    await check('Old');
+  });
+
+  test('pages of a big folder: every message once, in UID order', async () => {
+    await store.createFolder(USER, 'Big');
+    const n = SUMMARY_BATCH + 321;
+    let next = 0;
+    await Promise.all(
+      Array.from({ length: 16 }, async () => {
+        while (next < n) {
+          const i = next++;
+          await store.appendBlob(USER, 'Big', blob, i % 2 ? ['\\Seen'] : [], Date.now(), `big${i}`);
+        }
+      }),
+    );
+    const all = await check('Big');
+    assert.equal(all.length, n);
+    const page = await rpc.messageRange(USER, 'Big', 100, 0xffffffff, 10, { summary: true });
+    assert.deepEqual(
+      page.messages.map((m) => m.uid),
+      Array.from({ length: 10 }, (_, i) => 100 + i),
+    );
+    assert.equal(page.folder.exists, n);
+  });
+
+  test('a folder stored before the summary index was kept, or changed by an older replica, reads right', async () => {
+    await store.createFolder(USER, 'Legacy');
+    for (let i = 0; i < 20; i++)
+      await store.appendBlob(USER, 'Legacy', blob, i % 2 ? ['\\Answered'] : [], Date.now(), `l${i}`);
+    const fid = await redis.hget(`s:{u:${USER}}:folders`, 'Legacy');
+    const folder = `s:{u:${USER}}:f:${fid}`;
+    const index = `${folder}:sum`;
+    assert.equal(await redis.hlen(index), 20);
+    // As it was before the index: none, and no sumseq. The first read rebuilds it.
+    await redis.del(index);
+    await redis.hdel(folder, 'sumseq');
+    await check('Legacy');
+    assert.equal(await redis.hlen(index), 20);
+    // An older replica changes flags and expunges without the index (and without sumseq).
+    await redis.hset(
+      `${folder}:m:4`,
+      'flags',
+      '\\Seen Old',
+      'modseq',
+      String(await redis.hincrby(folder, 'modseq', 1)),
+    );
+    await redis.hincrby(folder, 'modseq', 1);
+    await redis.del(`${folder}:m:5`);
+    await redis.zrem(`${folder}:uids`, '5');
+    await redis.hincrby(folder, 'exists', -1);
+    const got = await check('Legacy');
+    assert.deepEqual(got.find((m) => m.uid === 4)?.flags, ['\\Seen', 'Old']);
+    assert.equal(
+      got.find((m) => m.uid === 5),
+      undefined,
+    );
+    assert.equal(await redis.hlen(index), 19);
+    await store.deleteFolder(USER, 'Legacy');
+    assert.equal(await redis.exists(index), 0);
+  });
+
+  test('a big folder out of step with its index is read from the message hashes', async () => {
+    const fid = await redis.hget(`s:{u:${USER}}:folders`, 'Big');
+    const folder = `s:{u:${USER}}:f:${fid}`;
+    await redis.hset(
+      `${folder}:m:7`,
+      'flags',
+      'Changed',
+      'modseq',
+      String(await redis.hincrby(folder, 'modseq', 1)),
+    );
+    const got = await check('Big');
+    assert.deepEqual(got.find((m) => m.uid === 7)?.flags, ['Changed']);
+  });
+});
