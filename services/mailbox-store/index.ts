@@ -99,11 +99,12 @@ export async function start(rt: Runtime): Promise<Service> {
         throw err;
       }
       // Filed (now or before): this entry no longer needs the body it was given (core/blobs.ts).
-      await rt.blobs.release(d.body?.id ?? '', BlobHolder.local(d.idempotencyKey));
+      const released = rt.blobs.release(d.body?.id ?? '', BlobHolder.local(d.idempotencyKey));
       stored.inc({ result: res.created ? 'stored' : 'duplicate' });
       if (res.created) endToEnd.observe((Date.now() - Number(d.receivedAt)) / 1000);
       log.info({ queueId: d.queueId, user: d.user, uid: res.uid, duplicate: !res.created }, 'message stored');
-      await recordEvent(
+      // The event beside the release; both done before the ack (a redelivery repeats neither).
+      const recorded = recordEvent(
         nats,
         log,
         'stored',
@@ -117,6 +118,7 @@ export async function start(rt: Runtime): Promise<Service> {
         },
         d.idempotencyKey,
       );
+      await Promise.all([released, recorded]);
       return { ack: true };
     },
   });
@@ -151,8 +153,7 @@ function withReturnPath(blobs: BlobStore, body: BlobInfo, mailFrom: string): Pro
       yield header;
       yield* blobs.open(body.id);
     }
-    const tee = withStructure(bytes());
-    copy = blobs.putStream(tee.body).then((blob) => ({ ...blob, structure: tee.result() }));
+    copy = body.size <= IN_MEMORY_COPY_MAX ? copyInMemory(blobs, bytes()) : copyStreamed(blobs, bytes());
     returnPathMemo.set(key, copy);
     // A failed copy is not remembered: the redelivery tries again.
     copy.catch(() => returnPathMemo.delete(key));
@@ -162,4 +163,24 @@ function withReturnPath(blobs: BlobStore, body: BlobInfo, mailFrom: string): Pro
     }
   }
   return copy;
+}
+
+/**
+ * Most mail is small: its copy is made in memory and stored with one put, without the temporary
+ * file a streamed copy is spooled through (whose name is known only once the content is hashed).
+ */
+const IN_MEMORY_COPY_MAX = 1024 * 1024;
+
+async function copyInMemory(blobs: BlobStore, source: AsyncIterable<Uint8Array>): Promise<StructuredBlob> {
+  const tee = withStructure(source);
+  const chunks: Uint8Array[] = [];
+  for await (const c of tee.body) chunks.push(c);
+  const blob = await blobs.put(chunks);
+  return { ...blob, structure: tee.result() };
+}
+
+async function copyStreamed(blobs: BlobStore, source: AsyncIterable<Uint8Array>): Promise<StructuredBlob> {
+  const tee = withStructure(source);
+  const blob = await blobs.putStream(tee.body);
+  return { ...blob, structure: tee.result() };
 }
