@@ -408,17 +408,31 @@ export class Directory implements Authenticator {
       let a = canonicalAddress(addr);
       const p = parseAddress(a);
       if (!p) return;
-      const target = await this.#redis.get(this.#k('domalias', p.domain));
-      if (target) a = `${p.local}@${target}`;
+      // The three lookups of the common case (no domain alias) at once, in one round trip; a
+      // domain alias (rare) makes the last two be asked again for the address it leads to.
+      const [target, localFirst, userFirst] = await Promise.all([
+        this.#redis.get(this.#k('domalias', p.domain)),
+        this.isLocalDomain(p.domain),
+        this.#redis.hexists(this.#k('user', a), 'password'),
+      ]);
+      let local = localFirst;
+      let isUser = userFirst;
+      if (target) {
+        a = `${p.local}@${target}`;
+        [local, isUser] = await Promise.all([
+          this.isLocalDomain(target),
+          this.#redis.hexists(this.#k('user', a), 'password'),
+        ]);
+      }
       // Each address is expanded once: a second visit is a loop or a duplicate, and adds nothing.
       if (seen.has(a)) return;
       seen.add(a);
-      if (!(await this.isLocalDomain(domainOfAddr(a)))) {
+      if (!local) {
         external.add(a);
         found = true;
         return;
       }
-      if (await this.#redis.hexists(this.#k('user', a), 'password')) {
+      if (isUser) {
         users.add(a);
         found = true;
         return;

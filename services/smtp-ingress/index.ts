@@ -150,19 +150,26 @@ export async function start(rt: Runtime): Promise<Service> {
     },
     async rcptTo(info, _tx, to) {
       const whos = [info.remoteAddress, ...(info.user ? [`u:${info.user}`] : [])];
-      const counts = await Promise.all(whos.map((w) => rates.hit('rcpt', w, LIMITS.rateWindowMs)));
+      const literal = to.domain.startsWith('[');
+      // The rate counters and the directory lookups in one round trip to Redis; the lookups' answers
+      // count only once the rate allows the recipient.
+      const [counts, local, expansion] = await Promise.all([
+        Promise.all(whos.map((w) => rates.hit('rcpt', w, LIMITS.rateWindowMs))),
+        literal ? false : directory.isLocalDomain(to.domain),
+        literal ? null : directory.resolveRecipient(to.address).catch((err: unknown) => err as Error),
+      ]);
       if (counts.some((c) => c > config.smtpRecipientRate))
         return refuse(info, 'recipient_rate', REPLIES.rateExceeded('recipients'));
-      if (to.domain.startsWith('[')) {
+      if (literal) {
         // An address literal is never hosted here: only authenticated users may relay to it.
         return info.user ? null : refuse(info, 'relay_denied', REPLIES.relayDenied(to.address));
       }
-      if (!(await directory.isLocalDomain(to.domain))) {
+      if (!local) {
         // No open relay (invariant 5): foreign domains only for authenticated users.
         return info.user ? null : refuse(info, 'relay_denied', REPLIES.relayDenied(to.address));
       }
       try {
-        const expansion = await directory.resolveRecipient(to.address);
+        if (expansion instanceof Error) throw expansion;
         if (!expansion) return refuse(info, 'unknown_user', REPLIES.unknownUser(to.address));
       } catch (err) {
         if (err instanceof DirectoryError && err.code === 'LOOP')
