@@ -34,7 +34,8 @@ export interface BounceSource {
   receivedAt: number;
   dsnRet: string;
   dsnEnvid: string;
-  body: { id: string; size: number };
+  /** The stored body; `returnPath`: octets of the Return-Path it begins with, left out of the DSN. */
+  body: { id: string; size: number; returnPath?: number };
   isBounce: boolean;
 }
 
@@ -191,6 +192,7 @@ export async function sendDsn(
   }
   const original = await deps.blobs
     .read(source.body.id)
+    .then((b) => b.subarray(source.body.returnPath ?? 0))
     .catch(() => Buffer.from('(original message no longer available)\r\n'));
   const dsn = buildDsn(deps.hostname, source, wanted, original, new Date(), kind, retryUntil);
   const letter = kind === 'failed' ? 'B' : kind === 'delayed' ? 'W' : 'S';

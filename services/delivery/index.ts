@@ -19,6 +19,7 @@ import { recordEvent } from '../core/events.ts';
 import { counter, histogram } from '../core/metrics.ts';
 import { CachedMxResolver, MxResolver } from '../core/mx.ts';
 import { sendDsn, type BounceSource, type Failure } from '../core/bounce.ts';
+import { skipOctets } from '../core/return-path.ts';
 import { BlobHolder } from '../core/blobs.ts';
 import { SpanKind, withSpan } from '../core/telemetry.ts';
 import { DestinationActor } from './actor.ts';
@@ -240,8 +241,16 @@ export async function start(rt: Runtime): Promise<Service> {
                 recipients: pending.map((r) => ({ address: r.address ?? '' })),
                 dsnRet: d.dsnRet,
                 dsnEnvid: d.dsnEnvid,
-                size: Number(d.body?.size ?? 0),
-                body: () => fenced(bodies.open(d.body?.id ?? '', Number(d.body?.size ?? 0)), lease),
+                // Without the Return-Path the body was stored with (services/core/return-path.ts).
+                size: Number(d.body?.size ?? 0) - (d.body?.returnPath ?? 0),
+                body: () =>
+                  fenced(
+                    skipOctets(
+                      bodies.open(d.body?.id ?? '', Number(d.body?.size ?? 0)),
+                      d.body?.returnPath ?? 0,
+                    ),
+                    lease,
+                  ),
                 eightBit: true,
                 smtputf8: d.smtputf8,
               },
@@ -356,7 +365,7 @@ export async function start(rt: Runtime): Promise<Service> {
       receivedAt: Number(d.receivedAt),
       dsnRet: d.dsnRet,
       dsnEnvid: d.dsnEnvid,
-      body: { id: d.body?.id ?? '', size: Number(d.body?.size ?? 0) },
+      body: { id: d.body?.id ?? '', size: Number(d.body?.size ?? 0), returnPath: d.body?.returnPath ?? 0 },
       isBounce: d.isBounce,
     };
     if (!lease.valid()) return { nakMs: 0 };

@@ -3,6 +3,7 @@
  * the mailbox RPC API that imap and pop3 use.
  */
 import type { Runtime, Service } from '../core/runtime.ts';
+import { returnPathField } from '../core/return-path.ts';
 import { BlobHolder, type BlobInfo, type BlobStore } from '../core/blobs.ts';
 import { consume } from '../core/nats.ts';
 import { pb, decode } from '../core/codec.ts';
@@ -69,12 +70,13 @@ export async function start(rt: Runtime): Promise<Service> {
       const d = decode(pb.LocalDelivery, msg.data);
       const folder = d.folder || 'INBOX';
       // RFC 5321 4.4: the final delivery adds Return-Path with the reverse path (<> for a bounce).
-      // Every local recipient of one envelope gets the same bytes, so the blob is still stored once.
-      const body = await withReturnPath(
-        rt.blobs,
-        { id: d.body?.id ?? '', size: Number(d.body?.size ?? 0) },
-        d.mailFrom,
-      );
+      // smtp-ingress stored the body with it, and its structure: filed as it is. A body without it
+      // (a bounce, or an entry from an older ingress) gets a copy with it, shared by every local
+      // recipient of the envelope, so that copy is stored once.
+      const ref = { id: d.body?.id ?? '', size: Number(d.body?.size ?? 0) };
+      const body: StructuredBlob = d.body?.returnPath
+        ? { ...ref, structure: d.body.structure?.length ? Buffer.from(d.body.structure) : null }
+        : await withReturnPath(rt.blobs, ref, d.mailFrom);
       const receivedAt = Number(d.receivedAt) || Date.now();
       // The idempotency key makes a redelivered entry a no-op (invariant 3).
       const fileInto = (f: string) =>
@@ -148,7 +150,7 @@ function withReturnPath(blobs: BlobStore, body: BlobInfo, mailFrom: string): Pro
   const key = `${body.id}\n${mailFrom}`;
   let copy = returnPathMemo.get(key);
   if (!copy) {
-    const header = Buffer.from(`Return-Path: <${mailFrom.replace(/[\r\n<>]/g, '')}>\r\n`, 'utf8');
+    const header = returnPathField(mailFrom);
     async function* bytes(): AsyncIterable<Uint8Array> {
       yield header;
       yield* blobs.open(body.id);

@@ -152,7 +152,10 @@ export async function start(rt: Runtime): Promise<Service> {
           queueId: env.queueId,
           domain,
           recipients: rcpts,
-          body: env.body,
+          // The structure is for mailboxes only.
+          body: env.body
+            ? { id: env.body.id, size: env.body.size, returnPath: env.body.returnPath }
+            : env.body,
           mailFrom: env.mailFrom,
           receivedAt: env.receivedAt,
           messageId: env.messageId,
@@ -206,7 +209,11 @@ export async function start(rt: Runtime): Promise<Service> {
             receivedAt: Number(env.receivedAt),
             dsnRet: env.dsnRet,
             dsnEnvid: env.dsnEnvid,
-            body: { id: env.body?.id ?? '', size: Number(env.body?.size ?? 0) },
+            body: {
+              id: env.body?.id ?? '',
+              size: Number(env.body?.size ?? 0),
+              returnPath: env.body?.returnPath ?? 0,
+            },
             isBounce: env.isBounce,
           },
           failures,

@@ -18,6 +18,8 @@ import { LIMITS } from './limits.ts';
 import { newMessageId, newQueueId, receivedHeader, rfc5322Date, scanHeaders } from './message.ts';
 import { checkMailAuth, type dnsResolver } from './mail-auth.ts';
 import { dkimSign, headerFromDomain } from './dkim-sign.ts';
+import { returnPathField } from '../core/return-path.ts';
+import { STRUCTURE_LIMITS, StructureBuilder } from '../core/mime-structure.ts';
 
 const accepted = counter('postino_smtp_messages_accepted_total', 'Messages accepted with 250', ['port']);
 
@@ -176,14 +178,26 @@ export function acceptMessage(deps: AcceptDeps, info: SessionInfo, tx: Transacti
           }
         }
       };
+      // Stored as the final delivery files it: Return-Path first (services/core/return-path.ts),
+      // with its MIME structure, so that mailbox-store neither copies nor parses the body.
+      const returnPath = returnPathField(mailFrom);
+      const chunks = [returnPath, Buffer.from(prepend.join(''), 'utf8'), signed];
+      const structure = new StructureBuilder(STRUCTURE_LIMITS);
+      for (const c of chunks) structure.write(c);
+      const structureBytes = structure.end();
       const durable = async () => {
         // Held for the envelope before the 250 (the router moves the hold to its entries).
         const stored = await retrying(() =>
-          deps.blobs.put([Buffer.from(prepend.join(''), 'utf8'), signed], {
+          deps.blobs.put(chunks, {
             holder: BlobHolder.ingress(queueId),
           }),
         );
-        envelope.body = { id: stored.id, size: stored.size };
+        envelope.body = {
+          id: stored.id,
+          size: stored.size,
+          returnPath: returnPath.byteLength,
+          structure: structureBytes ?? undefined,
+        };
         const data = encode(pb.Envelope, envelope);
         await retrying((left) =>
           publish(deps.nats, SUBJECTS.ingress, data, {
@@ -192,7 +206,7 @@ export function acceptMessage(deps: AcceptDeps, info: SessionInfo, tx: Transacti
             timeoutMs: Math.min(10_000, left),
           }),
         );
-        return stored.size;
+        return stored.size - returnPath.byteLength;
       };
       let size: number;
       try {

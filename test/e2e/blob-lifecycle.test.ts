@@ -49,14 +49,20 @@ describe('message bodies outside mailboxes are collected', () => {
   const exists = (id: string) => main.runtime.blobs.has(id);
 
   /** The INBOX messages of a user, and the body each was filed from (its Return-Path line taken off). */
-  async function inbox(user: string): Promise<{ blob: string; original: string; text: string }[]> {
+  /**
+   * The INBOX's messages: each one's blob, the blob its body would have been copied from if it was
+   * filed as a copy with a Return-Path in front (a bounce), and its text.
+   */
+  async function inbox(
+    user: string,
+  ): Promise<{ uid: number; blob: string; original: string; text: string }[]> {
     const { messages } = await client.messages(user, 'INBOX');
     const out = [];
     for (const m of messages) {
       const copy = await main.runtime.blobs.read(m.blob);
       const rest = copy.subarray(copy.indexOf('\r\n') + 2);
       assert.match(copy.toString('latin1'), /^Return-Path: /);
-      out.push({ blob: m.blob, original: sha(rest), text: copy.toString('utf8') });
+      out.push({ uid: m.uid, blob: m.blob, original: sha(rest), text: copy.toString('utf8') });
     }
     return out;
   }
@@ -114,18 +120,25 @@ describe('message bodies outside mailboxes are collected', () => {
     await until('the body collected', async () => !(await exists(body)), 30_000);
   });
 
-  test('a local and a remote recipient: the body stays while either needs it, redeliveries included', async () => {
+  test('a local and a remote recipient: one body for both, kept while either needs it, redeliveries included', async () => {
     // The remote recipient is deferred a few times first.
     script.set('later@remote.test', [...Array.from({ length: 12 }, () => 451), 250]);
+    const before = await stored();
     const info = await send(['bob@example.test', 'later@remote.test'], 'local and remote');
     const queueId = /queued as (\S+)/.exec(info.response)?.[1] ?? '';
-    const filed = await until('the copy in bob INBOX', async () => {
+    const filed = await until('the message in bob INBOX', async () => {
       const msgs = await inbox('bob@example.test');
       return msgs.find((m) => m.text.includes('local and remote'));
     });
-    const body = filed.original;
-    const size = (await main.runtime.blobs.read(body)).length;
-    assert.ok(await exists(body));
+    // Filed as stored, Return-Path included: no second copy of the body.
+    const body = filed.blob;
+    assert.deepEqual(
+      [...(await stored())].filter((id) => !before.has(id)),
+      [body],
+    );
+    const bytes = await main.runtime.blobs.read(body);
+    const size = bytes.length;
+    const returnPath = bytes.indexOf('\r\n') + 2;
     await drained();
 
     // Redeliveries: the router's envelope and bob's LOCAL entry come again (as JetStream would
@@ -138,7 +151,7 @@ describe('message bodies outside mailboxes are collected', () => {
         queueId,
         mailFrom: 'alice@example.test',
         recipients: [{ address: 'bob@example.test' }, { address: 'later@remote.test' }],
-        body: { id: body, size },
+        body: { id: body, size, returnPath },
         receivedAt,
         messageId: '',
       }),
@@ -152,7 +165,7 @@ describe('message bodies outside mailboxes are collected', () => {
         user: 'bob@example.test',
         originalRecipient: 'bob@example.test',
         folder: 'INBOX',
-        body: { id: body, size },
+        body: { id: body, size, returnPath },
         mailFrom: 'alice@example.test',
         receivedAt,
         idempotencyKey: `${queueId}:bob@example.test`,
@@ -168,17 +181,30 @@ describe('message bodies outside mailboxes are collected', () => {
       return e && e.attempts >= 5;
     });
     assert.ok(await exists(body), 'the deferred remote entry still needs the body');
-    assert.equal(await records.holders(body), 1, 'held by the remote entry alone');
+    // Held by the deferred remote entry and by bob's mailbox (the collector copies mailbox holds
+    // in its rounds); the redelivered envelope and LOCAL entry left no hold behind.
+    await until('held by the remote entry and the mailbox', async () => (await records.holders(body)) === 2);
     assert.equal(
       (await inbox('bob@example.test')).filter((m) => m.text.includes('local and remote')).length,
       1,
     );
 
     await until('the remote delivery', async () => sunk.some((m) => m.to.includes('later@remote.test')));
+    // The remote server got the message without the Return-Path of the final delivery here.
+    const remote = sunk.find((m) => m.to.includes('later@remote.test'));
+    assert.ok(remote && !remote.body.includes('Return-Path:'));
+    assert.match(remote.body, /local and remote/);
+    await until(
+      'no queue entry holds the body, the mailbox does',
+      async () => (await records.holders(body)) === 1,
+    );
+    // Bob's message is his mailbox's, and stays: through the grace period and the sweeper.
+    await new Promise((r) => setTimeout(r, 2 * main.runtime.config.blobGcGrace + 1000));
+    assert.ok(await exists(body));
+    assert.match((await main.runtime.blobs.read(body)).toString(), /local and remote/);
+    // Until bob deletes it.
+    await client.expunge('bob@example.test', 'INBOX', [filed.uid], true);
     await until('the body collected', async () => !(await exists(body)), 30_000);
-    // Bob's copy is his mailbox's, and stays.
-    assert.ok(await exists(filed.blob));
-    assert.match((await main.runtime.blobs.read(filed.blob)).toString(), /local and remote/);
   });
 
   test('a bounced message: the original and the DSN bodies are both collected', async () => {
