@@ -27,7 +27,16 @@
  *               rate, Redis memory per user, RCPT check latency, login latency.
  */
 import { spawn } from 'node:child_process';
-import { chmodSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import {
+  chmodSync,
+  existsSync,
+  mkdirSync,
+  mkdtempSync,
+  readdirSync,
+  readFileSync,
+  rmSync,
+  writeFileSync,
+} from 'node:fs';
 import { cpus, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Redis } from 'ioredis';
@@ -139,6 +148,8 @@ interface Target {
   pop3Port: number;
   /** Memory attributed to IMAP connections, KiB (Postino: the process; Dovecot: its imap processes). */
   imapMemoryKiB(): number;
+  /** CPU ms used so far by every process of the system (Postino with its nats-server and redis-server). */
+  cpuMs(): number;
   imapPssKiB(): number;
 }
 
@@ -149,6 +160,41 @@ function pssKiB(pid: number): number {
   } catch {
     return 0;
   }
+}
+
+/**
+ * CPU time (user + system, ms) of a process tree: each live process's own time plus the time of
+ * the children it has reaped (a Postfix smtpd that served its sessions and exited counts in its
+ * master's). Read before and after a load, the difference is what the system spent on it, on any
+ * core, whatever else the machine was doing.
+ */
+function treeCpuMs(roots: number[]): number {
+  const ticks = 1000 / 100; // USER_HZ is 100 on Linux
+  const parent = new Map<number, number>();
+  const own = new Map<number, number>();
+  for (const name of readdirSync('/proc')) {
+    if (!/^\d+$/.test(name)) continue;
+    try {
+      const stat = readFileSync(`/proc/${name}/stat`, 'utf8');
+      const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+      // After the command: state ppid ... utime(14) stime(15) cutime(16) cstime(17), 1-based from pid.
+      parent.set(Number(name), Number(fields[1]));
+      own.set(
+        Number(name),
+        (Number(fields[11]) + Number(fields[12]) + Number(fields[13]) + Number(fields[14])) * ticks,
+      );
+    } catch {
+      // the process ended while the list was read
+    }
+  }
+  const inTree = (pid: number): boolean => {
+    for (let p = pid, hops = 0; p > 1 && hops < 64; p = parent.get(p) ?? 0, hops++)
+      if (roots.includes(p)) return true;
+    return false;
+  };
+  let total = 0;
+  for (const [pid, ms] of own) if (inTree(pid)) total += ms;
+  return total;
 }
 
 function safeRss(pid: number): number {
@@ -196,6 +242,7 @@ async function acceptAndEndToEnd(t: Target, rep: number): Promise<void> {
   const watcher = await ImapClient.connect(t.imapPort);
   await watcher.login(user, PASSWORD);
   const base = await watcher.messages();
+  const cpuBefore = t.cpuMs();
   const start = performance.now();
   let lastAccept = 0;
   const source = smtpSource(t.smtpPort, user, MESSAGES).then((r) => {
@@ -214,7 +261,10 @@ async function acceptAndEndToEnd(t: Target, rep: number): Promise<void> {
     await sleep(20);
   }
   const accepted = await source;
+  const cpu = t.cpuMs() - cpuBefore;
   await watcher.logout();
+  if (visibleAt)
+    record('end-to-end', 'CPU per message, all processes', 'ms', false, t.system, cpu / MESSAGES);
   record('accept', 'messages/s accepted', 'msg/s', true, t.system, (MESSAGES / accepted.ms) * 1000);
   if (accepted.errors) record('accept', 'smtp-source errors', 'lines', false, t.system, accepted.errors);
   if (visibleAt) {
@@ -629,6 +679,7 @@ async function main(): Promise<void> {
       pop3Port: p.pop3Port,
       imapMemoryKiB: () => safeRss(p.pid),
       imapPssKiB: () => pssKiB(p.pid),
+      cpuMs: () => treeCpuMs([p.pid]),
     });
     let dovecot: DovecotInstance | null = null;
     let postfix: PostfixInstance | null = null;
@@ -665,6 +716,7 @@ async function main(): Promise<void> {
         pop3Port: d.pop3Port,
         imapMemoryKiB: () => sum(d.imapPids(), safeRss),
         imapPssKiB: () => sum(d.imapPids(), pssKiB),
+        cpuMs: () => treeCpuMs([d.masterPid, f.masterPid()]),
       });
     }
     void postfix;

@@ -35,6 +35,8 @@ export interface DovecotInstance {
   imapPort: number;
   pop3Port: number;
   lmtpPort: number;
+  /** The master process (every Dovecot process descends from it). */
+  masterPid: number;
   /** Pids of the imap processes (one per logged-in IMAP connection). */
   imapPids(): number[];
   stop(): Promise<void>;
@@ -160,6 +162,7 @@ export async function startDovecot(o: DovecotOptions): Promise<DovecotInstance> 
     imapPort: o.imapPort,
     pop3Port: o.pop3Port,
     lmtpPort: o.lmtpPort,
+    masterPid,
     imapPids() {
       const out: number[] = [];
       for (const name of readdirSync('/proc')) {

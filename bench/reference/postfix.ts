@@ -9,7 +9,7 @@
  * 250 to the end of DATA; the queue file is removed after Dovecot's LMTP 250.
  */
 import { execFile } from 'node:child_process';
-import { chmodSync, mkdirSync, writeFileSync } from 'node:fs';
+import { chmodSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { waitForPort } from '../../test/helpers/servers.ts';
@@ -31,6 +31,8 @@ export interface PostfixOptions {
 export interface PostfixInstance {
   smtpPort: number;
   configDir: string;
+  /** The master process (smtpd, cleanup, qmgr, lmtp descend from it); 0 when not running. */
+  masterPid(): number;
   /** How many messages are in the queue (incoming, active, deferred, hold, maildrop). */
   queued(): Promise<number>;
   stop(): Promise<void>;
@@ -125,6 +127,13 @@ export async function startPostfix(o: PostfixOptions): Promise<PostfixInstance> 
   return {
     smtpPort: o.smtpPort,
     configDir: conf,
+    masterPid: () => {
+      try {
+        return Number(readFileSync(join(queue, 'pid', 'master.pid'), 'utf8').trim());
+      } catch {
+        return 0;
+      }
+    },
     async queued() {
       const { stdout } = await run('/usr/sbin/postqueue', ['-c', conf, '-j']).catch(() => ({ stdout: '' }));
       return stdout.split('\n').filter((l) => l.trim()).length;
