@@ -38,6 +38,7 @@ import { Readable } from 'node:stream';
 import type { Redis } from 'ioredis';
 import { Objm, type ObjectStore } from '@nats-io/obj';
 import { StorageType, type JetStreamManager } from '@nats-io/jetstream';
+import { createInbox, type Msg, type NatsConnection } from '@nats-io/transport-node';
 import type { Nats } from './nats.ts';
 import { histogram } from './metrics.ts';
 
@@ -246,19 +247,206 @@ export interface PutOptions {
   holder?: string;
 }
 
-/** The object store's backing stream and its chunk subjects (the object store's own layout). */
+/** The object store's backing stream and its subjects (the object store's own layout). */
 const BLOB_STREAM = `OBJ_${BLOB_BUCKET}`;
 const chunkSubject = (nuid: string) => `$O.${BLOB_BUCKET}.C.${nuid}`;
+/** The object store names its metadata subject after the object's name in padded base64url. */
+const metaSubject = (name: string) =>
+  `$O.${BLOB_BUCKET}.M.${Buffer.from(name, 'utf8').toString('base64').replace(/\+/g, '-').replace(/\//g, '_')}`;
+
+/** How much memory the cache of small bodies may use (BlobStore.open). */
+export interface BlobCacheLimits {
+  /** Largest body kept: one object-store chunk (128 KiB), the size read with one direct get. */
+  maxEntryBytes: number;
+  /** Memory for all kept bodies; the least recently used go first. */
+  maxTotalBytes: number;
+}
+
+/**
+ * Defaults of the body cache: 32 MiB is about 15,000 typical 2 KiB messages (a busy replica's
+ * working set of POP3 downloads and IMAP body fetches), a small share of a service's memory.
+ */
+export const BLOB_CACHE_LIMITS: Readonly<BlobCacheLimits> = Object.freeze({
+  maxEntryBytes: 128 * 1024,
+  maxTotalBytes: 32 * 1024 * 1024,
+});
+
+/**
+ * Small bodies kept in memory, least recently used first out, within a byte cap. A body is
+ * immutable and its key is its content address, checked when it was read: a cached copy is never
+ * stale, and it is only handed to a caller that presents the id, which readers get from a mailbox
+ * listing they are allowed to see (the same bytes as their own message). Entries are shared:
+ * callers must not write into them.
+ */
+export class BlobCache {
+  readonly #limits: BlobCacheLimits;
+  /** Map order is the recency order: a hit moves the entry to the end. */
+  readonly #bodies = new Map<string, Buffer>();
+  #total = 0;
+
+  constructor(limits: BlobCacheLimits = BLOB_CACHE_LIMITS) {
+    this.#limits = limits;
+  }
+
+  /** Bytes held now (never more than maxTotalBytes). */
+  get bytes(): number {
+    return this.#total;
+  }
+
+  get(id: string): Buffer | undefined {
+    const hit = this.#bodies.get(id);
+    if (hit) {
+      this.#bodies.delete(id);
+      this.#bodies.set(id, hit);
+    }
+    return hit;
+  }
+
+  /** Keeps a body if it fits (maxEntryBytes), evicting the least recently used beyond maxTotalBytes. */
+  set(id: string, body: Buffer): void {
+    if (body.length > this.#limits.maxEntryBytes || body.length > this.#limits.maxTotalBytes) return;
+    this.delete(id);
+    this.#bodies.set(id, body);
+    this.#total += body.length;
+    for (const [old, b] of this.#bodies) {
+      if (this.#total <= this.#limits.maxTotalBytes) break;
+      this.#bodies.delete(old);
+      this.#total -= b.length;
+    }
+  }
+
+  delete(id: string): void {
+    const body = this.#bodies.get(id);
+    if (!body) return;
+    this.#bodies.delete(id);
+    this.#total -= body.length;
+  }
+}
+
+/** Time a direct get may take, as the JetStream API's own requests (jetstreamManager default). */
+const DIRECT_GET_TIMEOUT_MS = 5000;
+/** After a stream did not answer a direct get, the API is used this long before trying again. */
+const DIRECT_GET_RETRY_MS = 60_000;
+
+/**
+ * JetStream direct gets (`$JS.API.DIRECT.GET.<stream>.<subject>`, the last message on a subject)
+ * over one reply subscription: the message comes back as raw bytes with headers, where the
+ * JetStream API's STREAM.MSG.GET wraps it in JSON and base64. Resolves null when there is no such
+ * message, or when the stream does not answer direct gets (the caller then uses the API).
+ */
+class DirectGets {
+  readonly #nc: NatsConnection;
+  readonly #prefix = createInbox();
+  readonly #waiting = new Map<
+    string,
+    { resolve: (m: Msg) => void; reject: (e: Error) => void; timer: NodeJS.Timeout }
+  >();
+  /** The reply subscription, made on the first get (and renewed by the client on reconnect). */
+  #listening = false;
+  #next = 0;
+  /** Until when direct gets are not tried, after the stream did not answer one (no responders). */
+  #offUntil = 0;
+
+  constructor(nc: NatsConnection) {
+    this.#nc = nc;
+  }
+
+  /** False for a while after the stream did not answer a direct get: the caller uses the API. */
+  get available(): boolean {
+    return this.#offUntil === 0 || Date.now() >= this.#offUntil;
+  }
+
+  #listen(): void {
+    this.#nc.subscribe(`${this.#prefix}.*`, {
+      callback: (error, msg) => {
+        if (error) {
+          // The subscription is gone (a permissions violation, the connection closed): the gets
+          // waiting fail now, and the next one subscribes again.
+          this.#listening = false;
+          for (const [token, waiting] of this.#waiting) {
+            this.#waiting.delete(token);
+            clearTimeout(waiting.timer);
+            waiting.reject(error);
+          }
+          return;
+        }
+        const token = msg.subject.slice(this.#prefix.length + 1);
+        const waiting = this.#waiting.get(token);
+        if (!waiting) return;
+        this.#waiting.delete(token);
+        clearTimeout(waiting.timer);
+        waiting.resolve(msg);
+      },
+    });
+    this.#listening = true;
+  }
+
+  async last(subject: string): Promise<Uint8Array | null> {
+    if (!this.#listening) this.#listen();
+    const token = (this.#next++).toString(36);
+    const reply = new Promise<Msg>((resolve, reject) => {
+      const timer = setTimeout(() => {
+        this.#waiting.delete(token);
+        reject(new Error(`blob store: no answer to a direct get of ${subject}`));
+      }, DIRECT_GET_TIMEOUT_MS);
+      this.#waiting.set(token, { resolve, reject, timer });
+    });
+    try {
+      this.#nc.publish(`$JS.API.DIRECT.GET.${BLOB_STREAM}.${subject}`, undefined, {
+        reply: `${this.#prefix}.${token}`,
+      });
+    } catch (error) {
+      // Not sent (the connection is closed or draining): nothing will answer, stop waiting.
+      const waiting = this.#waiting.get(token);
+      this.#waiting.delete(token);
+      if (waiting) clearTimeout(waiting.timer);
+      throw error;
+    }
+    const msg = await reply;
+    const code = msg.headers?.code ?? 0;
+    if (code === 0) return msg.data;
+    if (code === 404) return null;
+    if (code === 503) {
+      // No responders: the stream does not allow direct gets (yet, or any more); look again later.
+      this.#offUntil = Date.now() + DIRECT_GET_RETRY_MS;
+      return null;
+    }
+    throw new Error(
+      `blob store: direct get of ${subject} failed (${code} ${msg.headers?.description ?? ''})`,
+    );
+  }
+}
+
+/** What a read needs from an object's metadata. */
+interface BlobMeta {
+  size: number;
+  chunks: number;
+  nuid: string;
+  deleted: boolean;
+}
+
+const EMPTY = Buffer.alloc(0);
 
 export class BlobStore {
   readonly #store: ObjectStore;
   readonly #jsm: JetStreamManager;
   readonly #records: BlobRecords | undefined;
+  readonly #direct: DirectGets;
+  readonly #cache: BlobCache;
+  /** Reads of small bodies in flight, so concurrent readers (and a prefetch) share one. */
+  readonly #reading = new Map<string, Promise<Buffer | BlobMeta>>();
   #touch: ((id: string) => Promise<void>) | undefined;
 
-  private constructor(store: ObjectStore, jsm: JetStreamManager, records?: BlobRecords) {
+  private constructor(
+    store: ObjectStore,
+    nats: Nats,
+    records: BlobRecords | undefined,
+    cache: BlobCacheLimits,
+  ) {
     this.#store = store;
-    this.#jsm = jsm;
+    this.#jsm = nats.jsm;
+    this.#direct = new DirectGets(nats.nc);
+    this.#cache = new BlobCache(cache);
     this.#records = records;
     this.#touch = records ? (id) => records.touch(id) : undefined;
   }
@@ -266,12 +454,18 @@ export class BlobStore {
   /**
    * Opens (and creates on first use) the bucket. With the blobs' records (every service's
    * runtime), puts touch or hold the body and hold/release work; without them (tools, benchmarks)
-   * nothing is ever collected, so holds are not needed.
+   * nothing is ever collected, so holds are not needed. `cache` bounds the memory of small bodies
+   * kept for reads (one cache per store, so per process in the runtime).
    */
-  static async open(nats: Nats, replicas: number, records?: BlobRecords): Promise<BlobStore> {
+  static async open(
+    nats: Nats,
+    replicas: number,
+    records?: BlobRecords,
+    cache: BlobCacheLimits = BLOB_CACHE_LIMITS,
+  ): Promise<BlobStore> {
     const objm = new Objm(nats.js);
     const store = await objm.create(BLOB_BUCKET, { storage: StorageType.File, replicas });
-    return new BlobStore(store, nats.jsm, records);
+    return new BlobStore(store, nats, records, cache);
   }
 
   /** Holds a stored body for a queue entry (BlobHolder): before publishing the entry. */
@@ -385,31 +579,95 @@ export class BlobStore {
   }
 
   /**
-   * Streams a body in the store's chunks. A body of one chunk (up to 128 KiB: most mail) is read
-   * with one direct get of its chunk after the metadata, instead of the object store's ordered
-   * consumer (a consumer created and deleted on the server for every read), and checked against
-   * its content address.
+   * Streams a body. A body of one chunk (up to 128 KiB: most mail) is read with two direct gets,
+   * its metadata then its chunk, raw bytes instead of the object store's ordered consumer (a
+   * consumer created and deleted on the server for every read), checked against its content
+   * address and kept in the cache of small bodies, so the next read of it (a POP3 client that
+   * downloads again, IMAP clients fetching the same message) costs no round trip. Larger bodies
+   * are streamed chunk by chunk every time, never held whole.
    */
   async *open(id: string): AsyncIterable<Uint8Array> {
     const name = BlobStore.#name(id);
-    const info = await this.#store.info(name);
-    if (!info || info.deleted) throw new Error(`blob ${id} not found`);
-    if (info.size === 0) return;
-    if (info.chunks === 1 && info.nuid) {
-      const m = await this.#jsm.streams.getMessage(BLOB_STREAM, { last_by_subj: chunkSubject(info.nuid) });
-      if (!m || BlobStore.idOf(m.data) !== id) throw new Error(`blob ${id} is corrupt`);
-      yield m.data;
+    const hit = this.#cache.get(id);
+    if (hit) {
+      if (hit.length > 0) yield hit;
+      return;
+    }
+    const small = await this.#readSmall(id, name);
+    if (Buffer.isBuffer(small)) {
+      if (small.length > 0) yield small;
       return;
     }
     const res = await this.#store.get(name);
     if (!res) throw new Error(`blob ${id} not found`);
     const reader = res.data.getReader();
-    for (;;) {
-      const { done, value } = await reader.read();
-      if (done) break;
-      yield value;
+    let finished = false;
+    try {
+      for (;;) {
+        const { done, value } = await reader.read();
+        if (done) break;
+        yield value;
+      }
+      finished = true;
+    } finally {
+      // A reader that stops early (TOP, a client gone) stops the server's delivery of the rest;
+      // after a failed read, cancelling rejects with that same failure, which is propagating.
+      if (!finished) await reader.cancel().catch(() => undefined);
     }
     if (await res.error) throw new Error(`blob ${id} is corrupt`);
+  }
+
+  /** The body when it is small (one chunk), else its metadata; one read in flight per body. */
+  #readSmall(id: string, name: string): Promise<Buffer | BlobMeta> {
+    let reading = this.#reading.get(id);
+    if (!reading) {
+      reading = this.#fetchSmall(id, name).finally(() => this.#reading.delete(id));
+      this.#reading.set(id, reading);
+    }
+    return reading;
+  }
+
+  /**
+   * Direct gets first. Any replica of the stream may answer one, and a follower can lag behind
+   * its leader, so whatever a direct get cannot give (no such body, a chunk missing, bytes that do
+   * not match the address) is asked again of the leader through the JetStream API before it
+   * counts as missing or corrupt: a body just stored is never reported missing.
+   */
+  async #fetchSmall(id: string, name: string): Promise<Buffer | BlobMeta> {
+    if (this.#direct.available) {
+      const meta = await this.#directMeta(name);
+      if (meta && !meta.deleted) {
+        if (meta.size === 0) return EMPTY;
+        if (meta.chunks !== 1 || !meta.nuid) return meta;
+        const data = await this.#direct.last(chunkSubject(meta.nuid));
+        if (data && BlobStore.idOf(data) === id) return this.#keep(id, data);
+      }
+    }
+    const info = await this.#store.info(name);
+    if (!info || info.deleted) throw new Error(`blob ${id} not found`);
+    if (info.size === 0) return EMPTY;
+    if (info.chunks !== 1 || !info.nuid) {
+      return { size: info.size, chunks: info.chunks, nuid: info.nuid, deleted: false };
+    }
+    const m = await this.#jsm.streams.getMessage(BLOB_STREAM, { last_by_subj: chunkSubject(info.nuid) });
+    if (!m || BlobStore.idOf(m.data) !== id) throw new Error(`blob ${id} is corrupt`);
+    return this.#keep(id, m.data);
+  }
+
+  /** Our own copy (the received bytes may be a view into a larger buffer), kept in the cache. */
+  #keep(id: string, data: Uint8Array): Buffer {
+    const body = Buffer.from(data);
+    this.#cache.set(id, body);
+    return body;
+  }
+
+  async #directMeta(name: string): Promise<BlobMeta | null> {
+    const data = await this.#direct.last(metaSubject(name));
+    if (!data) return null;
+    const m = JSON.parse(
+      Buffer.from(data.buffer, data.byteOffset, data.byteLength).toString('utf8'),
+    ) as Partial<BlobMeta>;
+    return { size: m.size ?? 0, chunks: m.chunks ?? 0, nuid: m.nuid ?? '', deleted: m.deleted === true };
   }
 
   async read(id: string): Promise<Buffer> {
@@ -421,6 +679,7 @@ export class BlobStore {
   /** Deletes a body; deleting one that is not there is not an error (the collector may retry). */
   async delete(id: string): Promise<void> {
     const name = BlobStore.#name(id);
+    this.#cache.delete(id);
     const info = await this.#store.info(name);
     if (!info || info.deleted) return;
     await this.#store.delete(name);

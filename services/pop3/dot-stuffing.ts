@@ -43,6 +43,16 @@ export class DotStuffer {
 
   /** Encodes one chunk of the body. */
   push(chunk: Uint8Array): Buffer {
+    // Most stored mail is already in wire form (CRLF line ends, no line starting with "."): then
+    // the chunk goes out as it is, found by native scans instead of a loop over every byte.
+    if (this.#maxBodyLines === null && !this.#pendingCR && isWireForm(chunk, this.#atLineStart)) {
+      if (chunk.length > 0) {
+        const lastLF = chunk.lastIndexOf(LF);
+        this.#atLineStart = lastLF === chunk.length - 1;
+        this.#lineOctets = lastLF < 0 ? this.#lineOctets + chunk.length : chunk.length - (lastLF + 1);
+      }
+      return Buffer.from(chunk.buffer, chunk.byteOffset, chunk.byteLength);
+    }
     const out: Uint8Array[] = [];
     let start = 0;
     let i = 0;
@@ -108,6 +118,26 @@ export class DotStuffer {
     }
     this.#bodyLines++;
     if (this.#bodyLines >= this.#maxBodyLines) this.#done = true;
+  }
+}
+
+/**
+ * True when a chunk needs no change: every LF is preceded by a CR, every CR is followed by an LF
+ * within the chunk, and no line starts with "." (the first one included when `atLineStart`).
+ */
+function isWireForm(chunk: Uint8Array, atLineStart: boolean): boolean {
+  if (chunk.length === 0) return true;
+  if (atLineStart && chunk[0] === DOT) return false;
+  for (let pos = 0; ;) {
+    const lf = chunk.indexOf(LF, pos);
+    const cr = chunk.indexOf(CR, pos);
+    // No more line ends: the rest is a partial line, which must not hold a CR.
+    if (lf < 0) return cr < 0;
+    // The first CR from here must be the one right before this LF (no bare CR, no bare LF).
+    if (lf === pos || cr !== lf - 1) return false;
+    pos = lf + 1;
+    if (pos === chunk.length) return true;
+    if (chunk[pos] === DOT) return false;
   }
 }
 

@@ -22,8 +22,10 @@ export interface Pop3Limits {
   maxConnectionsPerIp: number;
   /** Time sessions get to flush their last reply when the server closes. */
   shutdownGraceMs: number;
-  /** Size of one write when sending a multi-line listing. */
+  /** Size of one write when sending a multi-line listing or a message. */
   writeBatchOctets: number;
+  /** Largest next message whose body a RETR reads ahead (and the blob store keeps in memory). */
+  prefetchMaxOctets: number;
 }
 
 export const DEFAULT_LIMITS: Readonly<Pop3Limits> = Object.freeze({
@@ -49,6 +51,8 @@ export const DEFAULT_LIMITS: Readonly<Pop3Limits> = Object.freeze({
   shutdownGraceMs: 2000,
   // Large enough for few syscalls, small enough that a huge LIST does not sit in memory at once.
   writeBatchOctets: 64 * 1024,
+  // Most mail is a few KiB; reading a larger body ahead would hold memory for a guess.
+  prefetchMaxOctets: 64 * 1024,
 });
 
 /** Merges overrides into the defaults; a value that is not a positive integer is refused. */

@@ -22,10 +22,15 @@ export class Maildrop {
   readonly uidValidity: number;
   readonly #entries: readonly MaildropEntry[];
   readonly #deleted = new Set<number>();
+  /** Messages known to carry \Seen: flagged at login, or flagged by this session's RETR. */
+  readonly #seen = new Set<number>();
 
   constructor(uidValidity: number, messages: readonly MessageMeta[]) {
     this.uidValidity = uidValidity;
     this.#entries = messages.map((m, i) => ({ msg: i + 1, uid: m.uid, size: m.size, blob: m.blob }));
+    messages.forEach((m, i) => {
+      if (m.flags.includes('\\Seen')) this.#seen.add(i + 1);
+    });
   }
 
   /** Messages not marked deleted (RFC 1939 section 5: deleted messages are not counted). */
@@ -59,6 +64,29 @@ export class Maildrop {
   uniqueId(entry: MaildropEntry): string {
     // UIDVALIDITY.UID names one message for its whole life on every replica (RFC 3501 2.3.1.1).
     return `${this.uidValidity}.${entry.uid}`;
+  }
+
+  /**
+   * Whether a RETR of the message still has to set \Seen: not when the login snapshot had it or a
+   * RETR of this session set it (Dovecot likewise flags only messages not \Seen already).
+   */
+  needsSeen(msg: number): boolean {
+    return !this.#seen.has(msg);
+  }
+
+  /** The message now carries \Seen (set after this session's RETR). */
+  markSeen(msg: number): void {
+    this.#seen.add(msg);
+  }
+
+  /**
+   * The message after `msg` when a client downloading in order is likely to ask for it next: not
+   * marked deleted and at most `maxOctets` (its body can be read ahead without holding much).
+   */
+  following(msg: number, maxOctets: number): MaildropEntry | null {
+    const entry = this.#entries[msg];
+    if (!entry || this.#deleted.has(entry.msg) || entry.size > maxOctets) return null;
+    return entry;
   }
 
   markDeleted(msg: number): void {

@@ -23,6 +23,8 @@ export type Reply =
       blob: string;
       maxBodyLines: number | null;
       delivered?: () => Promise<void>;
+      /** A body worth reading ahead of the client's next command (the next message of a RETR). */
+      prefetch?: string;
     }
   /** -ERR [code] text. */
   | { kind: 'err'; code: RespCode | null; text: string }

@@ -103,6 +103,8 @@ export class Pop3Session {
   /** \Seen updates of the TRANSACTION state, flushed before the lock goes. */
   #seen: SeenMarker | null = null;
   #protocolErrors = 0;
+  /** The body being read ahead for the next RETR, if any. */
+  #prefetching: Promise<void> | null = null;
   /**
    * RFC 1939 section 3: the autologout timer, restarted by each command rather than by each byte
    * (the socket's own timeout), so a client dripping a line one byte at a time is logged out too.
@@ -227,6 +229,19 @@ export class Pop3Session {
       this.#logger.debug({ protocol: secure.getProtocol() }, 'TLS established');
     });
     this.#attach(secure);
+  }
+
+  /** Writes pieces as one gathered write (writev), waiting for the socket to drain; false once gone. */
+  #writeAll(pieces: readonly Uint8Array[]): Promise<boolean> {
+    if (pieces.length === 1) return this.#write(pieces[0] as Uint8Array);
+    const socket = this.#socket;
+    if (socket.destroyed || !socket.writable) return Promise.resolve(false);
+    socket.cork();
+    let last: Promise<boolean> = Promise.resolve(true);
+    for (const piece of pieces) last = this.#write(piece);
+    // Uncorked before waiting: corked data is not flushed, so 'drain' would never come.
+    socket.uncork();
+    return last;
   }
 
   /** Writes, waiting for the socket to drain; false once the connection is gone. */
@@ -430,7 +445,11 @@ export class Pop3Session {
     await this.#write(`${batch}.\r\n`);
   }
 
-  /** RETR and TOP: the stored body, streamed from the blob store and dot-stuffed on the way. */
+  /**
+   * RETR and TOP: the stored body, streamed from the blob store and dot-stuffed on the way. The
+   * status line, the body and the final "." go out in writes of up to writeBatchOctets (one write
+   * for most mail), each a single gathered write of the pieces, without copying the body.
+   */
   async #sendMessage(reply: Extract<Reply, { kind: 'message' }>): Promise<void> {
     const body = this.#options.mailbox.openBody(reply.blob)[Symbol.asyncIterator]();
     let chunk: IteratorResult<Uint8Array>;
@@ -442,23 +461,38 @@ export class Pop3Session {
       await this.#write(statusLine(err('message is unavailable, try again later', 'SYS/TEMP')));
       return;
     }
+    if (reply.prefetch) this.#prefetch(reply.prefetch);
     let finished = chunk.done === true;
+    let pieces: Uint8Array[] = [Buffer.from(statusLine(reply), 'utf8')];
+    let octets = pieces[0]?.length ?? 0;
+    const flush = async (): Promise<boolean> => {
+      const out = pieces;
+      pieces = [];
+      octets = 0;
+      return this.#writeAll(out);
+    };
     try {
-      if (!(await this.#write(statusLine(reply)))) return;
       const stuffer = new DotStuffer(reply.maxBodyLines);
       while (!chunk.done) {
         const out = stuffer.push(chunk.value);
-        if (out.length > 0 && !(await this.#write(out))) return;
+        if (out.length > 0) {
+          pieces.push(out);
+          octets += out.length;
+        }
+        if (octets >= this.#limits.writeBatchOctets && !(await flush())) return;
         if (stuffer.done) break;
         chunk = await body.next();
         finished = chunk.done === true;
       }
-      if (!(await this.#write(stuffer.end()))) return;
+      pieces.push(stuffer.end());
+      if (!(await flush())) return;
     } catch (error) {
-      // +OK is out: -ERR cannot follow, and "." would pass a truncated message off as whole.
-      // Hang up; the session ends without UPDATE, so nothing is deleted.
       finished = true;
+      // +OK and the start of the body are on their way (written now if still batched): -ERR
+      // cannot follow, and "." would pass a truncated message off as whole. Hang up; the session
+      // ends without UPDATE, so nothing is deleted.
       this.#logger.error({ err: error, blob: reply.blob }, 'message body failed mid-stream');
+      if (pieces.length > 0) await this.#writeAll(pieces);
       this.#socket.destroy();
       return;
     } finally {
@@ -466,5 +500,24 @@ export class Pop3Session {
       if (!finished) await body.return?.();
     }
     if (reply.delivered) await reply.delivered();
+  }
+
+  /**
+   * Reads a body ahead (the next message of a RETR) into the blob store's memory, one at a time
+   * per session; a failure only means the RETR that asks for it reads it again (and reports it).
+   */
+  #prefetch(blob: string): void {
+    if (this.#prefetching) return;
+    const body = this.#options.mailbox.openBody(blob)[Symbol.asyncIterator]();
+    this.#prefetching = body
+      .next()
+      .then((first) => (first.done ? undefined : body.return?.()))
+      .then(
+        () => undefined,
+        (error: unknown) => this.#logger.debug({ err: error, blob }, 'read-ahead of a body failed'),
+      )
+      .finally(() => {
+        this.#prefetching = null;
+      });
   }
 }

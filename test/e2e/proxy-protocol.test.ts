@@ -242,7 +242,11 @@ describe('SMTP behind a PROXY protocol balancer (ports 25, 587, 465)', () => {
       assert.match(reply, /^250 /);
       const { env, body } = await envelopeOf(reply);
       assert.equal(env.clientIp, '203.0.113.7');
-      assert.match(body, /^Received: from client\.remote\.test \(unknown \[203\.0\.113\.7\]\)/);
+      // Stored with the Return-Path of the final delivery first (services/core/return-path.ts).
+      assert.match(
+        body,
+        /^Return-Path: <a@lb-client\.test>\r\nReceived: from client\.remote\.test \(unknown \[203\.0\.113\.7\]\)/,
+      );
       // The SPF record allows 203.0.113.7 only: the check used the claimed address.
       assert.match(body, /spf=pass [^;]*smtp\.mailfrom=a@lb-client\.test/);
     }

@@ -40,10 +40,27 @@ export const RETR = defineCommand('RETR', ['transaction'], (ctx, { msg }) => {
   const found = maildrop.get(msg);
   if (!found.ok) return { reply: err(found.error) };
   const { uid, size, blob } = found.entry;
-  const reply = { kind: 'message' as const, text: `${size} octets`, blob, maxBodyLines: null };
-  if (!ctx.retrSetsSeen) return { reply };
+  // A client downloading its maildrop asks for the next message right after this one: its body
+  // is read ahead while this one is sent, so it is in memory when the client asks.
+  const next = maildrop.following(msg, ctx.limits.prefetchMaxOctets);
+  const reply = {
+    kind: 'message' as const,
+    text: `${size} octets`,
+    blob,
+    maxBodyLines: null,
+    ...(next ? { prefetch: next.blob } : {}),
+  };
+  if (!ctx.retrSetsSeen || !maildrop.needsSeen(msg)) return { reply };
   // Once the last byte is written: a RETR cut short does not mark the message read.
-  return { reply: { ...reply, delivered: async () => ctx.markSeen(uid) } };
+  return {
+    reply: {
+      ...reply,
+      delivered: async () => {
+        maildrop.markSeen(msg);
+        ctx.markSeen(uid);
+      },
+    },
+  };
 });
 
 export const TOP = defineCommand('TOP', ['transaction'], (ctx, { msg, lines }) => {
