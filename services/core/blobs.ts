@@ -38,7 +38,8 @@ import { Readable } from 'node:stream';
 import type { Redis } from 'ioredis';
 import { Objm, type ObjectStore } from '@nats-io/obj';
 import { StorageType, type JetStreamManager } from '@nats-io/jetstream';
-import { createInbox, type Msg, type NatsConnection } from '@nats-io/transport-node';
+import { headers as natsHeaders, type NatsConnection } from '@nats-io/transport-node';
+import { muxOf, publishAcked, type MuxRequests } from './nats-mux.ts';
 import type { Nats } from './nats.ts';
 import { histogram } from './metrics.ts';
 
@@ -247,6 +248,10 @@ export interface PutOptions {
   holder?: string;
 }
 
+/** The object store's chunk size (its default), and the time a put's publish may take. */
+const CHUNK_SIZE = 128 * 1024;
+const PUT_TIMEOUT_MS = 5000;
+
 /** The object store's backing stream and its subjects (the object store's own layout). */
 const BLOB_STREAM = `OBJ_${BLOB_BUCKET}`;
 const chunkSubject = (nuid: string) => `$O.${BLOB_BUCKET}.C.${nuid}`;
@@ -335,20 +340,12 @@ const DIRECT_GET_RETRY_MS = 60_000;
  * message, or when the stream does not answer direct gets (the caller then uses the API).
  */
 class DirectGets {
-  readonly #nc: NatsConnection;
-  readonly #prefix = createInbox();
-  readonly #waiting = new Map<
-    string,
-    { resolve: (m: Msg) => void; reject: (e: Error) => void; timer: NodeJS.Timeout }
-  >();
-  /** The reply subscription, made on the first get (and renewed by the client on reconnect). */
-  #listening = false;
-  #next = 0;
+  readonly #mux: MuxRequests;
   /** Until when direct gets are not tried, after the stream did not answer one (no responders). */
   #offUntil = 0;
 
   constructor(nc: NatsConnection) {
-    this.#nc = nc;
+    this.#mux = muxOf(nc);
   }
 
   /** False for a while after the stream did not answer a direct get: the caller uses the API. */
@@ -356,53 +353,12 @@ class DirectGets {
     return this.#offUntil === 0 || Date.now() >= this.#offUntil;
   }
 
-  #listen(): void {
-    this.#nc.subscribe(`${this.#prefix}.*`, {
-      callback: (error, msg) => {
-        if (error) {
-          // The subscription is gone (a permissions violation, the connection closed): the gets
-          // waiting fail now, and the next one subscribes again.
-          this.#listening = false;
-          for (const [token, waiting] of this.#waiting) {
-            this.#waiting.delete(token);
-            clearTimeout(waiting.timer);
-            waiting.reject(error);
-          }
-          return;
-        }
-        const token = msg.subject.slice(this.#prefix.length + 1);
-        const waiting = this.#waiting.get(token);
-        if (!waiting) return;
-        this.#waiting.delete(token);
-        clearTimeout(waiting.timer);
-        waiting.resolve(msg);
-      },
-    });
-    this.#listening = true;
-  }
-
   async last(subject: string): Promise<Uint8Array | null> {
-    if (!this.#listening) this.#listen();
-    const token = (this.#next++).toString(36);
-    const reply = new Promise<Msg>((resolve, reject) => {
-      const timer = setTimeout(() => {
-        this.#waiting.delete(token);
-        reject(new Error(`blob store: no answer to a direct get of ${subject}`));
-      }, DIRECT_GET_TIMEOUT_MS);
-      this.#waiting.set(token, { resolve, reject, timer });
-    });
-    try {
-      this.#nc.publish(`$JS.API.DIRECT.GET.${BLOB_STREAM}.${subject}`, undefined, {
-        reply: `${this.#prefix}.${token}`,
+    const msg = await this.#mux
+      .request(`$JS.API.DIRECT.GET.${BLOB_STREAM}.${subject}`, undefined, DIRECT_GET_TIMEOUT_MS)
+      .catch((err: unknown) => {
+        throw new Error(`blob store: no answer to a direct get of ${subject}`, { cause: err });
       });
-    } catch (error) {
-      // Not sent (the connection is closed or draining): nothing will answer, stop waiting.
-      const waiting = this.#waiting.get(token);
-      this.#waiting.delete(token);
-      if (waiting) clearTimeout(waiting.timer);
-      throw error;
-    }
-    const msg = await reply;
     const code = msg.headers?.code ?? 0;
     if (code === 0) return msg.data;
     if (code === 404) return null;
@@ -429,6 +385,7 @@ const EMPTY = Buffer.alloc(0);
 
 export class BlobStore {
   readonly #store: ObjectStore;
+  readonly #nc: NatsConnection;
   readonly #jsm: JetStreamManager;
   readonly #records: BlobRecords | undefined;
   readonly #direct: DirectGets;
@@ -444,6 +401,7 @@ export class BlobStore {
     cache: BlobCacheLimits,
   ) {
     this.#store = store;
+    this.#nc = nats.nc;
     this.#jsm = nats.jsm;
     this.#direct = new DirectGets(nats.nc);
     this.#cache = new BlobCache(cache);
@@ -514,6 +472,11 @@ export class BlobStore {
     const size = chunks.reduce((n, c) => n + c.byteLength, 0);
     const name = BlobStore.#name(id);
     await this.#rely(id, opts);
+    if (size > 0 && size <= CHUNK_SIZE) {
+      await this.#putOneChunk(name, chunks, size);
+      end();
+      return { id, size };
+    }
     const existing = await this.#store.info(name);
     if (!existing || existing.deleted || existing.size !== size) {
       let i = 0;
@@ -528,6 +491,45 @@ export class BlobStore {
     }
     end();
     return { id, size };
+  }
+
+  /**
+   * A body of one chunk (most mail) in the object store's own layout, in one round trip: the
+   * chunk and the metadata are published back to back and both acks awaited, where the object
+   * store's put asks for the object's info, then publishes the chunk, waits, then the metadata.
+   *
+   * No look first for the same content already stored: the chunk's subject is named after the
+   * content (not a random nuid) and both messages roll up their subject, so storing a body again
+   * replaces it with the same bytes and leaves nothing behind. JetStream stores the two in the
+   * order they were sent; if only the chunk fails, the put fails and no envelope names the body.
+   * (A body stored by an older version under a random nuid and stored again here leaves that
+   * chunk behind: a leak of its bytes, never a loss.)
+   */
+  async #putOneChunk(name: string, chunks: Uint8Array[], size: number): Promise<void> {
+    const data = chunks.length === 1 && chunks[0] ? chunks[0] : Buffer.concat(chunks);
+    const digest = createHash('sha256').update(data).digest('base64url');
+    const meta = {
+      name,
+      description: '',
+      options: { max_chunk_size: CHUNK_SIZE },
+      bucket: BLOB_BUCKET,
+      nuid: name,
+      size,
+      chunks: 1,
+      mtime: new Date().toISOString(),
+      // The object store's digest: padded base64url of the SHA-256.
+      digest: `SHA-256=${digest}${'='.repeat((4 - (digest.length % 4)) % 4)}`,
+      deleted: false,
+    };
+    const rollup = () => {
+      const h = natsHeaders();
+      h.set('Nats-Rollup', 'sub');
+      return h;
+    };
+    await Promise.all([
+      publishAcked(this.#nc, chunkSubject(name), data, PUT_TIMEOUT_MS, rollup()),
+      publishAcked(this.#nc, metaSubject(name), Buffer.from(JSON.stringify(meta)), PUT_TIMEOUT_MS, rollup()),
+    ]);
   }
 
   /**

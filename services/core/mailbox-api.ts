@@ -51,6 +51,156 @@ export interface MessagesOptions {
   summary?: boolean;
 }
 
+/**
+ * Summaries of many messages in columns (SELECT, FETCH of flags and sizes): no object per message.
+ * Row i is uids[i], modseqs[i]...; `flags[i]` is shared by every row with the same flags, so it
+ * must not be changed in place. Rows are in ascending UID order.
+ */
+export interface Summaries {
+  length: number;
+  uids: Uint32Array;
+  modseqs: Float64Array;
+  sizes: Float64Array;
+  internalDates: Float64Array;
+  flags: (readonly string[])[];
+}
+
+/** Summaries and the folder's counters (as read with the last page). */
+export interface SummaryPage {
+  folder: FolderInfo;
+  summaries: Summaries;
+  /**
+   * The folder's HIGHESTMODSEQ when the first page was read: every row is at least that recent,
+   * and any change after it has a higher MODSEQ (what a session may safely report and resync from).
+   */
+  modseq: number;
+}
+
+/**
+ * Parses packed summaries: rows `uid modseq size idate flags` joined by LF, flags space-separated
+ * atoms (the store's summary index, carried as is over the RPC). Identical flags share one array.
+ */
+export function parseSummaries(packed: Uint8Array | string): Summaries {
+  const buf =
+    typeof packed === 'string'
+      ? Buffer.from(packed, 'utf8')
+      : Buffer.from(packed.buffer, packed.byteOffset, packed.byteLength);
+  const end = buf.length;
+  let rows = end > 0 ? 1 : 0;
+  for (let i = buf.indexOf(10); i >= 0; i = buf.indexOf(10, i + 1)) rows++;
+  const uids = new Uint32Array(rows);
+  const modseqs = new Float64Array(rows);
+  const sizes = new Float64Array(rows);
+  const internalDates = new Float64Array(rows);
+  const flags: (readonly string[])[] = [];
+  const shared = new Map<string, readonly string[]>();
+  const none: readonly string[] = [];
+  // Consecutive rows mostly have the same flags: compared as bytes with the previous row's first.
+  let prevStart = 0;
+  let prevEnd = 0;
+  let prevList = none;
+  let n = 0;
+  let pos = 0;
+  while (pos < end) {
+    let ok = true;
+    let uid = 0;
+    let modseq = 0;
+    let size = 0;
+    let idate = 0;
+    // Four numbers, each but the last ended by a space; INTERNALDATE may be before 1970.
+    for (let k = 0; k < 4; k++) {
+      const negative = buf[pos] === 45;
+      if (negative) pos++;
+      let v = 0;
+      const from = pos;
+      for (let c = buf[pos] as number; c >= 48 && c <= 57; c = buf[++pos] as number) v = v * 10 + (c - 48);
+      if (pos === from) ok = false;
+      if (negative) v = -v;
+      if (k === 0) uid = v;
+      else if (k === 1) modseq = v;
+      else if (k === 2) size = v;
+      else idate = v;
+      if (k < 3) {
+        if (buf[pos] === 32) pos++;
+        else ok = false;
+      }
+    }
+    let lf = buf.indexOf(10, pos);
+    if (lf < 0) lf = end;
+    let list = none;
+    if (buf[pos] === 32 && pos + 1 < lf) {
+      const start = pos + 1;
+      let same = lf - start === prevEnd - prevStart;
+      for (let i = 0; same && i < lf - start; i++) same = buf[start + i] === buf[prevStart + i];
+      if (same) list = prevList;
+      else {
+        const f = buf.toString('utf8', start, lf);
+        let hit = shared.get(f);
+        if (!hit) {
+          hit = f.split(' ').filter(Boolean);
+          shared.set(f, hit);
+        }
+        list = hit;
+        prevStart = start;
+        prevEnd = lf;
+        prevList = list;
+      }
+    }
+    pos = lf + 1;
+    if (!ok) continue;
+    uids[n] = uid;
+    modseqs[n] = modseq;
+    sizes[n] = size;
+    internalDates[n] = idate;
+    flags.push(list);
+    n++;
+  }
+  return {
+    length: n,
+    uids: n === rows ? uids : uids.subarray(0, n),
+    modseqs: n === rows ? modseqs : modseqs.subarray(0, n),
+    sizes: n === rows ? sizes : sizes.subarray(0, n),
+    internalDates: n === rows ? internalDates : internalDates.subarray(0, n),
+    flags,
+  };
+}
+
+/** Summaries of message rows (a store or client without packed summaries). */
+export function summariesOf(messages: readonly MessageMeta[]): Summaries {
+  const sorted = messages.every((m, i) => i === 0 || (messages[i - 1] as MessageMeta).uid < m.uid)
+    ? messages
+    : [...messages].sort((a, b) => a.uid - b.uid);
+  const n = sorted.length;
+  const out: Summaries = {
+    length: n,
+    uids: new Uint32Array(n),
+    modseqs: new Float64Array(n),
+    sizes: new Float64Array(n),
+    internalDates: new Float64Array(n),
+    flags: new Array<readonly string[]>(n),
+  };
+  sorted.forEach((m, i) => {
+    out.uids[i] = m.uid;
+    out.modseqs[i] = m.modseq;
+    out.sizes[i] = m.size;
+    out.internalDates[i] = m.internalDate;
+    out.flags[i] = m.flags;
+  });
+  return out;
+}
+
+/** Row i of summaries as a MessageMeta (no blob). */
+export function summaryMeta(s: Summaries, i: number): MessageMeta {
+  return {
+    uid: s.uids[i] as number,
+    flags: s.flags[i] as string[],
+    size: s.sizes[i] as number,
+    internalDate: s.internalDates[i] as number,
+    blob: '',
+    modseq: s.modseqs[i] as number,
+  };
+}
+
 export type FlagOp = 'add' | 'remove' | 'replace';
 
 /** A change made to a folder, pushed to every session of the user on any node. */
@@ -84,6 +234,16 @@ export interface MailboxClient {
     uids?: number[],
     options?: MessagesOptions,
   ): Promise<{ folder: FolderInfo; messages: MessageMeta[] }>;
+  /**
+   * Summaries (MessagesOptions.summary) in columns, without an object per message: of `uids`
+   * (those that exist), or, without them, of every message with a UID in first..last. Optional: a
+   * front end falls back to `messages` with `{ summary: true }`.
+   */
+  summaries?(
+    user: string,
+    folder: string,
+    range: { uids: readonly number[] } | { first: number; last: number },
+  ): Promise<SummaryPage>;
   /** Changes flags; returns the messages as they are afterwards (only those that still exist). */
   storeFlags(
     user: string,

@@ -2,6 +2,7 @@
  * NATS and JetStream: connection, idempotent provisioning of streams and consumers, traced
  * publish/request, and the consume loop every stage uses.
  */
+import { publishAcked } from './nats-mux.ts';
 import { readFileSync } from 'node:fs';
 import {
   connect,
@@ -300,11 +301,9 @@ export async function publish(
     async () => {
       const h = headers();
       injectTrace(h);
-      await nats.js.publish(subject, data, {
-        headers: h,
-        msgID: opts.msgId,
-        timeout: opts.timeoutMs ?? 10_000,
-      });
+      if (opts.msgId) h.set('Nats-Msg-Id', opts.msgId);
+      // One reply subscription per connection, not nats.js's request per publish (nats-mux.ts).
+      await publishAcked(nats.nc, subject, data, opts.timeoutMs ?? 10_000, h);
       published.inc({ stream: opts.stream });
     },
   );

@@ -41,6 +41,10 @@ export interface ImapLimits {
   summaryBatch: number;
   /** Octets of FETCH responses gathered before they are written to the socket in one go. */
   outputBatchBytes: number;
+  /** Whole bodies (BODY[], RFC822) up to this size are read whole and sent with their response line. */
+  inlineBodyBytes: number;
+  /** Whole bodies of one FETCH read ahead of the one being written. */
+  bodyPrefetch: number;
   /** APPEND literals this large go to storage as they arrive instead of being buffered. */
   appendStreamThreshold: number;
   /** Octets of a streamed literal queued for storage before the socket is paused. */
@@ -88,6 +92,10 @@ export const DEFAULT_LIMITS: Readonly<ImapLimits> = {
   summaryBatch: 5000,
   // One write (one syscall) per 64 KiB instead of one per message; a client sees no delay.
   outputBatchBytes: 64 * 1024,
+  // Most mail is a few KiB: one read and one write instead of a stream, at a bounded cost per session.
+  inlineBodyBytes: 256 * 1024,
+  // A few reads in flight hide the blob store's latency; more only hold memory (4 x inlineBodyBytes).
+  bodyPrefetch: 4,
   // Below this a buffer is cheaper than a stream; above it a few concurrent APPENDs add up.
   appendStreamThreshold: 1024 * 1024,
   // Enough to keep the blob store busy, small enough that many APPENDs fit in memory.

@@ -6,14 +6,26 @@
  * them; they change only when this session reports EXISTS or EXPUNGE. So the map changes here,
  * and only when the session writes the matching untagged response.
  */
-import type { FolderInfo, MessageMeta } from '../core/mailbox-api.ts';
+import type { FolderInfo, MessageMeta, Summaries } from '../core/mailbox-api.ts';
 
 export class SelectedMailbox {
   readonly name: string;
   readonly readOnly: boolean;
   readonly uidValidity: number;
-  #uids: number[] = [];
-  readonly #flags = new Map<number, string[]>();
+  #uids: number[];
+  /**
+   * Flags last known, by sequence number - 1 (beside #uids: no map entry per message). Arrays are
+   * shared between messages with the same flags and never changed in place.
+   */
+  #flags: (readonly string[])[];
+  /** MODSEQ of each message, beside #flags (exact while syncedModseq holds). */
+  #modseqs: number[];
+  /**
+   * The folder's HIGHESTMODSEQ at which #flags and #modseqs were read whole from the store, or -1:
+   * while the store's HIGHESTMODSEQ is still this, nothing in the folder changed (every append,
+   * flag change and expunge raises it), and they answer a FETCH of flags without reading them again.
+   */
+  syncedModseq = -1;
   /** RFC 3501 2.3.2 `\Recent`: new to this session (approximated by the store's count at SELECT). */
   readonly #recent = new Set<number>();
 
@@ -26,18 +38,27 @@ export class SelectedMailbox {
   /** RFC 5182 SEARCHRES: UIDs of the last SEARCH RETURN (SAVE), what `$` stands for. */
   savedSearch = new Set<number>();
 
-  constructor(folder: FolderInfo, messages: readonly MessageMeta[], readOnly: boolean) {
+  /**
+   * `summaries` in ascending UID order (as the store lists them), of every message of the folder
+   * as it was at HIGHESTMODSEQ `syncedModseq` or later (-1 if unknown).
+   */
+  constructor(folder: FolderInfo, summaries: Summaries, readOnly: boolean, syncedModseq = -1) {
     this.name = folder.name;
     this.readOnly = readOnly;
     this.uidValidity = folder.uidValidity;
-    for (const meta of messages) {
-      this.#uids.push(meta.uid);
-      this.#flags.set(meta.uid, meta.flags);
+    const n = summaries.length;
+    // Plain packed arrays (they grow and shrink with EXISTS and EXPUNGE).
+    this.#uids = [];
+    this.#modseqs = [];
+    for (let i = 0; i < n; i++) {
+      this.#uids.push(summaries.uids[i] as number);
+      this.#modseqs.push(summaries.modseqs[i] as number);
     }
-    this.#uids.sort((a, b) => a - b);
+    this.#flags = summaries.flags.slice(0, n);
+    this.syncedModseq = syncedModseq;
     // The store counts messages no session has seen yet; they are the newest ones.
-    const recent = Math.min(folder.recent, this.#uids.length);
-    for (const uid of this.#uids.slice(this.#uids.length - recent)) this.#recent.add(uid);
+    const recent = Math.min(folder.recent, n);
+    for (let i = n - recent; i < n; i++) this.#recent.add(this.#uids[i] as number);
   }
 
   get exists(): number {
@@ -80,7 +101,33 @@ export class SelectedMailbox {
   }
 
   flags(uid: number): readonly string[] {
-    return this.#flags.get(uid) ?? [];
+    const seq = this.seqOf(uid);
+    return seq === 0 ? [] : (this.#flags[seq - 1] as readonly string[]);
+  }
+
+  /** Flags last known of the message with sequence number `seq`. */
+  flagsAt(seq: number): readonly string[] {
+    return this.#flags[seq - 1] ?? [];
+  }
+
+  /** MODSEQ last known of the message with sequence number `seq`. */
+  modseqAt(seq: number): number {
+    return this.#modseqs[seq - 1] ?? 0;
+  }
+
+  /** Sequence number of the first message without `\Seen`, or 0. */
+  firstUnseen(): number {
+    const seen = new Map<readonly string[], boolean>();
+    for (let i = 0; i < this.#flags.length; i++) {
+      const flags = this.#flags[i] as readonly string[];
+      let s = seen.get(flags);
+      if (s === undefined) {
+        s = flags.includes('\\Seen');
+        seen.set(flags, s);
+      }
+      if (!s) return i + 1;
+    }
+    return 0;
   }
 
   isRecent(uid: number): boolean {
@@ -96,11 +143,18 @@ export class SelectedMailbox {
 
   /** Records flags; true if they differ from what was last known. */
   setFlags(uid: number, flags: readonly string[]): boolean {
-    const before = this.#flags.get(uid);
+    return this.setFlagsAt(this.seqOf(uid), flags);
+  }
+
+  /** setFlags by sequence number (0: unknown, nothing recorded), with the MODSEQ if known. */
+  setFlagsAt(seq: number, flags: readonly string[], modseq?: number): boolean {
+    if (seq === 0) return false;
+    const before = this.#flags[seq - 1];
     if (before === undefined) return false;
+    if (modseq !== undefined) this.#modseqs[seq - 1] = modseq;
     // The common case (nothing changed, same order) costs no copy and no Set.
     if (before === flags || sameOrder(before, flags)) return false;
-    this.#flags.set(uid, [...flags]);
+    this.#flags[seq - 1] = flags;
     return !sameFlags(before, flags);
   }
 
@@ -110,8 +164,24 @@ export class SelectedMailbox {
     for (const meta of [...messages].sort((a, b) => a.uid - b.uid)) {
       if (meta.uid <= this.maxUid) continue;
       this.#uids.push(meta.uid);
-      this.#flags.set(meta.uid, meta.flags);
+      this.#flags.push(meta.flags);
+      this.#modseqs.push(meta.modseq);
       this.#recent.add(meta.uid);
+      added++;
+    }
+    return added;
+  }
+
+  /** add() from summaries (ascending UID order). */
+  addSummaries(summaries: Summaries): number {
+    let added = 0;
+    for (let i = 0; i < summaries.length; i++) {
+      const uid = summaries.uids[i] as number;
+      if (uid <= this.maxUid) continue;
+      this.#uids.push(uid);
+      this.#flags.push(summaries.flags[i] as readonly string[]);
+      this.#modseqs.push(summaries.modseqs[i] as number);
+      this.#recent.add(uid);
       added++;
     }
     return added;
@@ -122,7 +192,8 @@ export class SelectedMailbox {
     const seq = this.seqOf(uid);
     if (seq === 0) return 0;
     this.#uids.splice(seq - 1, 1);
-    this.#flags.delete(uid);
+    this.#flags.splice(seq - 1, 1);
+    this.#modseqs.splice(seq - 1, 1);
     this.#recent.delete(uid);
     this.flagsPending.delete(uid);
     this.savedSearch.delete(uid);
@@ -133,7 +204,8 @@ export class SelectedMailbox {
   /** Keywords in use, for the FLAGS response. */
   keywords(): string[] {
     const set = new Set<string>();
-    for (const flags of this.#flags.values()) for (const f of flags) if (!f.startsWith('\\')) set.add(f);
+    const lists = new Set(this.#flags);
+    for (const flags of lists) for (const f of flags) if (!f.startsWith('\\')) set.add(f);
     return [...set].sort();
   }
 }

@@ -69,6 +69,15 @@ export function inSet(set: SequenceSet, n: number, star: number): boolean {
 export function resolveSequenceNumbers(set: SequenceSet, count: number): number[] {
   const out: number[] = [];
   if (count === 0) return out;
+  // One range (`5`, `1:*`, the common case): no pass over the whole mailbox.
+  if (set.length === 1) {
+    const r = set[0] as SequenceSet[number];
+    const a = r.start === '*' ? count : r.start;
+    const b = r.end === '*' ? count : r.end;
+    const hi = Math.min(count, Math.max(a, b));
+    for (let i = Math.max(1, Math.min(a, b)); i <= hi; i++) out.push(i);
+    return out;
+  }
   const marks = new Uint8Array(count + 1);
   for (const r of set) {
     const a = r.start === '*' ? count : r.start;
@@ -88,7 +97,32 @@ export function resolveSequenceNumbers(set: SequenceSet, count: number): number[
 export function resolveUids(set: SequenceSet, uids: readonly number[]): number[] {
   if (uids.length === 0) return [];
   const star = uids[uids.length - 1] ?? 0;
+  if (set.length === 1) {
+    // One range: found by binary search, not a pass over the whole mailbox.
+    const r = set[0] as SequenceSet[number];
+    const a = r.start === '*' ? star : r.start;
+    const b = r.end === '*' ? star : r.end;
+    const lo = Math.min(a, b);
+    const hi = Math.max(a, b);
+    const out: number[] = [];
+    for (let i = lowerBound(uids, lo); i < uids.length && (uids[i] as number) <= hi; i++) {
+      out.push(uids[i] as number);
+    }
+    return out;
+  }
   return uids.filter((uid) => inSet(set, uid, star));
+}
+
+/** Index of the first of `sorted` (ascending) that is >= value. */
+function lowerBound(sorted: readonly number[], value: number): number {
+  let lo = 0;
+  let hi = sorted.length;
+  while (lo < hi) {
+    const mid = (lo + hi) >> 1;
+    if ((sorted[mid] as number) < value) lo = mid + 1;
+    else hi = mid;
+  }
+  return lo;
 }
 
 /** Compact form of ascending-or-not numbers, in the given order: `[1,2,3,7]` → `1:3,7`. */

@@ -33,6 +33,7 @@ import type { Command, CommandName } from './parser.ts';
 import { atom, responseLine, statusLine } from './response.ts';
 import { formatSequenceSet } from './sequence-set.ts';
 import type { SelectedMailbox } from './selected-mailbox.ts';
+import { loadSummaries } from './summaries.ts';
 import type { ImapValue, Outcome, OutputPart, StreamLiteral } from './response.ts';
 
 export interface SessionOptions {
@@ -85,6 +86,9 @@ export function isLoopback(address: string | undefined): boolean {
   return address === '::1' || address.startsWith('127.') || address.startsWith('::ffff:127.');
 }
 
+/** Writes smaller than this are gathered until the end of the tick (a socket's default high-water mark). */
+const CORK_BYTES = 16 * 1024;
+
 export class ImapSession implements SessionContext {
   readonly id = `imap-${randomBytes(8).toString('hex')}`;
   readonly storage: MailboxClient;
@@ -105,6 +109,8 @@ export class ImapSession implements SessionContext {
   #closed = false;
   #closing = false;
   #writeChain: Promise<void> = Promise.resolve();
+  /** The socket corked until the end of the tick (see #writeNow), if any. */
+  #corked: net.Socket | null = null;
   #timer: NodeJS.Timeout | null = null;
   #unwatch: (() => void) | null = null;
   /** One promise shared by everyone waiting for the next change (IDLE). */
@@ -545,6 +551,19 @@ export class ImapSession implements SessionContext {
   }
 
   async #writeNow(parts: OutputPart[]): Promise<void> {
+    // Small writes until the end of this tick (a FETCH response and the tagged OK after it) go
+    // out in one syscall; a big one goes at once (corked, it would wait for a drain).
+    let bytes = 0;
+    for (const part of parts) bytes += Buffer.isBuffer(part) ? part.length : CORK_BYTES;
+    if (bytes >= CORK_BYTES) this.#uncork();
+    else if (!this.#corked && !this.#deflate && !this.#socket.destroyed) {
+      const socket = this.#socket;
+      socket.cork();
+      this.#corked = socket;
+      process.nextTick(() => {
+        if (this.#corked === socket) this.#uncork();
+      });
+    }
     for (let i = 0; i < parts.length;) {
       if (this.#closed || this.#socket.destroyed) return;
       const part = parts[i] as OutputPart;
@@ -562,6 +581,13 @@ export class ImapSession implements SessionContext {
     }
     // RFC 4978 4: each response is flushed so the client can decompress it at once.
     this.#deflate?.flush(zlib.constants.Z_SYNC_FLUSH);
+  }
+
+  /** Sends what the socket holds corked now (before it is wrapped, ended or destroyed). */
+  #uncork(): void {
+    const socket = this.#corked;
+    this.#corked = null;
+    socket?.uncork();
   }
 
   /** Where output goes: the socket, or the compressor in front of it (COMPRESS=DEFLATE). */
@@ -629,6 +655,7 @@ export class ImapSession implements SessionContext {
     if (this.#closing) return;
     this.#closing = true;
     await this.#writeChain;
+    this.#uncork();
     if (this.#deflate) this.#deflate.end();
     else this.#socket.end();
     // A peer that does not close its side is cut off after the grace period.
@@ -637,6 +664,7 @@ export class ImapSession implements SessionContext {
   }
 
   #destroy(): void {
+    this.#uncork();
     this.#socket.destroy();
     this.#raw.destroy();
   }
@@ -667,6 +695,7 @@ export class ImapSession implements SessionContext {
 
   startCompression(): void {
     if (this.#deflate || this.#closed) return;
+    this.#uncork();
     // RFC 4978 4: raw DEFLATE (RFC 1951) both ways, from the octet after the tagged OK.
     const inflate = zlib.createInflateRaw();
     const deflate = zlib.createDeflateRaw();
@@ -685,6 +714,7 @@ export class ImapSession implements SessionContext {
   async startTls(): Promise<void> {
     const context = this.#options.tls?.();
     if (!context) return;
+    this.#uncork();
     // RFC 9051 6.2.1: anything the client sent after STARTTLS in plaintext is discarded.
     this.#stream.reset();
     this.#input = [];
@@ -844,18 +874,9 @@ export class ImapSession implements SessionContext {
     const from = mailbox.maxUid + 1;
     const to = info.uidNext - 1;
     if (to < from) return;
-    let added = 0;
-    if (to - from < this.limits.storageBatch * 20) {
-      for (let start = from; start <= to; start += this.limits.storageBatch) {
-        const end = Math.min(to, start + this.limits.storageBatch - 1);
-        const uids = Array.from({ length: end - start + 1 }, (_, i) => start + i);
-        const { messages } = await this.storage.messages(user, mailbox.name, uids, { summary: true });
-        added += mailbox.add(messages);
-      }
-    } else {
-      const { messages } = await this.storage.messages(user, mailbox.name, [], { summary: true });
-      added += mailbox.add(messages.filter((m) => m.uid >= from));
-    }
+    // One UID range (pages of packed summaries), however many arrived.
+    const { summaries } = await loadSummaries(this.storage, user, mailbox.name, { first: from, last: to });
+    const added = mailbox.addSummaries(summaries);
     if (added > 0) {
       await this.untagged(`${mailbox.exists} EXISTS`);
       // RFC 9051 7.4: IMAP4rev2 has no RECENT response.

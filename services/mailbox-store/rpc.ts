@@ -18,11 +18,43 @@ import {
   type MailboxClient,
   type MessageMeta,
   type MessagesOptions,
+  type Summaries,
+  type SummaryPage,
+  parseSummaries,
+  summariesOf,
 } from '../core/mailbox-api.ts';
 import { structureOf } from '../core/mime-structure.ts';
 import { storeStreamedBody } from './stream-append.ts';
 import { histogram } from '../core/metrics.ts';
-import { BATCH, SUMMARY_BATCH, type MailboxStore } from './store.ts';
+import { BATCH, SUMMARY_BATCH, lastUid, type MailboxStore } from './store.ts';
+
+const LF = Buffer.from('\n');
+
+/** Two sets of summaries as one, in ascending UID order. */
+function mergeSummaries(a: Summaries, b: Summaries): Summaries {
+  const rows = [
+    ...Array.from({ length: a.length }, (_, i) => [a, i] as const),
+    ...Array.from({ length: b.length }, (_, i) => [b, i] as const),
+  ];
+  rows.sort((x, y) => (x[0].uids[x[1]] as number) - (y[0].uids[y[1]] as number));
+  const n = rows.length;
+  const out: Summaries = {
+    length: n,
+    uids: new Uint32Array(n),
+    modseqs: new Float64Array(n),
+    sizes: new Float64Array(n),
+    internalDates: new Float64Array(n),
+    flags: new Array<readonly string[]>(n),
+  };
+  rows.forEach(([s, i], k) => {
+    out.uids[k] = s.uids[i] as number;
+    out.modseqs[k] = s.modseqs[i] as number;
+    out.sizes[k] = s.sizes[i] as number;
+    out.internalDates[k] = s.internalDates[i] as number;
+    out.flags[k] = s.flags[i] as readonly string[];
+  });
+  return out;
+}
 
 /**
  * Replies stay under this many bytes (NATS max_payload defaults to 1 MiB): a longer page is cut
@@ -53,6 +85,32 @@ function messagesReply(folder: FolderInfo | null, messages: MessageMeta[]): Uint
     if (bytes.length <= MAX_REPLY_BYTES || n <= 1) return bytes;
     n = Math.ceil(n / 2);
   }
+}
+
+/**
+ * A MessagesReply of packed summaries, cut at a row boundary (telling where to go on) if it would
+ * be too big.
+ */
+function packedReply(folder: FolderInfo, packed: Buffer): Uint8Array {
+  let summaries = packed;
+  let next = 0;
+  if (packed.length > MAX_REPLY_BYTES - 4096) {
+    const cut = packed.lastIndexOf(10, MAX_REPLY_BYTES - 4096);
+    if (cut > 0) {
+      summaries = packed.subarray(0, cut);
+      next = firstUid(packed.subarray(cut + 1));
+    }
+  }
+  return encode(pb.MessagesReply, { folder: folderOut(folder), summaries, nextUid: next });
+}
+
+function firstUid(packed: Uint8Array): number {
+  let v = 0;
+  for (const c of packed) {
+    if (c < 48 || c > 57) break;
+    v = v * 10 + (c - 48);
+  }
+  return v;
 }
 
 type Folder = ConstructorParameters<typeof pb.Folder>[0];
@@ -123,8 +181,8 @@ function check(error: string): void {
 
 const rpcSeconds = histogram('postino_mailbox_rpc_seconds', 'Mailbox RPC handling time', ['op']);
 
-/** Op name → handler taking request bytes and returning reply bytes. */
-function handlers(store: MailboxStore): Record<string, (data: Uint8Array) => Promise<Uint8Array>> {
+/** Op name → handler taking request bytes and returning reply bytes (what serveRpc answers with). */
+export function handlers(store: MailboxStore): Record<string, (data: Uint8Array) => Promise<Uint8Array>> {
   return {
     list: async (d) => {
       const q = decode(pb.ListFoldersRequest, d);
@@ -172,6 +230,16 @@ function handlers(store: MailboxStore): Record<string, (data: Uint8Array) => Pro
       try {
         if (q.uids.length > UIDS_PER_REQUEST)
           throw new MailboxError('INVALID', 'too many UIDs in one request');
+        if (q.packedSummaries) {
+          const r = await store.packedSummaries(
+            q.user,
+            q.folder,
+            q.uids.length === 0
+              ? { first: q.firstUid || 1, last: q.lastUid || 0xffffffff, limit: q.limit || SUMMARY_BATCH }
+              : { uids: q.uids },
+          );
+          return packedReply(r.folder, r.packed);
+        }
         const options = { summary: true };
         const r =
           q.uids.length === 0
@@ -387,6 +455,92 @@ export class MailboxRpcClient implements MailboxClient {
       this.#noSummaries = true;
     }
     return this.#call('messages', encode(pb.MessagesRequest, request), pb.MessagesReply);
+  }
+
+  /**
+   * Summaries as packed rows, parsed into columns here: no object per message on either side. A
+   * store that does not fill `summaries` (an older replica) answers with rows, used as they are.
+   */
+  async summaries(
+    user: string,
+    folder: string,
+    range: { uids: readonly number[] } | { first: number; last: number },
+  ): Promise<SummaryPage> {
+    if (this.#noSummaries) {
+      const r =
+        'uids' in range
+          ? await this.messages(user, folder, [...range.uids], { summary: true })
+          : await this.#rangeRows(user, folder, range.first, range.last);
+      // Pages read at different times: the lowest bound is unknown, so none is claimed.
+      return { folder: r.folder, summaries: summariesOf(r.messages), modseq: 0 };
+    }
+    const parts: Uint8Array[] = [];
+    let modseq = -1;
+    const rows: MessageMeta[] = [];
+    let info: FolderInfo | undefined;
+    const take = (r: ReturnType<typeof pb.MessagesReply.decode>): void => {
+      info = folderIn(r.folder);
+      if (modseq < 0) modseq = info.highestModseq;
+      if (r.summaries.length > 0) {
+        if (parts.length > 0) parts.push(LF);
+        parts.push(r.summaries);
+      }
+      for (const m of r.messages) rows.push(metaIn(m));
+    };
+    if ('uids' in range) {
+      for (let todo of chunks([...range.uids])) {
+        while (todo.length > 0) {
+          const r = await this.#messagesCall(
+            { user, folder, uids: todo, packedSummaries: true },
+            { summary: true },
+          );
+          check(r.error);
+          take(r);
+          todo = r.nextUid ? todo.filter((u) => u >= r.nextUid) : [];
+        }
+      }
+    } else {
+      for (let first = range.first; first <= range.last;) {
+        const r = await this.#messagesCall(
+          { user, folder, firstUid: first, lastUid: range.last, limit: SUMMARY_BATCH, packedSummaries: true },
+          { summary: true },
+        );
+        check(r.error);
+        take(r);
+        // Pages are cut by size: go on from the last UID + 1 until the folder's UIDNEXT.
+        const tail = r.summaries.length > 0 ? lastUid(r.summaries) : (r.messages.at(-1)?.uid ?? 0);
+        if (tail === 0 || tail + 1 >= (info as FolderInfo).uidNext) break;
+        first = tail + 1;
+      }
+    }
+    const summaries = parseSummaries(parts.length === 1 ? (parts[0] as Uint8Array) : Buffer.concat(parts));
+    const folderInfo = info ?? (await this.status(user, folder));
+    return {
+      folder: folderInfo,
+      modseq: modseq < 0 ? folderInfo.highestModseq : modseq,
+      // Rows only from a replica of an older version, met during an upgrade.
+      summaries: rows.length === 0 ? summaries : mergeSummaries(summaries, summariesOf(rows)),
+    };
+  }
+
+  /** Every summary row of a UID range, page by page (stores without packed summaries). */
+  async #rangeRows(
+    user: string,
+    folder: string,
+    first: number,
+    last: number,
+  ): Promise<{ folder: FolderInfo; messages: MessageMeta[] }> {
+    const messages: MessageMeta[] = [];
+    let info: FolderInfo | undefined;
+    for (let from = first; from <= last;) {
+      const page = await this.messageRange(user, folder, from, last, SUMMARY_BATCH, { summary: true });
+      info = page.folder;
+      for (const m of page.messages) messages.push(m);
+      const tail = page.messages.at(-1);
+      if (!tail) break;
+      from = tail.uid + 1;
+    }
+    return { folder: info ?? (await this.status(user, folder)), messages };
   }
 
   async listFolders(user: string): Promise<FolderInfo[]> {

@@ -16,6 +16,8 @@ import {
   type MailboxClient,
   type MessageMeta,
   type MessagesOptions,
+  type SummaryPage,
+  parseSummaries as parseSummaryColumns,
 } from '../core/mailbox-api.ts';
 import { canonicalAddress } from '../core/address.ts';
 import { checkStructure, structureOf } from '../core/mime-structure.ts';
@@ -118,6 +120,21 @@ function toMeta(row: Reply): MessageMeta {
   const st = row[6];
   if (Buffer.isBuffer(st) && st.length > 0) meta.structure = st;
   return meta;
+}
+
+const LF = Buffer.from('\n');
+
+/** The UID of the last row of packed summaries (0 if none). */
+export function lastUid(packed: Uint8Array): number {
+  let start = packed.length;
+  while (start > 0 && packed[start - 1] !== 10) start--;
+  let v = 0;
+  for (let i = start; i < packed.length; i++) {
+    const c = packed[i] as number;
+    if (c < 48 || c > 57) break;
+    v = v * 10 + (c - 48);
+  }
+  return v;
 }
 
 /** Rows `uid modseq size idate flags` joined by LF (the SUMMARIES script); identical flags share one array. */
@@ -290,6 +307,76 @@ export class MailboxStore implements MailboxClient {
       for (const m of page.messages) messages.push(m);
     }
     return { folder: info ?? (await this.status(user, name)), messages };
+  }
+
+  /**
+   * Packed summaries (rows `uid modseq size idate flags` joined by LF, as the SUMMARIES script
+   * returns them, never decoded here): of `uids`, or one page of the UID range first..last of at
+   * most `limit` (capped at SUMMARY_BATCH) messages and about SUMMARY_PAGE_BYTES octets.
+   */
+  async packedSummaries(
+    user: string,
+    folder: string,
+    range: { uids: readonly number[] } | { first: number; last: number; limit?: number },
+  ): Promise<{ folder: FolderInfo; packed: Buffer }> {
+    const name = checkFolderName(folder);
+    if ('uids' in range) {
+      let info: FolderInfo | undefined;
+      const parts: Buffer[] = [];
+      for (const batch of batches([...range.uids], SUMMARY_BATCH)) {
+        const [f, packed] = await this.#runBytes('mboxSummaries', user, name, 0, 0, 0, 0, ...batch);
+        info = toFolder(f as Reply);
+        const bytes = Buffer.isBuffer(packed) ? packed : Buffer.from(text(packed as Reply[number]));
+        if (bytes.length === 0) continue;
+        if (parts.length > 0) parts.push(LF);
+        parts.push(bytes);
+      }
+      return { folder: info ?? (await this.status(user, name)), packed: Buffer.concat(parts) };
+    }
+    const [f, packed] = await this.#runBytes(
+      'mboxSummaries',
+      user,
+      name,
+      Math.max(1, Math.floor(range.first)),
+      Math.min(0xffffffff, Math.floor(range.last)),
+      Math.max(1, Math.min(SUMMARY_BATCH, Math.floor(range.limit ?? SUMMARY_BATCH) || SUMMARY_BATCH)),
+      SUMMARY_PAGE_BYTES,
+    );
+    const bytes = Buffer.isBuffer(packed) ? packed : Buffer.from(text(packed as Reply[number]));
+    return { folder: toFolder(f as Reply), packed: bytes };
+  }
+
+  /** MailboxClient.summaries: every page of a range, or the given UIDs, in columns. */
+  async summaries(
+    user: string,
+    folder: string,
+    range: { uids: readonly number[] } | { first: number; last: number },
+  ): Promise<SummaryPage> {
+    if ('uids' in range) {
+      const r = await this.packedSummaries(user, folder, range);
+      // Batches read at different times: no lower bound claimed.
+      return { folder: r.folder, summaries: parseSummaryColumns(r.packed), modseq: 0 };
+    }
+    const parts: Buffer[] = [];
+    let info: FolderInfo | undefined;
+    let modseq = -1;
+    for (let first = range.first; first <= range.last;) {
+      const page = await this.packedSummaries(user, folder, { first, last: range.last });
+      info = page.folder;
+      if (modseq < 0) modseq = info.highestModseq;
+      if (page.packed.length === 0) break;
+      if (parts.length > 0) parts.push(LF);
+      parts.push(page.packed);
+      const tail = lastUid(page.packed);
+      if (tail === 0 || tail + 1 >= info.uidNext) break;
+      first = tail + 1;
+    }
+    const folderInfo = info ?? (await this.status(user, folder));
+    return {
+      folder: folderInfo,
+      summaries: parseSummaryColumns(Buffer.concat(parts)),
+      modseq: modseq < 0 ? folderInfo.highestModseq : modseq,
+    };
   }
 
   /** One page of a UID range, ascending, at most `limit` (capped at BATCH) messages. */

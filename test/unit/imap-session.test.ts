@@ -852,6 +852,50 @@ describe('RFC 9051 7.5.1: changes from other sessions', () => {
     );
   });
 
+  it('FETCH of flags answered again and again shows every change another session made (RFC 7162 MODSEQ too)', async () => {
+    const { store, select } = await setup();
+    for (let i = 0; i < 3; i++) await store.deliver(USER, MSG1);
+    const a = await select();
+    const b = await select();
+    const fetchAll = async (tag: string): Promise<string[]> => {
+      a.send(`${tag} FETCH 1:* (UID FLAGS MODSEQ)`);
+      const lines = await a.until(tag);
+      assert.match(lines.at(-1) ?? '', new RegExp(`^${tag} OK`));
+      return lines.slice(0, -1);
+    };
+    const first = await fetchAll('a1');
+    assert.equal(first.length, 3);
+    // Nothing changed: the same answer (from what the session knows, once the store says so).
+    assert.deepEqual(await fetchAll('a2'), first);
+    assert.deepEqual(await fetchAll('a3'), first);
+    await transcript(
+      b,
+      `
+      C: b1 STORE 2 +FLAGS.SILENT (\\Flagged)
+      S: b1 OK STORE completed
+      `,
+    );
+    const after = await fetchAll('a4');
+    const line = after.find((l) => l.startsWith('* 2 FETCH')) ?? '';
+    assert.match(line, /^\* 2 FETCH \(UID 2 FLAGS \(\\Flagged \\Recent\) MODSEQ \((\d+)\)\)$/);
+    const modseq = Number(/MODSEQ \((\d+)\)/.exec(line)?.[1]);
+    const before = Number(/MODSEQ \((\d+)\)/.exec(first[1] ?? '')?.[1]);
+    assert.ok(modseq > before, `MODSEQ ${modseq} > ${before}`);
+    assert.deepEqual(
+      after.filter((l) => !l.startsWith('* 2 ')),
+      first.filter((l) => !l.startsWith('* 2 ')),
+    );
+    // And again, with no change: the same, and the change is not reported twice.
+    assert.deepEqual(await fetchAll('a5'), after);
+    await transcript(
+      a,
+      `
+      C: a6 NOOP
+      S: a6 OK NOOP completed
+      `,
+    );
+  });
+
   it('pushes changes during IDLE (RFC 2177) until DONE', async () => {
     const { store, select } = await setup();
     await store.deliver(USER, MSG1);

@@ -11,9 +11,11 @@ import { startNats, startRedisBackend, type Proc } from '../helpers/servers.ts';
 import { connectNats, type Nats } from '../../services/core/nats.ts';
 import { connectRedis, type Redis } from '../../services/core/redis.ts';
 import { BlobStore } from '../../services/core/blobs.ts';
-import type { MessageMeta } from '../../services/core/mailbox-api.ts';
+import { summaryMeta, type MessageMeta } from '../../services/core/mailbox-api.ts';
 import { MailboxStore, SUMMARY_BATCH } from '../../services/mailbox-store/store.ts';
-import { MailboxRpcClient, serveRpc } from '../../services/mailbox-store/rpc.ts';
+import { MailboxRpcClient, handlers, serveRpc } from '../../services/mailbox-store/rpc.ts';
+import { SUBJECTS } from '../../services/core/nats.ts';
+import { encode, pb } from '../../services/core/codec.ts';
 
 const logger = pino({ level: 'silent' });
 const USER = 'sum@example.test';
@@ -36,11 +38,12 @@ describe('message summaries', () => {
   let rpc: MailboxRpcClient;
   let stopRpc: () => void;
   let blob: { id: string; size: number };
+  let blobs: BlobStore;
 
   before(async () => {
     natsProc = await startNats();
     nats = await connectNats(natsProc.url, 'test', logger);
-    const blobs = await BlobStore.open(nats, 1);
+    blobs = await BlobStore.open(nats, 1);
     const server = await startRedisBackend('single redis-server');
     cleanup = () => server.cleanup();
     redis = await connectRedis(server.url, logger);
@@ -71,6 +74,27 @@ describe('message summaries', () => {
     ] as const) {
       assert.deepEqual(got.messages.map(summaryOf), full, how);
       for (const m of got.messages) assert.equal(m.blob, '', `${how}: no blob reference in a summary`);
+    }
+    // In columns (packed rows over the RPC): the same, whole, by range and by UIDs.
+    const last = uids.at(-1) ?? 1;
+    const mid = uids[Math.floor(uids.length / 2)] ?? 1;
+    for (const [how, range, want] of [
+      ['whole folder', { first: 1, last: 0xffffffff }, full],
+      ['a range', { first: mid, last }, full.filter((m) => m.uid >= mid)],
+      ['by uid', { uids: [...uids, 999_999] }, full],
+    ] as const) {
+      for (const [side, got] of [
+        ['store', await store.summaries(USER, folder, range)],
+        ['rpc', await rpc.summaries(USER, folder, range)],
+      ] as const) {
+        const rows = Array.from({ length: got.summaries.length }, (_, i) =>
+          summaryOf(summaryMeta(got.summaries, i)),
+        );
+        assert.deepEqual(rows, want, `${side}, columns, ${how}`);
+        assert.equal(got.folder.name, folder);
+        assert.ok(got.modseq > 0 || 'uids' in range, `${side}, ${how}: a HIGHESTMODSEQ to resync from`);
+        assert.ok(got.modseq <= got.folder.highestModseq);
+      }
     }
     return (await store.messages(USER, folder)).messages;
   }
@@ -116,6 +140,18 @@ describe('message summaries', () => {
       Array.from({ length: 10 }, (_, i) => 100 + i),
     );
     assert.equal(page.folder.exists, n);
+    // Long keywords: a page of packed rows is then cut for the NATS payload limit, and goes on.
+    const long = ['a', 'b', 'c'].map((c) => c.repeat(100));
+    await store.storeFlags(
+      USER,
+      'Big',
+      all.map((m) => m.uid),
+      'add',
+      long,
+    );
+    const again = await check('Big');
+    assert.equal(again.length, n);
+    assert.ok(again.every((m) => long.every((k) => m.flags.includes(k))));
   });
 
   test('a folder stored before the summary index was kept, or changed by an older replica, reads right', async () => {
@@ -152,6 +188,47 @@ describe('message summaries', () => {
     assert.equal(await redis.hlen(index), 19);
     await store.deleteFolder(USER, 'Legacy');
     assert.equal(await redis.exists(index), 0);
+  });
+
+  test('a replica of an older version (no packed summaries) still answers in columns, in a rolling upgrade', async () => {
+    const packed = await rpc.summaries(USER, 'Big', { first: 1, last: 0xffffffff });
+    // The older replica: the same store, but its MessagesRequest has no packed_summaries field.
+    stopRpc();
+    const table = handlers(store);
+    const old = nats.nc.subscribe(SUBJECTS.rpc('*'), {
+      queue: 'mailbox-store',
+      callback: (_err, msg) => {
+        const op = msg.subject.slice(SUBJECTS.rpc('').length);
+        const request = op === 'summaries' || op === 'messages' ? pb.MessagesRequest.decode(msg.data) : null;
+        if (request) request.packedSummaries = false;
+        const data = request ? encode(pb.MessagesRequest, request) : msg.data;
+        void (table[op] as (d: Uint8Array) => Promise<Uint8Array>)(data).then((reply) => msg.respond(reply));
+      },
+    });
+    try {
+      const client = new MailboxRpcClient(nats, blobs);
+      for (const range of [
+        { first: 1, last: 0xffffffff },
+        { first: 200, last: 300 },
+        { uids: [3, 4, 5000] },
+      ]) {
+        const [mine, theirs] = [
+          await store.summaries(USER, 'Big', range),
+          await client.summaries(USER, 'Big', range),
+        ];
+        const rows = (p: typeof mine) =>
+          Array.from({ length: p.summaries.length }, (_, i) => summaryOf(summaryMeta(p.summaries, i)));
+        assert.deepEqual(rows(theirs), rows(mine), JSON.stringify(range));
+      }
+      assert.equal(
+        (await client.summaries(USER, 'Big', { first: 1, last: 0xffffffff })).summaries.length,
+        packed.summaries.length,
+      );
+    } finally {
+      old.unsubscribe();
+      const sub = serveRpc(nats, store, logger);
+      stopRpc = () => sub.unsubscribe();
+    }
   });
 
   test('a big folder out of step with its index is read from the message hashes', async () => {

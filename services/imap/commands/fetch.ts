@@ -7,7 +7,7 @@
  * server); a lone BODY[] / RFC822 streams the body from the blob store. A non-PEEK body section
  * sets \Seen and reports the new FLAGS.
  */
-import type { MessageMeta } from '../../core/mailbox-api.ts';
+import type { MessageMeta, Summaries } from '../../core/mailbox-api.ts';
 import { decodeStructure } from '../../core/mime-structure.ts';
 import { bodyStructure } from '../body-structure.ts';
 import type { SessionContext } from '../context.ts';
@@ -23,7 +23,8 @@ import {
 import type { ParsedMessage } from '../mime-tree.ts';
 import type { FetchItem, Section } from '../parser.ts';
 import { Literal, StreamLiteral, atom, bad, formatInternalDate, ok, responseLine } from '../response.ts';
-import type { ImapValue, OutputPart } from '../response.ts';
+import type { ImapValue, OutputPart, Outcome } from '../response.ts';
+import { loadSummaries } from '../summaries.ts';
 import { SELECTED, isOutcome, resolveSet, selectedOf, userOf } from './common.ts';
 import { formatSequenceSet, inSet } from '../sequence-set.ts';
 import type { CommandFamily } from './common.ts';
@@ -68,6 +69,12 @@ async function* sliceStream(
     if (to > from) yield chunk.subarray(from, to);
     if (offset >= end) return;
   }
+}
+
+/** A body read whole must have its stored size: a literal announces it (as #writeStream checks). */
+function wholeBody(raw: Buffer, meta: MessageMeta): Buffer {
+  if (raw.length !== meta.size) throw new Error(`Message body does not match its size (${meta.uid})`);
+  return raw;
 }
 
 /** ENVELOPE, BODY and BODYSTRUCTURE: answered from the stored structure when there is one. */
@@ -134,11 +141,19 @@ function slice(data: Buffer, partial: { start: number; length: number } | null):
   );
 }
 
+/** The whole body (BODY[], BODY.PEEK[], RFC822, or a range of it) is all that is asked for. */
+function onlyWholeBody(items: readonly FetchItem[]): boolean {
+  const bodyItems = items.filter(needsBody);
+  const only = bodyItems.length === 1 ? (bodyItems[0] as FetchItem) : null;
+  return only !== null && (isWholeMessage(only) || isWholeRange(only));
+}
+
 async function fetchValues(
   ctx: SessionContext,
   meta: MessageMeta,
   items: readonly FetchItem[],
   flagsChanged: boolean,
+  body?: Promise<Buffer>,
 ): Promise<ImapValue[]> {
   const bodyItems = items.filter(needsBody);
   // Only UID, FLAGS, MODSEQ, INTERNALDATE, RFC822.SIZE: answered from the summary, no await.
@@ -158,6 +173,9 @@ async function fetchValues(
         ? ctx.cachedMessage(meta.blob)
         : await ctx.parsedMessage(meta)
       : null;
+  // A small body read whole (ahead, by the caller): sent with its response line in one write.
+  if (stream && !parsed && body)
+    return valuesOf(ctx, meta, items, flagsChanged, null, null, stream, await body);
   return valuesOf(ctx, meta, items, flagsChanged, stored, parsed, stream);
 }
 
@@ -170,10 +188,15 @@ function valuesOf(
   stored: ReturnType<typeof decodeStructure> | null,
   parsed: ParsedMessage | null,
   stream: boolean,
+  raw: Buffer | null = null,
 ): ImapValue[] {
   const values: ImapValue[] = [];
   const whole = (): ImapValue =>
-    parsed ? new Literal(parsed.raw) : new StreamLiteral(meta.size, ctx.storage.openBody(meta.blob));
+    parsed
+      ? new Literal(parsed.raw)
+      : raw
+        ? new Literal(wholeBody(raw, meta))
+        : new StreamLiteral(meta.size, ctx.storage.openBody(meta.blob));
   for (const item of items) {
     if (item.kind === 'section') {
       const label = atom(sectionLabel(item));
@@ -187,7 +210,9 @@ function valuesOf(
           label,
           size === 0
             ? new Literal(Buffer.alloc(0))
-            : new StreamLiteral(size, sliceStream(ctx.storage.openBody(meta.blob), start, size)),
+            : raw
+              ? new Literal(wholeBody(raw, meta).subarray(start, start + size))
+              : new StreamLiteral(size, sliceStream(ctx.storage.openBody(meta.blob), start, size)),
         );
       } else {
         const data = slice(sectionBytes(parsed as ParsedMessage, item.section, item.binary), item.partial);
@@ -247,6 +272,150 @@ function valuesOf(
   return values;
 }
 
+type SummaryItem = 'UID' | 'FLAGS' | 'MODSEQ' | 'INTERNALDATE' | 'RFC822.SIZE';
+
+/**
+ * FETCH of summary items only (UID, FLAGS, MODSEQ, INTERNALDATE, RFC822.SIZE): the store's
+ * summaries in columns, a UID range per batch when the batch is a run of consecutive sequence
+ * numbers (1:*), and the responses written as text into blocks of outputBatchBytes. Same
+ * responses as valuesOf() gives.
+ */
+async function fetchSummaries(
+  ctx: SessionContext,
+  uids: readonly number[],
+  items: readonly FetchItem[],
+  changedSince: number | null,
+): Promise<Outcome> {
+  const mailbox = selectedOf(ctx);
+  const user = userOf(ctx);
+  const names = items.map((i) => (i.kind === 'attribute' ? i.name : '') as SummaryItem);
+  const hasFlags = names.includes('FLAGS');
+  const hasModseq = names.includes('MODSEQ');
+  const condstore = ctx.enabled.has('CONDSTORE');
+  // RFC 9051 removed \Recent: only IMAP4rev1 clients see it.
+  const showRecent = !ctx.enabled.has('IMAP4rev2');
+  // `(\Seen \Flagged)` once per distinct flags array (they are shared between rows).
+  const listed = new Map<readonly string[], string>();
+  const flagList = (flags: readonly string[], uid: number): string => {
+    if (showRecent && mailbox.isRecent(uid)) {
+      return `(${flags.length > 0 ? `${flags.join(' ')} ` : ''}\\Recent)`;
+    }
+    let text = listed.get(flags);
+    if (text === undefined) {
+      text = `(${flags.join(' ')})`;
+      listed.set(flags, text);
+    }
+    return text;
+  };
+  let out = '';
+  /** Adds one response to `out`; true once a block is ready to be written (see flush). */
+  const emit = (
+    seq: number,
+    uid: number,
+    flags: readonly string[],
+    modseq: number,
+    row: Summaries | null,
+    j: number,
+  ): boolean => {
+    const changed = mailbox.setFlagsAt(seq, flags, modseq);
+    let line = `* ${seq} FETCH (`;
+    for (let k = 0; k < names.length; k++) {
+      if (k > 0) line += ' ';
+      switch (names[k]) {
+        case 'UID':
+          line += `UID ${uid}`;
+          break;
+        case 'FLAGS':
+          line += `FLAGS ${flagList(flags, uid)}`;
+          break;
+        case 'MODSEQ':
+          line += `MODSEQ (${modseq})`;
+          break;
+        case 'INTERNALDATE':
+          line += `INTERNALDATE "${formatInternalDate(row?.internalDates[j] ?? 0)}"`;
+          break;
+        case 'RFC822.SIZE':
+          line += `RFC822.SIZE ${row?.sizes[j] ?? 0}`;
+          break;
+      }
+    }
+    // As in valuesOf(): changed flags are reported, and with CONDSTORE, FLAGS brings MODSEQ.
+    if (changed && !hasFlags) line += ` FLAGS ${flagList(flags, uid)}`;
+    if (condstore && (changed || hasFlags) && !hasModseq) line += ` MODSEQ (${modseq})`;
+    out += `${line})\r\n`;
+    return out.length >= ctx.limits.outputBatchBytes;
+  };
+  const flush = async (): Promise<void> => {
+    const block = Buffer.from(out, 'latin1');
+    out = '';
+    await ctx.write([block]);
+  };
+  // Flags and MODSEQs known whole at a HIGHESTMODSEQ that is still the folder's: nothing changed
+  // since (every append, flag change and expunge raises it), so they answer without a store read.
+  const fromMemory =
+    names.every((n) => n === 'UID' || n === 'FLAGS' || n === 'MODSEQ') &&
+    mailbox.syncedModseq > 0 &&
+    mailbox.flagsPending.size === 0 &&
+    mailbox.expungePending.size === 0 &&
+    !mailbox.folderChanged;
+  if (fromMemory) {
+    const info = await ctx.storage.status(user, mailbox.name);
+    if (info.highestModseq === mailbox.syncedModseq && info.uidValidity === mailbox.uidValidity) {
+      let seq = 0;
+      for (const uid of uids) {
+        if (ctx.closed) return ok('FETCH aborted');
+        // Ascending UIDs: mostly the next sequence number.
+        seq = mailbox.uidAt(seq + 1) === uid ? seq + 1 : mailbox.seqOf(uid);
+        if (seq === 0) continue;
+        const modseq = mailbox.modseqAt(seq);
+        if (changedSince !== null && modseq <= changedSince) continue;
+        if (emit(seq, uid, mailbox.flagsAt(seq), modseq, null, 0)) await flush();
+      }
+      if (out.length > 0) await ctx.write([Buffer.from(out, 'latin1')]);
+      return ok('FETCH completed');
+    }
+  }
+  // Every message read again, and all still there: the session's view is whole at the lowest
+  // HIGHESTMODSEQ the reads saw.
+  const whole = changedSince === null && uids.length === mailbox.exists;
+  let lowest = Infinity;
+  let matched = 0;
+  const step = ctx.limits.summaryBatch;
+  for (let i = 0; i < uids.length; i += step) {
+    if (ctx.closed) return ok('FETCH aborted');
+    const batch = uids.slice(i, i + step);
+    const first = batch[0] as number;
+    const last = batch[batch.length - 1] as number;
+    const seq0 = mailbox.seqOf(first);
+    // A run of consecutive messages: ask for the UID range, not a list of UIDs.
+    const run = seq0 > 0 && mailbox.seqOf(last) - seq0 + 1 === batch.length;
+    const page = await loadSummaries(
+      ctx.storage,
+      user,
+      mailbox.name,
+      run ? { first, last } : { uids: batch },
+    );
+    const rows = page.summaries;
+    lowest = Math.min(lowest, page.modseq);
+    let j = 0;
+    for (const uid of batch) {
+      // Both ascending: rows the session does not know (appended, not yet reported) are skipped.
+      while (j < rows.length && (rows.uids[j] as number) < uid) j++;
+      // Expunged by another session and not yet reported: nothing to return (RFC 2180 4.1.2).
+      if (j >= rows.length || rows.uids[j] !== uid) continue;
+      const seq = mailbox.seqOf(uid);
+      if (seq === 0) continue;
+      matched++;
+      const modseq = rows.modseqs[j] as number;
+      if (changedSince !== null && modseq <= changedSince) continue;
+      if (emit(seq, uid, rows.flags[j] as readonly string[], modseq, rows, j)) await flush();
+    }
+  }
+  if (out.length > 0) await ctx.write([Buffer.from(out, 'latin1')]);
+  if (whole && matched === mailbox.exists && lowest > 0 && lowest !== Infinity) mailbox.syncedModseq = lowest;
+  return ok('FETCH completed');
+}
+
 export const FETCH_COMMANDS: CommandFamily<'FETCH'> = {
   FETCH: {
     states: SELECTED,
@@ -280,6 +449,8 @@ export const FETCH_COMMANDS: CommandFamily<'FETCH'> = {
       if (command.uid && !items.some((i) => i.kind === 'attribute' && i.name === 'UID')) {
         items.unshift({ kind: 'attribute', name: 'UID' });
       }
+      // Only UID, FLAGS, MODSEQ, INTERNALDATE, RFC822.SIZE: from summaries, written as text.
+      if (items.every((i) => !needsBody(i))) return fetchSummaries(ctx, uids, items, changedSince);
       const markSeen = !mailbox.readOnly && items.some(setsSeen);
       // The stored structures travel only when they answer the items asked for; without body
       // items, summaries (no blob reference) answer, in bigger batches.
@@ -287,6 +458,7 @@ export const FETCH_COMMANDS: CommandFamily<'FETCH'> = {
       const structure = bodyItems.length > 0 && bodyItems.every(isStructural);
       const summary = bodyItems.length === 0;
       const step = summary ? ctx.limits.summaryBatch : ctx.limits.storageBatch;
+      const inlineBodies = onlyWholeBody(items);
       // Responses are gathered and written in blocks of outputBatchBytes (one write each).
       let out: OutputPart[] = [];
       let pending = 0;
@@ -319,8 +491,29 @@ export const FETCH_COMMANDS: CommandFamily<'FETCH'> = {
             }
           }
         }
+        // Small whole bodies are read a few ahead of the one being written, in order.
+        const reads = new Map<number, Promise<Buffer>>();
+        const inline = inlineBodies
+          ? batch.filter((u) => {
+              const m = metas.get(u);
+              return m !== undefined && m.size <= ctx.limits.inlineBodyBytes && !ctx.cachedMessage(m.blob);
+            })
+          : [];
+        let ahead = 0;
+        const readAhead = (): void => {
+          while (ahead < inline.length && reads.size < ctx.limits.bodyPrefetch) {
+            const m = metas.get(inline[ahead++] as number) as MessageMeta;
+            const read = ctx.storage.readBody(m.blob);
+            // Awaited in order below; a failure is seen there, not as an unhandled rejection.
+            read.catch(() => undefined);
+            reads.set(m.uid, read);
+          }
+        };
         for (const uid of batch) {
           if (ctx.closed) return ok('FETCH aborted');
+          readAhead();
+          const body = reads.get(uid);
+          reads.delete(uid);
           const meta = metas.get(uid);
           const seq = mailbox.seqOf(uid);
           // Expunged by another session and not yet reported: nothing to return (RFC 2180 4.1.2).
@@ -329,7 +522,7 @@ export const FETCH_COMMANDS: CommandFamily<'FETCH'> = {
           const changed = mailbox.setFlags(uid, meta.flags) || seenNow.has(uid);
           const values = summary
             ? valuesOf(ctx, meta, items, changed, null, null, false)
-            : await fetchValues(ctx, meta, items, changed);
+            : await fetchValues(ctx, meta, items, changed, body);
           for (const part of responseLine(`* ${seq} FETCH`, [values])) {
             out.push(part);
             // A streamed body goes out at once: nothing is held behind it.

@@ -10,6 +10,7 @@ import { atom, bad, no, ok } from '../response.ts';
 import type { ImapValue, Outcome } from '../response.ts';
 import type { ListArgs, QresyncParams, SelectArgs } from '../parser.ts';
 import { SelectedMailbox } from '../selected-mailbox.ts';
+import { loadSummaries } from '../summaries.ts';
 import { formatSequenceSet, inSet } from '../sequence-set.ts';
 import { AUTHENTICATED, SELECTED, attempt, selectedOf, userOf } from './common.ts';
 import type { CommandFamily } from './common.ts';
@@ -36,10 +37,12 @@ async function select(ctx: SessionContext, args: SelectArgs, readOnly: boolean):
   if (args.condstore) ctx.enabled.add('CONDSTORE');
   const mark = ctx.changeMark();
   // The sequence map and flags only: summaries, without blob references, in big pages.
-  const loaded = await attempt(ctx, () => ctx.storage.messages(user, name, [], { summary: true }));
+  const loaded = await attempt(ctx, () =>
+    loadSummaries(ctx.storage, user, name, { first: 1, last: 0xffffffff }),
+  );
   if (!loaded.ok) return loaded.outcome;
-  const { folder, messages } = loaded.value;
-  const mailbox = new SelectedMailbox(folder, messages, readOnly);
+  const { folder, summaries, modseq } = loaded.value;
+  const mailbox = new SelectedMailbox(folder, summaries, readOnly, modseq);
   const rev2 = ctx.enabled.has('IMAP4rev2');
   const flags = [...SYSTEM_FLAGS, ...mailbox.keywords()];
   await ctx.untagged('FLAGS', [flags.map(atom)]);
@@ -49,8 +52,8 @@ async function select(ctx: SessionContext, args: SelectArgs, readOnly: boolean):
   // RFC 9051 7.4: IMAP4rev2 drops RECENT and UNSEEN from SELECT.
   if (!rev2) {
     await ctx.untagged(`${mailbox.recentCount} RECENT`);
-    const firstUnseen = mailbox.uids.findIndex((uid) => !mailbox.flags(uid).includes('\\Seen'));
-    if (firstUnseen >= 0) await ctx.untagged(`OK [UNSEEN ${firstUnseen + 1}] First unseen`);
+    const firstUnseen = mailbox.firstUnseen();
+    if (firstUnseen > 0) await ctx.untagged(`OK [UNSEEN ${firstUnseen}] First unseen`);
   }
   await ctx.untagged(`OK [UIDVALIDITY ${folder.uidValidity}] UIDs valid`);
   await ctx.untagged(`OK [UIDNEXT ${folder.uidNext}] Predicted next UID`);
