@@ -637,6 +637,13 @@ export class BlobStore {
    */
   async #fetchSmall(id: string, name: string): Promise<Buffer | BlobMeta> {
     if (this.#direct.available) {
+      // A body stored by #putOneChunk has its chunk on a subject named after its content: one
+      // direct get, no metadata first. Anything else (a bigger body, one stored by the object
+      // store's own put, one being deleted) goes the long way below.
+      const data = await this.#direct.last(chunkSubject(name));
+      if (data && BlobStore.idOf(data) === id) return this.#keep(id, data);
+    }
+    if (this.#direct.available) {
       const meta = await this.#directMeta(name);
       if (meta && !meta.deleted) {
         if (meta.size === 0) return EMPTY;
@@ -684,6 +691,10 @@ export class BlobStore {
     this.#cache.delete(id);
     const info = await this.#store.info(name);
     if (!info || info.deleted) return;
+    // A chunk named after the content goes first: #fetchSmall reads it without the metadata, so
+    // it must not outlive a deletion that stops half way (the object store marks the metadata
+    // deleted first and purges the chunks after).
+    if (info.nuid === name) await this.#jsm.streams.purge(BLOB_STREAM, { filter: chunkSubject(name) });
     await this.#store.delete(name);
   }
 }
