@@ -47,6 +47,9 @@ export async function recordEvent(
     await publish(nats, SUBJECTS.event(kind), encode(pb.MessageEvent, event), {
       stream: STREAMS.EVENTS,
       msgId: dedupeKey ? `${kind}:${dedupeKey}` : undefined,
+      // Tracking only: the mail it describes does not wait for a stream that is not there.
+      retryNoResponders: false,
+      timeoutMs: 5000,
     });
   } catch (err) {
     logger.warn({ err, kind, queueId: ev.queueId }, 'event not recorded');

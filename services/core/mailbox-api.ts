@@ -165,13 +165,9 @@ export function parseSummaries(packed: Uint8Array | string): Summaries {
   };
 }
 
-/** Summaries of message rows (a store or client without packed summaries). */
-export function summariesOf(messages: readonly MessageMeta[]): Summaries {
-  const sorted = messages.every((m, i) => i === 0 || (messages[i - 1] as MessageMeta).uid < m.uid)
-    ? messages
-    : [...messages].sort((a, b) => a.uid - b.uid);
-  const n = sorted.length;
-  const out: Summaries = {
+/** Room for `n` summaries, to be filled in UID order. */
+export function allocSummaries(n: number): Summaries {
+  return {
     length: n,
     uids: new Uint32Array(n),
     modseqs: new Float64Array(n),
@@ -179,6 +175,14 @@ export function summariesOf(messages: readonly MessageMeta[]): Summaries {
     internalDates: new Float64Array(n),
     flags: new Array<readonly string[]>(n),
   };
+}
+
+/** Summaries of message rows (a store or client without packed summaries). */
+export function summariesOf(messages: readonly MessageMeta[]): Summaries {
+  const sorted = messages.every((m, i) => i === 0 || (messages[i - 1] as MessageMeta).uid < m.uid)
+    ? messages
+    : [...messages].sort((a, b) => a.uid - b.uid);
+  const out = allocSummaries(sorted.length);
   sorted.forEach((m, i) => {
     out.uids[i] = m.uid;
     out.modseqs[i] = m.modseq;

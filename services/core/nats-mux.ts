@@ -91,6 +91,9 @@ export function muxOf(nc: NatsConnection): MuxRequests {
   return m;
 }
 
+/** How long a publish is tried again while no stream answers it. */
+const NO_RESPONDERS_RETRY_MS = 3000;
+
 /** A JetStream publish acknowledgement (the stream's PubAck). */
 export interface PubAck {
   stream: string;
@@ -119,8 +122,18 @@ export async function publishAcked(
   data: Uint8Array,
   timeoutMs: number,
   headers?: MsgHdrs,
+  retryNoResponders = true,
 ): Promise<PubAck> {
-  const msg = await muxOf(nc).request(subject, data, timeoutMs, headers);
+  // No responders is what a stream says while its leader is being elected (a nats-server gone):
+  // asked again a few times, within the time given and at most NO_RESPONDERS_RETRY_MS, before it
+  // counts as a failure (and the caller's own retry, or a redelivery, takes over). Best-effort
+  // publishes (trace events) do not wait for that.
+  const deadline = Date.now() + (retryNoResponders ? Math.min(timeoutMs, NO_RESPONDERS_RETRY_MS) : 0);
+  let msg = await muxOf(nc).request(subject, data, timeoutMs, headers);
+  for (let wait = 100; (msg.headers?.code ?? 0) === 503 && Date.now() + wait < deadline; wait *= 2) {
+    await new Promise((r) => setTimeout(r, wait));
+    msg = await muxOf(nc).request(subject, data, timeoutMs, headers);
+  }
   const status = msg.headers?.code ?? 0;
   if (status === 503) throw new JetStreamPublishError(`no stream answered a publish on ${subject}`, 503);
   if (status !== 0 && status !== 200)

@@ -285,7 +285,13 @@ export async function publish(
   nats: Nats,
   subject: string,
   data: Uint8Array,
-  opts: { msgId?: string; stream: string; timeoutMs?: number },
+  opts: {
+    msgId?: string;
+    stream: string;
+    timeoutMs?: number;
+    /** False for a best-effort publish: no waiting out a stream's leader election. */
+    retryNoResponders?: boolean;
+  },
 ): Promise<void> {
   await withSpan(
     `send ${opts.stream}`,
@@ -303,7 +309,7 @@ export async function publish(
       injectTrace(h);
       if (opts.msgId) h.set('Nats-Msg-Id', opts.msgId);
       // One reply subscription per connection, not nats.js's request per publish (nats-mux.ts).
-      await publishAcked(nats.nc, subject, data, opts.timeoutMs ?? 10_000, h);
+      await publishAcked(nats.nc, subject, data, opts.timeoutMs ?? 10_000, h, opts.retryNoResponders ?? true);
       published.inc({ stream: opts.stream });
     },
   );
@@ -422,7 +428,9 @@ export function consume(nats: Nats, opts: ConsumeOptions): { stop(): Promise<voi
     while (!stopped) {
       try {
         const consumer = await nats.js.consumers.get(c.stream, c.durable);
-        const iter = await consumer.consume({ max_messages: opts.concurrency });
+        // Pull requests last 5 s (heartbeats every 2.5 s), not the default 30 s: when the
+        // nats-server holding them dies, the loss is noticed and the pull renewed within seconds.
+        const iter = await consumer.consume({ max_messages: opts.concurrency, expires: 5_000 });
         iterStop = () => void iter.stop();
         for await (const msg of iter) {
           if (stopped) {

@@ -5,24 +5,21 @@
  * Larger bodies are streamed from the blob store every time.
  */
 
-export interface BodyCacheLimits {
-  /** Largest body kept in memory. */
-  maxEntryBytes: number;
-  /** Memory for all kept bodies; the least recently used go first. */
-  maxTotalBytes: number;
-}
+import { BlobCache, type BlobCacheLimits } from '../core/blobs.ts';
+
+/** Largest body kept, and memory for all of them (the least recently used go first). */
+export type BodyCacheLimits = BlobCacheLimits;
 
 export class BodyCache {
   readonly #open: (id: string) => AsyncIterable<Uint8Array>;
   readonly #limits: BodyCacheLimits;
-  /** Map order is the recency order: a hit moves the entry to the end. */
-  readonly #bodies = new Map<string, Buffer>();
+  readonly #bodies: BlobCache;
   readonly #reading = new Map<string, Promise<Buffer>>();
-  #total = 0;
 
   constructor(open: (id: string) => AsyncIterable<Uint8Array>, limits: BodyCacheLimits) {
     this.#open = open;
     this.#limits = limits;
+    this.#bodies = new BlobCache(limits);
   }
 
   /** The body's bytes, from memory when they are there; `size` decides whether it is kept. */
@@ -36,11 +33,7 @@ export class BodyCache {
 
   async #get(id: string): Promise<Buffer> {
     const hit = this.#bodies.get(id);
-    if (hit) {
-      this.#bodies.delete(id);
-      this.#bodies.set(id, hit);
-      return hit;
-    }
+    if (hit) return hit;
     const running = this.#reading.get(id);
     if (running) return running;
     const p = (async () => {
@@ -50,7 +43,7 @@ export class BodyCache {
       // its own cache of small bodies (services/core/blobs.ts), so they are in memory once.
       const only = chunks.length === 1 ? chunks[0] : undefined;
       const body = only ? Buffer.from(only.buffer, only.byteOffset, only.byteLength) : Buffer.concat(chunks);
-      if (body.length <= this.#limits.maxEntryBytes) this.#keep(id, body);
+      this.#bodies.set(id, body);
       return body;
     })();
     this.#reading.set(id, p);
@@ -58,17 +51,6 @@ export class BodyCache {
       return await p;
     } finally {
       this.#reading.delete(id);
-    }
-  }
-
-  #keep(id: string, body: Buffer): void {
-    if (this.#bodies.has(id)) return;
-    this.#bodies.set(id, body);
-    this.#total += body.length;
-    for (const [old, b] of this.#bodies) {
-      if (this.#total <= this.#limits.maxTotalBytes) break;
-      this.#bodies.delete(old);
-      this.#total -= b.length;
     }
   }
 }

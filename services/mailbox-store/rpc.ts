@@ -12,6 +12,7 @@ import { SpanKind, extractTrace, withSpan } from '../core/telemetry.ts';
 import { userToken } from '../core/address.ts';
 import {
   MailboxError,
+  allocSummaries,
   type FlagOp,
   type FolderInfo,
   type MailboxChange,
@@ -37,15 +38,7 @@ function mergeSummaries(a: Summaries, b: Summaries): Summaries {
     ...Array.from({ length: b.length }, (_, i) => [b, i] as const),
   ];
   rows.sort((x, y) => (x[0].uids[x[1]] as number) - (y[0].uids[y[1]] as number));
-  const n = rows.length;
-  const out: Summaries = {
-    length: n,
-    uids: new Uint32Array(n),
-    modseqs: new Float64Array(n),
-    sizes: new Float64Array(n),
-    internalDates: new Float64Array(n),
-    flags: new Array<readonly string[]>(n),
-  };
+  const out = allocSummaries(rows.length);
   rows.forEach(([s, i], k) => {
     out.uids[k] = s.uids[i] as number;
     out.modseqs[k] = s.modseqs[i] as number;
