@@ -3,7 +3,7 @@ import { readFileSync } from 'node:fs';
 import type { ConnectionOptions as TlsConnectionOptions } from 'node:tls';
 import { Cluster, Redis, type Command } from 'ioredis';
 import type { Logger } from 'pino';
-import { SpanKind, SpanStatusCode, context, trace, tracer } from './telemetry.ts';
+import { SpanKind, SpanStatusCode, childSpansOff, context, trace, tracer } from './telemetry.ts';
 
 export type { Redis };
 
@@ -123,7 +123,8 @@ function traceCommands(client: Redis, url: string): void {
   const port = Number(server?.port || 6379);
   const send = client.sendCommand;
   client.sendCommand = function (this: Redis, command: Command, ...rest: unknown[]): unknown {
-    if (!trace.getSpan(context.active())) return Reflect.apply(send, this, [command, ...rest]);
+    if (childSpansOff() || !trace.getSpan(context.active()))
+      return Reflect.apply(send, this, [command, ...rest]);
     const operation = command.name.toUpperCase();
     const first = command.args[0];
     const script =

@@ -32,6 +32,19 @@ export type { Span, Tracer, Context };
 let sdk: NodeSDK | undefined;
 
 /**
+ * True when spans are neither recorded nor exported (no exporter, no sampler asked for). Then a
+ * span under another one is not made at all: it would record nothing, and the trace id, which is
+ * all logs and headers need, is its parent's. Only root spans (a session, a consumed message
+ * without a trace) are made, for their new trace ids.
+ */
+let recordingOff = false;
+
+/** Whether child spans are made (see recordingOff): the Redis and NATS wrappers ask before making one. */
+export function childSpansOff(): boolean {
+  return recordingOff;
+}
+
+/**
  * Starts the SDK once per process.
  *
  * Redis calls are traced by core/redis.ts on each client it builds, not by
@@ -56,6 +69,7 @@ export function startTelemetry(serviceName: string): void {
   process.env.OTEL_LOGS_EXPORTER ??= 'none';
   const sampler =
     exporterConfigured || process.env.OTEL_TRACES_SAMPLER !== undefined ? undefined : new AlwaysOffSampler();
+  recordingOff = sampler !== undefined;
   sdk = new NodeSDK({
     spanProcessors: exporterConfigured ? undefined : [new NoopSpanProcessor()],
     ...(sampler ? { sampler } : {}),
@@ -116,6 +130,8 @@ export async function withSpan<T>(
   fn: (span: Span) => Promise<T>,
 ): Promise<T> {
   const parent = options.parent ?? context.active();
+  const parentSpan = recordingOff ? trace.getSpan(parent) : undefined;
+  if (parentSpan) return context.with(parent, () => fn(parentSpan));
   return tracer().startActiveSpan(
     name,
     { kind: options.kind, attributes: options.attributes },
@@ -251,18 +267,20 @@ export class SessionTrace {
     let span: Span | null = null;
     if (segment) {
       segment.commands++;
-      span = tracer().startSpan(
-        `${protocol} ${name}`,
-        {
-          kind: SpanKind.INTERNAL,
-          attributes: { ...this.#peerAttributes, [`${protocol.toLowerCase()}.command`]: name },
-        },
-        segment.context,
-      );
+      // Not recording: the command runs in its session's context (its trace id), with no span.
+      if (!recordingOff)
+        span = tracer().startSpan(
+          `${protocol} ${name}`,
+          {
+            kind: SpanKind.INTERNAL,
+            attributes: { ...this.#peerAttributes, [`${protocol.toLowerCase()}.command`]: name },
+          },
+          segment.context,
+        );
       // The segment is full: the next command starts a new one.
       if (segment.commands >= this.#limits.maxCommands) this.#close();
     }
-    const active = span && segment ? trace.setSpan(segment.context, span) : null;
+    const active = segment ? (span ? trace.setSpan(segment.context, span) : segment.context) : null;
     let done = false;
     return {
       run: (fn) => (active ? context.with(active, fn) : fn()),
