@@ -101,6 +101,23 @@ export async function start(rt: Runtime): Promise<Service> {
       // Events (for `postino trace`) are published beside the work, and all of them are acked by
       // JetStream before the envelope is: one round trip less per entry, and none is lost to a crash.
       const events: Promise<void>[] = [];
+      const routedEvent = (recipient: string, detail: string, key: string) =>
+        events.push(
+          recordEvent(
+            nats,
+            log,
+            'routed',
+            {
+              queueId: env.queueId,
+              messageId: env.messageId,
+              recipient,
+              service: 'router',
+              detail,
+              mailFrom: env.mailFrom,
+            },
+            key,
+          ),
+        );
       // Each mailbox's entry independently: one envelope for many local users takes one round trip.
       const routeLocal = async (d: LocalDelivery) => {
         // Each entry holds the body before it exists; the envelope's hold goes once all are out.
@@ -115,22 +132,7 @@ export async function start(rt: Runtime): Promise<Service> {
           },
         );
         routed.inc({ destination: 'local' });
-        events.push(
-          recordEvent(
-            nats,
-            log,
-            'routed',
-            {
-              queueId: env.queueId,
-              messageId: env.messageId,
-              recipient: d.originalRecipient,
-              service: 'router',
-              detail: `local mailbox ${d.user}`,
-              mailFrom: env.mailFrom,
-            },
-            d.idempotencyKey ?? undefined,
-          ),
-        );
+        routedEvent(d.originalRecipient ?? '', `local mailbox ${d.user}`, d.idempotencyKey ?? '');
       };
       // A bounded number at a time: a list alias can expand to thousands of mailboxes.
       for (let i = 0; i < locals.length; i += LOCAL_BATCH)
@@ -178,24 +180,12 @@ export async function start(rt: Runtime): Promise<Service> {
           },
         );
         routed.inc({ destination: 'remote' }, rcpts.length);
-        events.push(
-          recordEvent(
-            nats,
-            log,
-            'routed',
-            {
-              queueId: env.queueId,
-              messageId: env.messageId,
-              recipient: rcpts.map((r) => r.address).join(','),
-              service: 'router',
-              detail:
-                result.kind === 'ok'
-                  ? `remote ${domain} via ${result.hosts.map((h) => h.host).join(', ')}`
-                  : `remote ${domain}: ${result.reason}`,
-              mailFrom: env.mailFrom,
-            },
-            `${env.queueId}:${domain}`,
-          ),
+        routedEvent(
+          rcpts.map((r) => r.address).join(','),
+          result.kind === 'ok'
+            ? `remote ${domain} via ${result.hosts.map((h) => h.host).join(', ')}`
+            : `remote ${domain}: ${result.reason}`,
+          `${env.queueId}:${domain}`,
         );
       }
 
