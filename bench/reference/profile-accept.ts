@@ -52,7 +52,7 @@ interface ProfileNode {
 }
 
 /** Self time by function and by module (package or project folder), in % of samples. */
-function summarize(file: string, top = 15): string {
+function summarize(file: string, top = Number(process.env.PROFILE_TOP ?? 15)): string {
   const p = JSON.parse(readFileSync(file, 'utf8')) as { nodes: ProfileNode[]; samples: number[] };
   const counts = new Map<number, number>();
   for (const s of p.samples) counts.set(s, (counts.get(s) ?? 0) + 1);

@@ -507,7 +507,8 @@ export class BlobStore {
    */
   async #putOneChunk(name: string, chunks: Uint8Array[], size: number): Promise<void> {
     const data = chunks.length === 1 && chunks[0] ? chunks[0] : Buffer.concat(chunks);
-    const digest = createHash('sha256').update(data).digest('base64url');
+    // The name is the content's SHA-256 in hex (its address), already computed by put.
+    const digest = Buffer.from(name, 'hex').toString('base64url');
     const meta = {
       name,
       description: '',

@@ -244,8 +244,9 @@ export async function start(rt: Runtime): Promise<Service> {
     );
     // allowHalfOpen: a client that pipelines its last commands and closes its side still gets
     // every reply (the session closes once it has answered); otherwise Node would end our side
-    // with the client's, and the replies to commands read after that would be lost.
-    return { port, server: createServer({ allowHalfOpen: true }, accept), accept };
+    // with the client's, and the replies to commands read after that would be lost. noDelay: set
+    // on each accepted socket by the server, not by a setsockopt call from JavaScript per session.
+    return { port, server: createServer({ allowHalfOpen: true, noDelay: true }, accept), accept };
   };
   const servers = [listener('smtp'), listener('submission')];
   if (config.smtpsPort > 0) servers.push(listener('smtps'));

@@ -1,5 +1,5 @@
 /** What ingress writes into a message's header block: Received, and on submission Message-ID and Date. */
-import { randomBytes } from 'node:crypto';
+import { pooledRandomBytes } from '../core/random.ts';
 
 /** Bytes of the header block to examine (headers past this are not inspected, only stored). */
 const HEADER_SCAN_LIMIT = 256 * 1024;
@@ -42,7 +42,7 @@ export function rfc5322Date(d = new Date()): string {
 /** A queue id: time-ordered, unique across replicas (ms time + 40 random bits), base-36 upper case. */
 export function newQueueId(): string {
   return (
-    Date.now().toString(36) + randomBytes(5).readUIntBE(0, 5).toString(36).padStart(8, '0')
+    Date.now().toString(36) + pooledRandomBytes(5).readUIntBE(0, 5).toString(36).padStart(8, '0')
   ).toUpperCase();
 }
 
@@ -76,5 +76,5 @@ export function receivedHeader(r: ReceivedInfo, date = new Date()): string {
 }
 
 export function newMessageId(queueId: string, hostname: string): string {
-  return `<${queueId}.${randomBytes(6).toString('hex')}@${hostname}>`;
+  return `<${queueId}.${pooledRandomBytes(6).toString('hex')}@${hostname}>`;
 }

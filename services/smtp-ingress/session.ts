@@ -4,7 +4,7 @@
  * policy that need the network are reached through `SessionHooks`, so this core has no NATS or
  * Redis imports and is tested on its own as well as end to end.
  */
-import { randomBytes } from 'node:crypto';
+import { pooledRandomBytes } from '../core/random.ts';
 import type { Socket } from 'node:net';
 import { TLSSocket, type SecureContext } from 'node:tls';
 import { SmtpStream, type Frame } from './smtp-stream.ts';
@@ -154,7 +154,7 @@ export class Session {
     const tls = socket instanceof TLSSocket;
     const cipher = tls ? socket.getCipher() : null;
     this.info = {
-      id: randomBytes(6).toString('hex'),
+      id: pooledRandomBytes(6).toString('hex'),
       port: opts.port,
       remoteAddress: (socket.remoteAddress ?? '').replace(/^::ffff:/, ''),
       remotePort: socket.remotePort ?? 0,
@@ -198,7 +198,6 @@ export class Session {
         address: this.#socket.localAddress ?? '',
         port: this.#socket.localPort ?? 0,
       }) ?? null;
-    this.#socket.setNoDelay(true);
     this.#socket.on('error', () => this.#teardown());
     this.#socket.on('close', () => this.#teardown());
     // RFC 5321 4.1.1.10: a client that goes away without QUIT ends the session all the same.
