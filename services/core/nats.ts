@@ -2,7 +2,7 @@
  * NATS and JetStream: connection, idempotent provisioning of streams and consumers, traced
  * publish/request, and the consume loop every stage uses.
  */
-import { publishAcked } from './nats-mux.ts';
+import { muxOf, publishAcked } from './nats-mux.ts';
 import { readFileSync } from 'node:fs';
 import {
   connect,
@@ -335,10 +335,30 @@ export async function request(
     async () => {
       const h = headers();
       injectTrace(h);
-      return nats.nc.request(subject, data, { timeout: timeoutMs, headers: h });
+      // One reply subscription per connection (nats-mux.ts), not nats.js's request per call.
+      const reply = await muxOf(nats.nc).request(subject, data, timeoutMs, h);
+      if ((reply.headers?.code ?? 0) === 503) throw new Error(`no responders on ${subject}`);
+      return reply;
     },
   );
 }
+
+/**
+ * Acks a JetStream message and waits for the server to confirm it (what JsMsg.ackAck does), over
+ * the connection's one reply subscription (nats-mux.ts). The ack subject is the message's reply
+ * subject, which the JsMsg keeps on its inner message; without it, ackAck.
+ */
+async function ackConfirmed(nats: Nats, msg: JsMsg): Promise<void> {
+  const reply = (msg as unknown as { msg?: { reply?: string } }).msg?.reply;
+  if (!reply) {
+    await msg.ackAck();
+    return;
+  }
+  await muxOf(nats.nc).request(reply, ACK, ACK_TIMEOUT_MS);
+}
+
+const ACK = new TextEncoder().encode('+ACK');
+const ACK_TIMEOUT_MS = 5000;
 
 /** Core NATS publish with trace context (notifications). */
 export function notify(nats: Nats, subject: string, data: Uint8Array): void {
@@ -404,11 +424,9 @@ export function consume(nats: Nats, opts: ConsumeOptions): { stop(): Promise<voi
         };
       });
       if ('ack' in outcome) {
-        await msg
-          .ackAck()
-          .catch((err: unknown) =>
-            opts.logger.warn({ err }, 'ack not confirmed; message may be redelivered'),
-          );
+        await ackConfirmed(nats, msg).catch((err: unknown) =>
+          opts.logger.warn({ err }, 'ack not confirmed; message may be redelivered'),
+        );
         processed.inc({ consumer: c.durable, outcome: 'ack' });
       } else if ('retryInMs' in outcome) {
         msg.nak(outcome.retryInMs);
