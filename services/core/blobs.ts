@@ -641,15 +641,14 @@ export class BlobStore {
       // A body stored by #putOneChunk has its chunk on a subject named after its content: one
       // direct get, no metadata first. Anything else (a bigger body, one stored by the object
       // store's own put, one being deleted) goes the long way below.
-      const data = await this.#direct.last(chunkSubject(name));
-      if (data && BlobStore.idOf(data) === id) return this.#keep(id, data);
-    }
-    if (this.#direct.available) {
+      const named = await this.#direct.last(chunkSubject(name));
+      if (named && BlobStore.idOf(named) === id) return this.#keep(id, named);
       const meta = await this.#directMeta(name);
       if (meta && !meta.deleted) {
         if (meta.size === 0) return EMPTY;
         if (meta.chunks !== 1 || !meta.nuid) return meta;
-        const data = await this.#direct.last(chunkSubject(meta.nuid));
+        // The content-named chunk was just asked for: only another chunk subject is worth a get.
+        const data = meta.nuid === name ? null : await this.#direct.last(chunkSubject(meta.nuid));
         if (data && BlobStore.idOf(data) === id) return this.#keep(id, data);
       }
     }
