@@ -8,9 +8,10 @@
  *  - mailboxes, copied from the users' reference stamps by the collector (fields `u:<user>`,
  *    services/mailbox-store/blob-refs.ts);
  *  - queue entries, held and released by the stages themselves (fields `q:<holder>`): smtp-ingress
- *    (and bounce.ts for a DSN) holds the body for its INGRESS envelope before storing it; the
- *    router holds it for each LOCAL and OUTBOUND entry before publishing it, then releases the
- *    envelope's hold; mailbox-store releases a LOCAL entry's hold once the message is filed;
+ *    (and bounce.ts for a DSN) holds the body for its INGRESS envelope as it stores it (before,
+ *    or beside when the bytes are fresh: PutOptions.fresh); the router holds it for each LOCAL and
+ *    OUTBOUND entry before publishing it (for the likely LOCAL entries while it asks the
+ *    directory, taking back the guesses that missed), then releases the envelope's hold; mailbox-store releases a LOCAL entry's hold once the message is filed;
  *    delivery releases an OUTBOUND entry's on its final outcome (delivered, bounced, expired) and
  *    queue control on delete. A hold is '1'; a release leaves '0', a tombstone, so that a
  *    redelivered hold after its release (a router envelope redelivered after its entries were
@@ -23,7 +24,8 @@
  *  - ingress answers 451 after storing the body (JetStream slow or down): the envelope may or may
  *    not have been published, so its hold stays;
  *  - a redelivered envelope routed differently (the directory or DNS changed in between): an entry
- *    held the first time but never published keeps its hold;
+ *    held the first time but never published keeps its hold; so does a router's guess when the
+ *    router fails before taking it back;
  *  - a redelivered bounce stores a new DSN body (new boundary and date) whose envelope JetStream
  *    then drops as a duplicate.
  * The one assumption: an entry is not redelivered after its own release plus the grace period
@@ -55,18 +57,54 @@ export const BlobHolder = {
   outbound: (entryId: string) => `o:${entryId}`,
 } as const;
 
-/** ARGV: holder, now ms, stale ms. -1 = wait (being deleted), else the live holders after the hold. */
+/**
+ * ARGV: now ms, stale ms, holder... -1 = wait (being deleted), else a bit string, one per holder:
+ * '1' this call made the hold, '0' the holder held or released it before (a no-op).
+ */
 const ENTRY_HOLD = `
 local B = KEYS[1]
 local d = tonumber(redis.call('HGET', B, 'deleting') or '0')
-if d > 0 and tonumber(ARGV[2]) - d < tonumber(ARGV[3]) then return -1 end
+if d > 0 and tonumber(ARGV[1]) - d < tonumber(ARGV[2]) then return -1 end
 redis.call('HDEL', B, 'deleting')
-local f = 'q:' .. ARGV[1]
 local live = tonumber(redis.call('HGET', B, 'live') or '0')
-if redis.call('HGET', B, f) then return live end
-live = live + 1
-redis.call('HSET', B, f, '1', 'live', live)
-redis.call('HDEL', B, 'zero')
+local made = {}
+local added = 0
+for i = 3, #ARGV do
+  local f = 'q:' .. ARGV[i]
+  if redis.call('HGET', B, f) then
+    made[#made + 1] = '0'
+  else
+    added = added + 1
+    redis.call('HSET', B, f, '1')
+    made[#made + 1] = '1'
+  end
+end
+if added > 0 then
+  redis.call('HSET', B, 'live', live + added)
+  redis.call('HDEL', B, 'zero')
+end
+return table.concat(made)
+`;
+
+/**
+ * ARGV: now ms, holder... Takes back holds that were made for entries never published (leaving no
+ * tombstone, unlike a release); returns the live holders after.
+ */
+const ENTRY_WITHDRAW = `
+local B = KEYS[1]
+local live = tonumber(redis.call('HGET', B, 'live') or '0')
+local taken = 0
+for i = 2, #ARGV do
+  local f = 'q:' .. ARGV[i]
+  if redis.call('HGET', B, f) == '1' then
+    redis.call('HDEL', B, f)
+    taken = taken + 1
+  end
+end
+if taken == 0 then return live end
+live = live - taken
+redis.call('HSET', B, 'live', live)
+if live == 0 and not redis.call('HGET', B, 'zero') then redis.call('HSET', B, 'zero', ARGV[1]) end
 return live
 `;
 
@@ -139,6 +177,7 @@ return 1
 
 const SCRIPTS = {
   blobEntryHold: ENTRY_HOLD,
+  blobEntryWithdraw: ENTRY_WITHDRAW,
   blobEntryRelease: ENTRY_RELEASE,
   blobHold: MAILBOX_HOLD,
   blobTouch: TOUCH,
@@ -181,11 +220,13 @@ export class BlobRecords {
     return fn.call(this.#redis, this.#key(id), ...args);
   }
 
-  /** Waits (bounded backoff) while the body is being deleted; then runs `step`, which returns -1 to wait. */
+  /**
+   * Runs `step` until it stops answering -1 (the body is being deleted), with a bounded backoff in
+   * between; answers how many times it had to wait.
+   */
   async #afterDeletion(step: () => Promise<number>): Promise<number> {
-    for (let wait = 20; ; wait = Math.min(wait * 2, 1000)) {
-      const r = await step();
-      if (r !== -1) return r;
+    for (let waits = 0, wait = 20; ; waits++, wait = Math.min(wait * 2, 1000)) {
+      if ((await step()) !== -1) return waits;
       await new Promise((res) => setTimeout(res, wait));
     }
   }
@@ -194,10 +235,37 @@ export class BlobRecords {
    * Holds a body for a queue entry (BlobHolder). Idempotent; a no-op once the holder released it.
    * Waits while the body is being deleted, so a hold made before a put keeps the put's body.
    */
-  async hold(id: string, holder: string): Promise<void> {
-    await this.#afterDeletion(async () =>
-      Number(await this.#call('blobEntryHold', id, holder, Date.now(), DELETING_STALE_MS)),
-    );
+  async hold(id: string, holder: string): Promise<boolean> {
+    return (await this.#holdAll(id, [holder])).waited;
+  }
+
+  /**
+   * Holds a body for several queue entries in one step; answers the holders this call made (the
+   * others held or released it before). Waits while the body is being deleted, like `hold`.
+   */
+  async holdAll(id: string, holders: readonly string[]): Promise<Set<string>> {
+    return (await this.#holdAll(id, holders)).made;
+  }
+
+  async #holdAll(id: string, holders: readonly string[]): Promise<{ made: Set<string>; waited: boolean }> {
+    let made = '';
+    const waits = await this.#afterDeletion(async () => {
+      const r = await this.#call('blobEntryHold', id, Date.now(), DELETING_STALE_MS, ...holders);
+      if (typeof r === 'number') return r;
+      made = String(r);
+      return 0;
+    });
+    return { made: new Set(holders.filter((_, i) => made[i] === '1')), waited: waits > 0 };
+  }
+
+  /**
+   * Takes back holds this process made for entries it then did not publish (a guess that missed):
+   * no tombstone is left, so a later hold by that name still counts. Never for a published entry.
+   */
+  async withdraw(id: string, holders: readonly string[]): Promise<void> {
+    if (holders.length === 0) return;
+    const live = Number(await this.#call('blobEntryWithdraw', id, Date.now(), ...holders));
+    if (live === 0) await this.#redis.zadd(this.gcKey, Date.now(), id);
   }
 
   /** Releases a queue entry's hold. Idempotent; when it was the last holder, the body joins the work set. */
@@ -246,6 +314,14 @@ const putSeconds = histogram('postino_blob_put_seconds', 'Time to store a body i
 /** How a put relies on its body: held for a queue entry (BlobHolder), or only touched. */
 export interface PutOptions {
   holder?: string;
+  /**
+   * The bytes hold something never stored before (smtp-ingress's Received field names a new queue
+   * id): no stored body can be this one, so no sweeper can be deleting it, and the hold (which
+   * waits out a deletion) need not come first. A one-chunk body is then written beside the hold,
+   * in one round trip instead of two; a hold that did find a deletion is followed by the write
+   * again. Only the same put tried again can meet these bytes, and its hold is then in place.
+   */
+  fresh?: boolean;
 }
 
 /** The object store's chunk size (its default), and the time a put's publish may take. */
@@ -431,15 +507,27 @@ export class BlobStore {
     if (id) await this.#records?.hold(id, holder);
   }
 
+  /** Holds a stored body for several entries at once; answers the holders this call made. */
+  async holdAll(id: string, holders: readonly string[]): Promise<Set<string>> {
+    if (!id || !this.#records || holders.length === 0) return new Set();
+    return this.#records.holdAll(id, holders);
+  }
+
+  /** Takes back holds made by holdAll for entries that were then not published. */
+  async withdraw(id: string, holders: readonly string[]): Promise<void> {
+    if (id) await this.#records?.withdraw(id, holders);
+  }
+
   /** Releases a queue entry's hold: when the entry is done with the body (idempotent). */
   async release(id: string, holder: string): Promise<void> {
     if (id) await this.#records?.release(id, holder);
   }
 
   /** Before a put relies on a body that may be stored already: hold it for its entry, or touch it. */
-  async #rely(id: string, opts: PutOptions): Promise<void> {
-    if (opts.holder && this.#records) await this.#records.hold(id, opts.holder);
-    else await this.#touch?.(id);
+  async #rely(id: string, opts: PutOptions): Promise<boolean> {
+    if (opts.holder && this.#records) return this.#records.hold(id, opts.holder);
+    await this.#touch?.(id);
+    return false;
   }
 
   /**
@@ -471,6 +559,12 @@ export class BlobStore {
     const id = BlobStore.idOf(chunks);
     const size = chunks.reduce((n, c) => n + c.byteLength, 0);
     const name = BlobStore.#name(id);
+    if (opts.fresh && size > 0 && size <= CHUNK_SIZE) {
+      const [waited] = await Promise.all([this.#rely(id, opts), this.#putOneChunk(name, chunks, size)]);
+      if (waited) await this.#putOneChunk(name, chunks, size);
+      end();
+      return { id, size };
+    }
     await this.#rely(id, opts);
     if (size > 0 && size <= CHUNK_SIZE) {
       await this.#putOneChunk(name, chunks, size);

@@ -48,6 +48,8 @@ export interface UserRecord {
 export interface Expansion {
   users: string[];
   external: string[];
+  /** Whether the recipient's own domain is hosted here (else `external` is the recipient itself). */
+  hosted: boolean;
 }
 
 /** Alias chains deeper than this are treated as a loop (Postfix's virtual_alias_recursion_limit is 1000; real chains are short). */
@@ -400,6 +402,7 @@ export class Directory implements Authenticator {
     const external = new Set<string>();
     const seen = new Set<string>();
     let found = false;
+    let hosted = false;
     const visit = async (addr: string, depth: number): Promise<void> => {
       if (depth > MAX_ALIAS_DEPTH)
         throw new DirectoryError('LOOP', `alias chain of ${address} is too deep (a loop?)`);
@@ -417,6 +420,7 @@ export class Directory implements Authenticator {
       ]);
       let local = localFirst;
       let isUser = userFirst;
+      if (depth === 0) hosted = localFirst;
       if (target) {
         a = `${p.local}@${target}`;
         [local, isUser] = await Promise.all([
@@ -458,7 +462,7 @@ export class Directory implements Authenticator {
       }
     };
     await visit(address, 0);
-    return found ? { users: [...users], external: [...external] } : null;
+    return found ? { users: [...users], external: [...external], hosted } : null;
   }
 
   /**

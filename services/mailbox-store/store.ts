@@ -520,8 +520,9 @@ export class MailboxStore implements MailboxClient {
     )) as number[];
     const res = { uid: Number(uid), uidValidity: Number(uidValidity), created: created === 1 };
     if (res.created) {
-      await this.#refsChanged(user);
+      // Sessions hear of it at once; the collector's mark is not on their path.
       this.#changed(user, { folder, kind: 'append', uids: [res.uid], modseq: Number(modseq), origin });
+      await this.#refsChanged(user);
     }
     return res;
   }
@@ -661,8 +662,8 @@ export class MailboxStore implements MailboxClient {
       const removed = (gone as number[]).map(Number);
       expunged.push(...removed);
       if (removed.length > 0) {
-        await this.#refsChanged(user);
         this.#changed(user, { folder: name, kind: 'expunge', uids: removed, modseq: Number(modseq), origin });
+        await this.#refsChanged(user);
       }
     }
     return expunged;

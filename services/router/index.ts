@@ -16,7 +16,7 @@ import {
 } from '../core/codec.ts';
 import { recordEvent } from '../core/events.ts';
 import { counter } from '../core/metrics.ts';
-import { domainOf } from '../core/address.ts';
+import { canonicalAddress, domainOf } from '../core/address.ts';
 import { DirectoryError, type Expansion } from '../core/directory.ts';
 import { CachedMxResolver, MxResolver } from '../core/mx.ts';
 import { BlobHolder } from '../core/blobs.ts';
@@ -29,11 +29,44 @@ const LOCAL_BATCH = 64;
 
 const routed = counter('postino_recipients_routed_total', 'Recipients routed', ['destination']);
 
+/** Where one recipient goes: out, nowhere (a DSN), or into mailboxes (and forwarded out). */
+type Route =
+  | { kind: 'remote' }
+  | { kind: 'failed'; status: string; diagnostic: string }
+  | { kind: 'local'; users: string[]; external: string[] };
+
 export async function start(rt: Runtime): Promise<Service> {
   const { nats, directory, config, blobs, redis } = rt;
   const log = rt.logger.child({ service: 'router' });
   // One DNS cache in Redis for every router and delivery replica, honouring the answers' TTLs.
   const mx = new CachedMxResolver(new MxResolver(config.dnsServers), redis, config.redisPrefix);
+
+  async function routeOf(address: string): Promise<Route> {
+    let expansion: Expansion | null;
+    try {
+      expansion = await directory.resolveRecipient(address);
+    } catch (err) {
+      if (!(err instanceof DirectoryError && err.code === 'LOOP')) throw err;
+      return { kind: 'failed', status: '5.4.6', diagnostic: `550 5.4.6 ${err.message}` };
+    }
+    if (expansion) {
+      return expansion.hosted
+        ? { kind: 'local', users: expansion.users, external: expansion.external }
+        : { kind: 'remote' };
+    }
+    // Not found: unknown here, or an address the directory cannot parse, which goes by its domain.
+    return (await directory.isLocalDomain(domainOf(address)))
+      ? { kind: 'failed', status: '5.1.1', diagnostic: '550 5.1.1 User unknown in virtual mailbox table' }
+      : { kind: 'remote' };
+  }
+
+  /** Every recipient's route, a bounded number asked at once (a message may have a thousand). */
+  async function resolveAll(addresses: string[]): Promise<Route[]> {
+    const routes: Route[] = [];
+    for (let i = 0; i < addresses.length; i += LOCAL_BATCH)
+      routes.push(...(await Promise.all(addresses.slice(i, i + LOCAL_BATCH).map(routeOf))));
+    return routes;
+  }
 
   const consumer = consume(nats, {
     name: 'router',
@@ -41,63 +74,62 @@ export async function start(rt: Runtime): Promise<Service> {
     concurrency: 32,
     handler: async (msg) => {
       const env = decode(pb.Envelope, msg.data);
+      const bodyId = env.body?.id ?? '';
+      // Most recipients are mailboxes of their own name: their entries' holds are made while the
+      // directory is asked, not after (an entry is held before it is published). Guesses that
+      // miss are taken back at the end; holds that existed before (a redelivery) are left alone.
+      const guesses =
+        env.recipients.length <= LOCAL_BATCH
+          ? env.recipients.map((r) => BlobHolder.local(`${env.queueId}:${canonicalAddress(r.address ?? '')}`))
+          : [];
+      const [guessed, resolved] = await Promise.all([
+        blobs.holdAll(bodyId, guesses),
+        resolveAll(env.recipients.map((r) => r.address ?? '')),
+      ]);
       const locals: LocalDelivery[] = [];
       const remote = new Map<string, Recipient[]>();
       const failures: Failure[] = [];
       const seen = new Set<string>();
-      for (const r of env.recipients) {
+      env.recipients.forEach((r, i) => {
         const address = r.address ?? '';
-        const domain = domainOf(address);
-        if (await directory.isLocalDomain(domain)) {
-          let expansion: Expansion | null;
-          try {
-            expansion = await directory.resolveRecipient(address);
-          } catch (err) {
-            if (!(err instanceof DirectoryError && err.code === 'LOOP')) throw err;
-            failures.push({ recipient: r, status: '5.4.6', diagnostic: `550 5.4.6 ${err.message}` });
-            continue;
-          }
-          if (!expansion) {
-            failures.push({
-              recipient: r,
-              status: '5.1.1',
-              diagnostic: '550 5.1.1 User unknown in virtual mailbox table',
-            });
-            continue;
-          }
-          for (const user of expansion.users) {
-            // Each mailbox gets one copy, however many of its addresses were named.
-            if (seen.has(user)) continue;
-            seen.add(user);
-            locals.push({
-              queueId: env.queueId,
-              user,
-              originalRecipient: address,
-              folder: 'INBOX',
-              body: env.body,
-              mailFrom: env.mailFrom,
-              receivedAt: env.receivedAt,
-              messageId: env.messageId,
-              idempotencyKey: `${env.queueId}:${user}`,
-            });
-          }
-          // Forwarding: an alias that points outside goes out like any remote recipient.
-          for (const ext of expansion.external) {
-            if (seen.has(ext)) continue;
-            seen.add(ext);
-            const d = domainOf(ext);
-            const list = remote.get(d) ?? [];
-            list.push({ address: ext, dsn: r.dsn });
-            remote.set(d, list);
-          }
-        } else {
+        const route = resolved[i] as Route;
+        if (route.kind === 'remote') {
+          const domain = domainOf(address);
           const list = remote.get(domain) ?? [];
           list.push(r);
           remote.set(domain, list);
+          return;
         }
-      }
-
-      const bodyId = env.body?.id ?? '';
+        if (route.kind === 'failed') {
+          failures.push({ recipient: r, status: route.status, diagnostic: route.diagnostic });
+          return;
+        }
+        for (const user of route.users) {
+          // Each mailbox gets one copy, however many of its addresses were named.
+          if (seen.has(user)) continue;
+          seen.add(user);
+          locals.push({
+            queueId: env.queueId,
+            user,
+            originalRecipient: address,
+            folder: 'INBOX',
+            body: env.body,
+            mailFrom: env.mailFrom,
+            receivedAt: env.receivedAt,
+            messageId: env.messageId,
+            idempotencyKey: `${env.queueId}:${user}`,
+          });
+        }
+        // Forwarding: an alias that points outside goes out like any remote recipient.
+        for (const ext of route.external) {
+          if (seen.has(ext)) continue;
+          seen.add(ext);
+          const d = domainOf(ext);
+          const list = remote.get(d) ?? [];
+          list.push({ address: ext, dsn: r.dsn });
+          remote.set(d, list);
+        }
+      });
       // Events (for `postino trace`) are published beside the work, and all of them are acked by
       // JetStream before the envelope is: one round trip less per entry, and none is lost to a crash.
       const events: Promise<void>[] = [];
@@ -120,8 +152,6 @@ export async function start(rt: Runtime): Promise<Service> {
         );
       // Each mailbox's entry independently: one envelope for many local users takes one round trip.
       const routeLocal = async (d: LocalDelivery) => {
-        // Each entry holds the body before it exists; the envelope's hold goes once all are out.
-        await blobs.hold(bodyId, BlobHolder.local(d.idempotencyKey ?? ''));
         await publish(
           nats,
           SUBJECTS.local(partitionOf(d.user ?? '', config.partitions)),
@@ -134,9 +164,20 @@ export async function start(rt: Runtime): Promise<Service> {
         routed.inc({ destination: 'local' });
         routedEvent(d.originalRecipient ?? '', `local mailbox ${d.user}`, d.idempotencyKey ?? '');
       };
-      // A bounded number at a time: a list alias can expand to thousands of mailboxes.
-      for (let i = 0; i < locals.length; i += LOCAL_BATCH)
-        await Promise.all(locals.slice(i, i + LOCAL_BATCH).map(routeLocal));
+      // Each entry holds the body before it exists (the guesses above, or here); the envelope's
+      // hold goes once all are out. A bounded number at a time: a list alias can expand to
+      // thousands of mailboxes.
+      const guessSet = new Set(guesses);
+      for (let i = 0; i < locals.length; i += LOCAL_BATCH) {
+        const batch = locals.slice(i, i + LOCAL_BATCH);
+        const unheld = batch
+          .map((d) => BlobHolder.local(d.idempotencyKey ?? ''))
+          .filter((h) => !guessSet.has(h));
+        await blobs.holdAll(bodyId, unheld);
+        await Promise.all(batch.map(routeLocal));
+      }
+      const used = new Set(locals.map((d) => BlobHolder.local(d.idempotencyKey ?? '')));
+      const missed = [...guessed].filter((h) => !used.has(h));
 
       for (const [domain, rcpts] of remote) {
         const result = await withSpan(
@@ -210,7 +251,11 @@ export async function start(rt: Runtime): Promise<Service> {
         );
       }
       // Every entry holds the body now (and the bounce has its own): the envelope lets it go.
-      await Promise.all([blobs.release(bodyId, BlobHolder.ingress(env.queueId)), ...events]);
+      await Promise.all([
+        blobs.release(bodyId, BlobHolder.ingress(env.queueId)),
+        blobs.withdraw(bodyId, missed),
+        ...events,
+      ]);
       log.info(
         { queueId: env.queueId, local: locals.length, remoteDomains: remote.size, failed: failures.length },
         'envelope routed',

@@ -188,9 +188,8 @@ export function acceptMessage(deps: AcceptDeps, info: SessionInfo, tx: Transacti
       const durable = async () => {
         // Held for the envelope before the 250 (the router moves the hold to its entries).
         const stored = await retrying(() =>
-          deps.blobs.put(chunks, {
-            holder: BlobHolder.ingress(queueId),
-          }),
+          // Fresh bytes: the Received field names this new queue id (see PutOptions.fresh).
+          deps.blobs.put(chunks, { holder: BlobHolder.ingress(queueId), fresh: true }),
         );
         envelope.body = {
           id: stored.id,

@@ -141,6 +141,47 @@ for (const backend of REDIS_BACKENDS) {
       assert.deepEqual(await blobs.read(second.id), text);
     });
 
+    test("the router's guesses: held beside the directory lookup, the misses taken back", async () => {
+      const body = await accept('Q8');
+      const bob = BlobHolder.local('Q8:bob@example.test');
+      const list = BlobHolder.local('Q8:list@example.test');
+      const made = await blobs.holdAll(body.id, [bob, list]);
+      assert.deepEqual([...made].sort(), [bob, list].sort());
+      // The envelope redelivered: both holds exist, so this attempt made none and takes none back.
+      assert.equal((await blobs.holdAll(body.id, [bob, list])).size, 0);
+      // `list` was an alias: its guess goes, leaving no tombstone (a later hold by the name counts).
+      await blobs.withdraw(body.id, [list]);
+      await blobs.release(body.id, BlobHolder.ingress('Q8'));
+      assert.equal(await refs.holders(body.id), 1);
+      assert.deepEqual([...(await blobs.holdAll(body.id, [list]))], [list]);
+      await blobs.withdraw(body.id, [list]);
+      // Withdrawing never touches a released entry, nor one never held.
+      await blobs.release(body.id, bob);
+      await blobs.withdraw(body.id, [bob, BlobHolder.local('Q8:nobody@example.test')]);
+      assert.equal(await refs.holders(body.id), 0);
+      assert.equal((await blobs.holdAll(body.id, [bob])).size, 0, 'the released entry stays released');
+      await refs.sweep(later());
+      assert.equal(await blobs.has(body.id), false);
+    });
+
+    test('a fresh body written beside its hold is written again after a deletion it met', async () => {
+      const text = Buffer.from(`Subject: fresh ${backend}\r\n\r\nonce\r\n`);
+      const first = await blobs.put([text], { holder: BlobHolder.ingress('Q9'), fresh: true });
+      assert.equal(await refs.holders(first.id), 1, 'held as it was written');
+      await blobs.release(first.id, BlobHolder.ingress('Q9'));
+      // A sweeper claims it; the same bytes are put again meanwhile (a retried accept).
+      const records = new BlobRecords(redis, 'h:');
+      const claimedAt = later();
+      assert.equal((await records.claim(first.id, claimedAt, GRACE))[0], 'claimed');
+      const again = blobs.put([text], { holder: BlobHolder.ingress('Q9b'), fresh: true });
+      await new Promise((r) => setTimeout(r, 100));
+      await blobs.delete(first.id);
+      await records.finish(first.id, claimedAt);
+      await again;
+      assert.ok(await blobs.has(first.id), 'the put wrote the body again after the deletion');
+      assert.equal(await refs.holders(first.id), 1);
+    });
+
     test('releasing an entry that never held the body (a message from before holds) collects nothing', async () => {
       const old = await blobs.put([Buffer.from(`Subject: older ${backend}\r\n\r\nx\r\n`)]);
       await blobs.release(old.id, BlobHolder.ingress('Q7'));

@@ -124,10 +124,13 @@ for (const backend of REDIS_BACKENDS) {
         users: ['bob@example.test'],
         external: [],
       });
+      // The router takes `hosted` for "local or remote", without asking for the domain again.
+      assert.equal((await dir.resolveRecipient('bob@example.org'))?.hosted, true);
       await dir.removeDomain('example.org');
       assert.equal(await dir.isLocalDomain('example.org'), false);
       // No longer hosted: mail for it goes out like any remote recipient's.
       assert.deepEqual(await expand('bob@example.org'), { users: [], external: ['bob@example.org'] });
+      assert.equal((await dir.resolveRecipient('bob@example.org'))?.hosted, false);
     });
 
     test('passwords are stored hashed and checked in constant form', async () => {
