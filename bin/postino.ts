@@ -242,6 +242,9 @@ async function queue(args: string[]): Promise<void> {
 }
 
 async function serve(names: string[], embedded: boolean): Promise<void> {
+  // One process runs the mailbox-store too: the front ends run its scripts themselves unless told
+  // otherwise (services/mailbox-store/access.ts). Set before the worker threads copy the environment.
+  if (embedded) process.env.MAILBOX_ACCESS ??= 'direct';
   const config = loadConfig();
   const [
     { runServices, stopOnSignals },

@@ -141,6 +141,12 @@ const logLevel: Parser<string> = (raw, name) => {
   return raw;
 };
 
+const mailboxAccess: Parser<'rpc' | 'direct'> = (raw, name) => {
+  if (raw !== 'rpc' && raw !== 'direct')
+    throw new ConfigError(`${name}: expected rpc or direct, got ${JSON.stringify(raw)}`);
+  return raw;
+};
+
 /** The schema: every variable Postino reads. The README's configuration table is generated from `doc`. */
 export const schema = {
   nodeName: setting(
@@ -512,6 +518,12 @@ export const schema = {
     'Log level: fatal, error, warn, info, debug, trace, silent',
   ),
   shutdownGrace: setting('SHUTDOWN_GRACE', duration, 25_000, 'Time given to in-flight work on SIGTERM'),
+  mailboxAccess: setting(
+    'MAILBOX_ACCESS',
+    mailboxAccess,
+    'rpc',
+    'How imap, pop3 and admin reach mailboxes: rpc (mbox.rpc.* to the mailbox-store replicas) or direct (the same scripts run in this process, a replica of its own); `postino up` defaults to direct',
+  ),
   upThreads: setting(
     'UP_THREADS',
     int(0, 3),

@@ -1,9 +1,11 @@
 /**
  * The contract between the mailbox-store and its front ends (imap, pop3).
  *
- * In the cluster this is implemented by the NATS RPC client (services/mailbox-store/client.ts),
+ * In the cluster this is implemented by the NATS RPC client (services/mailbox-store/rpc.ts),
  * which reaches any mailbox-store replica over `mbox.rpc.*`; bodies are read straight from the
- * blob store, never carried over NATS. Protocol cores depend only on this interface.
+ * blob store, never carried over NATS. Where the store runs in the same process (`postino up`),
+ * by the store itself (MAILBOX_ACCESS, services/mailbox-store/access.ts). Protocol cores depend
+ * only on this interface.
  */
 
 /** One folder (IMAP mailbox) and its counters. */

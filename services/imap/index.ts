@@ -1,10 +1,11 @@
 /**
- * imap: the IMAP service — the protocol core (server.ts) wired to the mailbox RPC, the directory
- * and the runtime's certificate (STARTTLS on IMAP_PORT, implicit TLS on IMAPS_PORT).
+ * imap: the IMAP service — the protocol core (server.ts) wired to the mailboxes (over RPC, or
+ * direct: MAILBOX_ACCESS), the directory and the runtime's certificate (STARTTLS on IMAP_PORT,
+ * implicit TLS on IMAPS_PORT).
  */
 import type { Runtime, Service } from '../core/runtime.ts';
 import { proxyProtocolFor } from '../core/net.ts';
-import { MailboxRpcClient } from '../mailbox-store/rpc.ts';
+import { mailboxAccess } from '../mailbox-store/access.ts';
 import { gauge } from '../core/metrics.ts';
 import { ProtocolTelemetry } from '../core/telemetry.ts';
 import { COMMANDS } from './commands/index.ts';
@@ -25,7 +26,7 @@ const telemetry = new ProtocolTelemetry('IMAP', [
 export async function start(rt: Runtime): Promise<Service> {
   const log = rt.logger.child({ service: 'imap' });
   const server = createImapServer({
-    mailbox: new MailboxRpcClient(rt.nats, rt.blobs),
+    mailbox: mailboxAccess(rt, log),
     // AUTH failures share SMTP's counters per IP and per account (SMTP_AUTH_FAILURES).
     auth: throttledAuthenticator(rt.directory, new Rates(rt.redis, rt.config.redisPrefix), {
       limit: rt.config.smtpAuthFailures,

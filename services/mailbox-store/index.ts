@@ -11,9 +11,8 @@ import { recordEvent } from '../core/events.ts';
 import { counter, histogram } from '../core/metrics.ts';
 import { MailboxError } from '../core/mailbox-api.ts';
 import { withStructure } from '../core/mime-structure.ts';
-import { MailboxStore } from './store.ts';
-import { changePublisher, serveRpc } from './rpc.ts';
-import { BlobRefs } from './blob-refs.ts';
+import { serveRpc } from './rpc.ts';
+import { storeReplica } from './access.ts';
 
 /** How often each replica copies reference stamps to the blob records, and sweeps unreferenced bodies. */
 const COLLECT_EVERY_MS = 2_000;
@@ -30,17 +29,7 @@ const endToEnd = histogram(
 export async function start(rt: Runtime): Promise<Service> {
   const { nats, logger } = rt;
   const log = logger.child({ service: 'mailbox-store' });
-  const refs = new BlobRefs(rt.redis, rt.config.redisPrefix, {
-    graceMs: rt.config.blobGcGrace,
-    deleteBody: (id) => rt.blobs.delete(id),
-    logger: log,
-  });
-  rt.blobs.onPut(refs.touch);
-  const store = new MailboxStore(rt.redis, rt.config.redisPrefix, rt.blobs, changePublisher(nats), {
-    limits: (user) => rt.directory.quotaOf(user),
-    journalMax: rt.config.mailboxJournalMax,
-    blobsChanged: refs.changed,
-  });
+  const { store, refs } = storeReplica(rt, log);
   const rpc = serveRpc(nats, store, log);
 
   // Background rounds, one at a time per replica; a failed round is logged and the next one retries.

@@ -41,6 +41,8 @@ export interface MailboxStoreOptions {
   journalMax?: number;
   /** Told of each user whose blob references changed (the blob collector's work list). */
   blobsChanged?: (user: string) => Promise<void>;
+  /** Where sessions hear of changes (the change subjects on NATS): for a store the front ends use directly. */
+  watch?: MailboxClient['watch'];
 }
 
 /** UIDs per script call and per page: bounds the time a script holds Redis and the size of a reply. */
@@ -769,7 +771,8 @@ export class MailboxStore implements MailboxClient {
     return this.#blobs.read(blob);
   }
 
-  watch(): Promise<() => void> {
-    throw new Error('watch is served by the NATS client, not the store');
+  watch(user: string, onChange: (change: MailboxChange) => void): Promise<() => void> {
+    if (!this.#options.watch) throw new Error('watch is served by the NATS client, not the store');
+    return this.#options.watch(user, onChange);
   }
 }

@@ -1,10 +1,11 @@
 /**
- * pop3: the POP3 service — the protocol core (server.ts) wired to the mailbox RPC, the directory,
- * maildrop leases in Redis and the TLS certificate (STLS on POP3_PORT, implicit TLS on POP3S_PORT).
+ * pop3: the POP3 service — the protocol core (server.ts) wired to the mailboxes (over RPC, or
+ * direct: MAILBOX_ACCESS), the directory, maildrop leases in Redis and the TLS certificate (STLS
+ * on POP3_PORT, implicit TLS on POP3S_PORT).
  */
 import type { Runtime, Service } from '../core/runtime.ts';
 import { proxyProtocolFor } from '../core/net.ts';
-import { MailboxRpcClient } from '../mailbox-store/rpc.ts';
+import { mailboxAccess } from '../mailbox-store/access.ts';
 import { RedisMaildropLock } from '../core/lock.ts';
 import { SpanKind } from '@opentelemetry/api';
 import { counter, gauge } from '../core/metrics.ts';
@@ -24,7 +25,7 @@ const telemetry = new ProtocolTelemetry('POP3', Object.keys(COMMANDS));
 export async function start(rt: Runtime): Promise<Service> {
   const log = rt.logger.child({ service: 'pop3' });
   const server = createPop3Server({
-    mailbox: new MailboxRpcClient(rt.nats, rt.blobs),
+    mailbox: mailboxAccess(rt, log),
     // AUTH failures share SMTP's counters per IP and per account (SMTP_AUTH_FAILURES).
     auth: throttledAuthenticator(rt.directory, new Rates(rt.redis, rt.config.redisPrefix), {
       limit: rt.config.smtpAuthFailures,

@@ -2,7 +2,8 @@
  * `postino up`, the embedded default, as a user starts it: the command starts its own nats-server
  * and redis-server, runs the seven services on one thread or spread over three
  * (services/core/threads.ts), and stops everything on SIGTERM. Mail goes in over SMTP and is read
- * over IMAP and POP3 in either layout; /readyz and /metrics answer for every thread.
+ * over IMAP and POP3 in either layout, with the mailboxes reached over RPC or directly
+ * (MAILBOX_ACCESS), and changes reach an IDLE session; /readyz and /metrics answer for every thread.
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
@@ -11,7 +12,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { startPostino, hashPassword } from '../../bench/reference/postino.ts';
 import { Pop3Client } from '../../bench/reference/clients.ts';
-import { submit, withImap } from '../helpers/clients.ts';
+import { imapClient, submit, withImap } from '../helpers/clients.ts';
 import { until } from '../helpers/servers.ts';
 
 const BOB = { user: 'bob@up.test', pass: 'bob-password' };
@@ -25,10 +26,15 @@ function samples(page: string, name: string): number[] {
     .map((l) => Number(l.slice(l.lastIndexOf(' ') + 1)));
 }
 
-for (const threads of [1, 3]) {
-  test(`postino up on ${threads} thread${threads === 1 ? '' : 's'}: mail in over SMTP, out over IMAP and POP3, clean stop`, async () => {
+// The default layout (three threads, the front ends running the store's scripts themselves) and
+// the cluster's way on one thread (mailbox RPC over NATS), both as `postino up`.
+for (const [threads, access] of [
+  [1, 'rpc'],
+  [3, 'direct'],
+] as const) {
+  test(`postino up on ${threads} thread${threads === 1 ? '' : 's'}, mailbox access ${access}: mail in over SMTP, out over IMAP and POP3, changes to every session, clean stop`, async () => {
     const dir = mkdtempSync(join(tmpdir(), 'postino-up-'));
-    const p = await startPostino(dir, { UP_THREADS: String(threads) });
+    const p = await startPostino(dir, { UP_THREADS: String(threads), MAILBOX_ACCESS: access });
     let stopped = false;
     try {
       const hash = await hashPassword(BOB.pass);
@@ -58,6 +64,38 @@ for (const threads of [1, 3]) {
         }),
       );
       assert.equal(subject, `threads ${threads}`);
+
+      // A second device, IDLE in the INBOX, hears of new mail and of a flag set on the first.
+      const idler = imapClient(p.imapPort, BOB);
+      await idler.connect();
+      try {
+        await idler.mailboxOpen('INBOX');
+        const heard: string[] = [];
+        idler.on('exists', (e: { count: number }) => heard.push(`exists ${e.count}`));
+        idler.on('flags', (e: { seq: number; flags: Set<string> }) =>
+          heard.push(`flags ${e.seq} ${[...e.flags].join(' ')}`),
+        );
+        void idler.idle();
+        await submit(
+          p.submissionPort,
+          { from: BOB.user, to: [BOB.user], subject: 'second', text: 'again\r\n' },
+          BOB,
+        );
+        await until(
+          'the IDLE session told of the new message',
+          async () => heard.includes('exists 2') || undefined,
+        );
+        await withImap(p.imapPort, BOB, async (c) => {
+          await c.mailboxOpen('INBOX');
+          await c.messageFlagsAdd('1', ['\\Seen']);
+        });
+        await until(
+          'the IDLE session told of the flag',
+          async () => heard.includes('flags 1 \\Seen') || undefined,
+        );
+      } finally {
+        await idler.logout();
+      }
       const stat = await until('the message over POP3', async () => {
         const pop = await Pop3Client.connect(p.pop3Port);
         try {
@@ -74,7 +112,7 @@ for (const threads of [1, 3]) {
       // CPU counter once.
       const page = await (await fetch(`http://127.0.0.1:${p.httpPort}/metrics`)).text();
       const acceptedTotal = samples(page, 'postino_smtp_messages_accepted_total').reduce((a, b) => a + b, 0);
-      assert.equal(acceptedTotal, 1, 'one message accepted, counted once');
+      assert.equal(acceptedTotal, 2, 'two messages accepted, each counted once');
       assert.equal(samples(page, 'postino_process_cpu_seconds_total').length, 1);
       const ready = await fetch(`http://127.0.0.1:${p.httpPort}/readyz`);
       assert.equal(ready.status, 200);

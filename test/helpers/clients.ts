@@ -21,12 +21,9 @@ export function submit(port: number, mail: Mail, auth = ALICE) {
 }
 
 /** Runs `fn` with an imapflow client logged in on the IMAP `port` as `auth`, and logs out after. */
-export async function withImap<T>(
-  port: number,
-  auth: { user: string; pass: string },
-  fn: (client: ImapFlow) => Promise<T>,
-): Promise<T> {
-  const client = new ImapFlow({
+/** An imapflow client for a test instance, not yet connected. */
+export function imapClient(port: number, auth: { user: string; pass: string }): ImapFlow {
+  return new ImapFlow({
     host: '127.0.0.1',
     port,
     secure: false,
@@ -35,6 +32,14 @@ export async function withImap<T>(
     auth,
     logger: false,
   });
+}
+
+export async function withImap<T>(
+  port: number,
+  auth: { user: string; pass: string },
+  fn: (client: ImapFlow) => Promise<T>,
+): Promise<T> {
+  const client = imapClient(port, auth);
   await client.connect();
   try {
     return await fn(client);
