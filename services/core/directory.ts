@@ -105,11 +105,25 @@ export interface DirectoryOptions {
   verify?: (password: string, stored: string) => Promise<boolean>;
 }
 
+/** Longest a routing answer is kept without hearing of a change (a write made outside this class). */
+export const ROUTE_CACHE_TTL_MS = 60_000;
+/** Routing answers remembered at most (all forgotten at once past it). */
+const ROUTE_CACHE_MAX = 100_000;
+
 export class Directory implements Authenticator {
   readonly #redis: Redis;
   readonly #p: string;
   readonly #logins: LoginCache;
   readonly #verify: (password: string, stored: string) => Promise<boolean>;
+  /**
+   * Routing answers (isLocalDomain, resolveRecipient) while this directory follows the changes
+   * channel (followChanges): every write below announces itself there, and any announcement
+   * forgets them all. `#generation` counts forgettings: an answer read across one is not kept.
+   */
+  readonly #routes = new Map<string, { at: number; value: unknown }>();
+  #generation = 0;
+  #following = false;
+  #subscriber: Redis | null = null;
 
   constructor(redis: Redis, prefix: string, options: DirectoryOptions = {}) {
     this.#redis = redis;
@@ -140,17 +154,85 @@ export class Directory implements Authenticator {
     return `${this.#p}dir:${parts.join(':')}`;
   }
 
+  /**
+   * Keeps routing answers in memory until the directory changes: every write of this class
+   * publishes on `P dir:changed`, to which `subscriber` (a connection of its own, handed over)
+   * subscribes. Nothing is kept while it is not subscribed (connecting, or reconnecting after a
+   * loss in which announcements may have been missed), nor for longer than ROUTE_CACHE_TTL_MS.
+   */
+  async followChanges(subscriber: Redis): Promise<void> {
+    this.#subscriber = subscriber;
+    const channel = this.#k('changed');
+    const subscribe = async () => {
+      await subscriber.subscribe(channel);
+      this.#forget();
+      this.#following = true;
+    };
+    subscriber.on('message', (ch: string) => {
+      if (ch === channel) this.#forget();
+    });
+    subscriber.on('close', () => {
+      this.#following = false;
+      this.#forget();
+    });
+    subscriber.on('ready', () => void subscribe().catch(() => undefined));
+    if (subscriber.status !== 'ready') await subscriber.connect();
+    await subscribe();
+  }
+
+  /** Stops following changes (and keeping answers). */
+  close(): void {
+    this.#following = false;
+    this.#forget();
+    this.#subscriber?.disconnect();
+    this.#subscriber = null;
+  }
+
+  #forget(): void {
+    this.#generation++;
+    this.#routes.clear();
+  }
+
+  async #cached<T>(key: string, load: () => Promise<T>): Promise<T> {
+    if (!this.#following) return load();
+    const now = Date.now();
+    const hit = this.#routes.get(key);
+    if (hit && now - hit.at < ROUTE_CACHE_TTL_MS) return hit.value as T;
+    const generation = this.#generation;
+    const value = await load();
+    if (this.#following && generation === this.#generation) {
+      if (this.#routes.size >= ROUTE_CACHE_MAX) this.#routes.clear();
+      this.#routes.set(key, { at: now, value });
+    }
+    return value;
+  }
+
+  /** Runs a write, then tells every follower (even when the write failed half way). */
+  async #write<T>(write: () => Promise<T>): Promise<T> {
+    // This process never reads its own writes stale: it forgets before and after, at once.
+    this.#forget();
+    try {
+      return await write();
+    } finally {
+      this.#forget();
+      // Best effort: followers that miss it keep their answers for ROUTE_CACHE_TTL_MS at most.
+      await this.#redis.publish(this.#k('changed'), '1').catch(() => undefined);
+    }
+  }
+
   async addDomain(name: string): Promise<string> {
-    const domain = name.trim().toLowerCase().replace(/\.$/, '');
-    if (!validDomain(domain))
-      throw new DirectoryError('INVALID', `not a valid domain name: ${JSON.stringify(name)}`);
-    if (await this.isLocalDomain(domain))
-      throw new DirectoryError('EXISTS', `domain ${domain} already exists`);
-    // Metadata first, then the authoritative membership (see the header: Redis Cluster).
-    await this.#redis.hsetnx(this.#k('domain', domain), 'createdAt', String(Date.now()));
-    if ((await this.#redis.sadd(this.#k('domains'), domain)) === 0)
-      throw new DirectoryError('EXISTS', `domain ${domain} already exists`);
-    return domain;
+    return this.#write(async () => {
+      const domain = name.trim().toLowerCase().replace(/\.$/, '');
+      if (!validDomain(domain))
+        throw new DirectoryError('INVALID', `not a valid domain name: ${JSON.stringify(name)}`);
+      if (await this.isLocalDomain(domain))
+        throw new DirectoryError('EXISTS', `domain ${domain} already exists`);
+      // Metadata first, then the authoritative membership (see the header: Redis Cluster).
+      await this.#redis.hsetnx(this.#k('domain', domain), 'createdAt', String(Date.now()));
+      if ((await this.#redis.sadd(this.#k('domains'), domain)) === 0)
+        throw new DirectoryError('EXISTS', `domain ${domain} already exists`);
+      return domain;
+    });
   }
 
   /**
@@ -159,20 +241,22 @@ export class Directory implements Authenticator {
    * crash finishes the job (and answers NOT_FOUND only when nothing was left).
    */
   async removeDomain(name: string): Promise<void> {
-    const domain = name.trim().toLowerCase().replace(/\.$/, '');
-    const users = await this.#liveMembers(this.#k('users', domain), (a) => this.#k('user', a), 'password');
-    if (users.length > 0) {
-      throw new DirectoryError('NOT_EMPTY', `domain ${domain} still has users; remove them first`);
-    }
-    const hosted = (await this.#redis.srem(this.#k('domains'), domain)) === 1;
-    let left = 0;
-    for (const a of await this.#redis.smembers(this.#k('aliases', domain))) {
-      left += await this.#redis.del(this.#k('alias', a));
-      await this.#redis.srem(this.#k('aliases', domain), a);
-    }
-    for (const key of ['users', 'aliases', 'domain', 'domalias', 'dkim'])
-      left += await this.#redis.del(this.#k(key, domain));
-    if (!hosted && left === 0) throw new DirectoryError('NOT_FOUND', `no domain ${domain}`);
+    return this.#write(async () => {
+      const domain = name.trim().toLowerCase().replace(/\.$/, '');
+      const users = await this.#liveMembers(this.#k('users', domain), (a) => this.#k('user', a), 'password');
+      if (users.length > 0) {
+        throw new DirectoryError('NOT_EMPTY', `domain ${domain} still has users; remove them first`);
+      }
+      const hosted = (await this.#redis.srem(this.#k('domains'), domain)) === 1;
+      let left = 0;
+      for (const a of await this.#redis.smembers(this.#k('aliases', domain))) {
+        left += await this.#redis.del(this.#k('alias', a));
+        await this.#redis.srem(this.#k('aliases', domain), a);
+      }
+      for (const key of ['users', 'aliases', 'domain', 'domalias', 'dkim'])
+        left += await this.#redis.del(this.#k(key, domain));
+      if (!hosted && left === 0) throw new DirectoryError('NOT_FOUND', `no domain ${domain}`);
+    });
   }
 
   /** Members of an index SET whose entry exists (a crash may leave a member without it). */
@@ -232,29 +316,33 @@ export class Directory implements Authenticator {
   }
 
   async isLocalDomain(domain: string): Promise<boolean> {
-    return (await this.#redis.sismember(this.#k('domains'), domain.toLowerCase().replace(/\.$/, ''))) === 1;
+    const d = domain.toLowerCase().replace(/\.$/, '');
+    return this.#cached(`d:${d}`, async () => (await this.#redis.sismember(this.#k('domains'), d)) === 1);
   }
 
   async addUser(address: string, password: string): Promise<string> {
-    const addr = canonicalAddress(address);
-    const p = parseAddress(addr);
-    if (!p || !LOCAL_RE.test(p.local))
-      throw new DirectoryError('INVALID', `not a valid address: ${JSON.stringify(address)}`);
-    if (!(await this.isLocalDomain(p.domain))) {
-      throw new DirectoryError('NOT_FOUND', `domain ${p.domain} is not hosted here; add it first`);
-    }
-    if (password.length < 8) throw new DirectoryError('INVALID', 'password must have at least 8 characters');
-    const hash = await hashPassword(password);
-    // The index first, then the user in one single-key script (see the header: Redis Cluster).
-    await this.#redis.sadd(this.#k('users', p.domain), addr);
-    const fields = { password: hash, createdAt: String(Date.now()), quota: '0', disabled: '0' };
-    const created = await this.#script(
-      'dirCreateUser',
-      this.#k('user', addr),
-      ...Object.entries(fields).flat(),
-    );
-    if (created === 0) throw new DirectoryError('EXISTS', `user ${addr} already exists`);
-    return addr;
+    return this.#write(async () => {
+      const addr = canonicalAddress(address);
+      const p = parseAddress(addr);
+      if (!p || !LOCAL_RE.test(p.local))
+        throw new DirectoryError('INVALID', `not a valid address: ${JSON.stringify(address)}`);
+      if (!(await this.isLocalDomain(p.domain))) {
+        throw new DirectoryError('NOT_FOUND', `domain ${p.domain} is not hosted here; add it first`);
+      }
+      if (password.length < 8)
+        throw new DirectoryError('INVALID', 'password must have at least 8 characters');
+      const hash = await hashPassword(password);
+      // The index first, then the user in one single-key script (see the header: Redis Cluster).
+      await this.#redis.sadd(this.#k('users', p.domain), addr);
+      const fields = { password: hash, createdAt: String(Date.now()), quota: '0', disabled: '0' };
+      const created = await this.#script(
+        'dirCreateUser',
+        this.#k('user', addr),
+        ...Object.entries(fields).flat(),
+      );
+      if (created === 0) throw new DirectoryError('EXISTS', `user ${addr} already exists`);
+      return addr;
+    });
   }
 
   async setPassword(address: string, password: string): Promise<void> {
@@ -267,11 +355,13 @@ export class Directory implements Authenticator {
 
   /** Removes a user: the record first (no more logins or mail), then its index entry, even on a retry. */
   async removeUser(address: string): Promise<void> {
-    const addr = canonicalAddress(address);
-    const p = parseAddress(addr);
-    const removed = await this.#redis.del(this.#k('user', addr));
-    const unlisted = p ? await this.#redis.srem(this.#k('users', p.domain), addr) : 0;
-    if (!removed && !unlisted) throw new DirectoryError('NOT_FOUND', `no user ${addr}`);
+    return this.#write(async () => {
+      const addr = canonicalAddress(address);
+      const p = parseAddress(addr);
+      const removed = await this.#redis.del(this.#k('user', addr));
+      const unlisted = p ? await this.#redis.srem(this.#k('users', p.domain), addr) : 0;
+      if (!removed && !unlisted) throw new DirectoryError('NOT_FOUND', `no user ${addr}`);
+    });
   }
 
   async listUsers(domain?: string): Promise<UserRecord[]> {
@@ -308,51 +398,55 @@ export class Directory implements Authenticator {
 
   /** Adds an alias (or adds targets to it): an address of a hosted domain that delivers to the targets. */
   async addAlias(alias: string, targets: string[]): Promise<string> {
-    const addr = canonicalAddress(alias);
-    const p = parseAddress(addr);
-    if (!p || !LOCAL_RE.test(p.local))
-      throw new DirectoryError('INVALID', `not a valid address: ${JSON.stringify(alias)}`);
-    if (!(await this.isLocalDomain(p.domain)))
-      throw new DirectoryError('NOT_FOUND', `domain ${p.domain} is not hosted here`);
-    if (await this.#redis.hexists(this.#k('user', addr), 'password')) {
-      throw new DirectoryError('EXISTS', `${addr} is a user; an alias cannot have the same address`);
-    }
-    const clean = targets.map((t) => t.trim()).filter(Boolean);
-    if (clean.length === 0 || clean.some((t) => !parseAddress(t))) {
-      throw new DirectoryError('INVALID', 'an alias needs one or more target addresses');
-    }
-    const wanted = [...new Set(clean.map(canonicalAddress))];
-    const had = new Set(await this.#redis.smembers(this.#k('alias', addr)));
-    const added = wanted.filter((t) => !had.has(t));
-    // The index first, then the targets (see the header: Redis Cluster). A crash before the loop
-    // check below leaves a looping alias, which routing refuses (5.4.6); the retry removes it.
-    await this.#redis.sadd(this.#k('aliases', p.domain), addr);
-    await this.#redis.sadd(this.#k('alias', addr), ...wanted);
-    // Refuse what would loop back to itself with no mailbox at the end: only the targets added
-    // now are taken back, the alias keeps the ones it had.
-    const undo = async () => {
-      if (added.length > 0) await this.#redis.srem(this.#k('alias', addr), ...added);
-      if (!(await this.#redis.exists(this.#k('alias', addr))))
-        await this.#redis.srem(this.#k('aliases', p.domain), addr);
-    };
-    const exp = await this.resolveRecipient(addr).catch(async (err: unknown) => {
-      await undo();
-      throw err;
+    return this.#write(async () => {
+      const addr = canonicalAddress(alias);
+      const p = parseAddress(addr);
+      if (!p || !LOCAL_RE.test(p.local))
+        throw new DirectoryError('INVALID', `not a valid address: ${JSON.stringify(alias)}`);
+      if (!(await this.isLocalDomain(p.domain)))
+        throw new DirectoryError('NOT_FOUND', `domain ${p.domain} is not hosted here`);
+      if (await this.#redis.hexists(this.#k('user', addr), 'password')) {
+        throw new DirectoryError('EXISTS', `${addr} is a user; an alias cannot have the same address`);
+      }
+      const clean = targets.map((t) => t.trim()).filter(Boolean);
+      if (clean.length === 0 || clean.some((t) => !parseAddress(t))) {
+        throw new DirectoryError('INVALID', 'an alias needs one or more target addresses');
+      }
+      const wanted = [...new Set(clean.map(canonicalAddress))];
+      const had = new Set(await this.#redis.smembers(this.#k('alias', addr)));
+      const added = wanted.filter((t) => !had.has(t));
+      // The index first, then the targets (see the header: Redis Cluster). A crash before the loop
+      // check below leaves a looping alias, which routing refuses (5.4.6); the retry removes it.
+      await this.#redis.sadd(this.#k('aliases', p.domain), addr);
+      await this.#redis.sadd(this.#k('alias', addr), ...wanted);
+      // Refuse what would loop back to itself with no mailbox at the end: only the targets added
+      // now are taken back, the alias keeps the ones it had.
+      const undo = async () => {
+        if (added.length > 0) await this.#redis.srem(this.#k('alias', addr), ...added);
+        if (!(await this.#redis.exists(this.#k('alias', addr))))
+          await this.#redis.srem(this.#k('aliases', p.domain), addr);
+      };
+      const exp = await this.resolveRecipient(addr).catch(async (err: unknown) => {
+        await undo();
+        throw err;
+      });
+      if (exp && exp.users.length === 0 && exp.external.length === 0) {
+        await undo();
+        throw new DirectoryError('LOOP', `alias ${addr} leads to no mailbox`);
+      }
+      return addr;
     });
-    if (exp && exp.users.length === 0 && exp.external.length === 0) {
-      await undo();
-      throw new DirectoryError('LOOP', `alias ${addr} leads to no mailbox`);
-    }
-    return addr;
   }
 
   /** Removes an alias: its targets first (no more mail), then its index entry, even on a retry. */
   async removeAlias(alias: string): Promise<void> {
-    const addr = canonicalAddress(alias);
-    const p = parseAddress(addr);
-    const removed = await this.#redis.del(this.#k('alias', addr));
-    const unlisted = p ? await this.#redis.srem(this.#k('aliases', p.domain), addr) : 0;
-    if (!removed && !unlisted) throw new DirectoryError('NOT_FOUND', `no alias ${addr}`);
+    return this.#write(async () => {
+      const addr = canonicalAddress(alias);
+      const p = parseAddress(addr);
+      const removed = await this.#redis.del(this.#k('alias', addr));
+      const unlisted = p ? await this.#redis.srem(this.#k('aliases', p.domain), addr) : 0;
+      if (!removed && !unlisted) throw new DirectoryError('NOT_FOUND', `no alias ${addr}`);
+    });
   }
 
   async listAliases(domain?: string): Promise<{ alias: string; targets: string[] }[]> {
@@ -370,26 +464,30 @@ export class Directory implements Authenticator {
 
   /** Sets (or with '' clears) the catch-all of a hosted domain: where mail to unknown local parts goes. */
   async setCatchAll(domain: string, target: string): Promise<void> {
-    const d = domain.trim().toLowerCase();
-    if (!(await this.isLocalDomain(d))) throw new DirectoryError('NOT_FOUND', `no domain ${d}`);
-    if (target && !parseAddress(target))
-      throw new DirectoryError('INVALID', `not a valid address: ${JSON.stringify(target)}`);
-    if (target) await this.#redis.hset(this.#k('domain', d), 'catchAll', canonicalAddress(target));
-    else await this.#redis.hdel(this.#k('domain', d), 'catchAll');
+    return this.#write(async () => {
+      const d = domain.trim().toLowerCase();
+      if (!(await this.isLocalDomain(d))) throw new DirectoryError('NOT_FOUND', `no domain ${d}`);
+      if (target && !parseAddress(target))
+        throw new DirectoryError('INVALID', `not a valid address: ${JSON.stringify(target)}`);
+      if (target) await this.#redis.hset(this.#k('domain', d), 'catchAll', canonicalAddress(target));
+      else await this.#redis.hdel(this.#k('domain', d), 'catchAll');
+    });
   }
 
   /** Makes `alias` a domain alias of the hosted domain `target`: x@alias is delivered as x@target. */
   async addDomainAlias(alias: string, target: string): Promise<void> {
-    const a = alias.trim().toLowerCase();
-    const t = target.trim().toLowerCase();
-    if (!validDomain(a))
-      throw new DirectoryError('INVALID', `not a valid domain name: ${JSON.stringify(alias)}`);
-    if (!(await this.isLocalDomain(t))) throw new DirectoryError('NOT_FOUND', `no domain ${t}`);
-    if ((await this.#liveMembers(this.#k('users', a), (u) => this.#k('user', u), 'password')).length > 0)
-      throw new DirectoryError('NOT_EMPTY', `domain ${a} has users`);
-    // The target first, then the membership that makes the alias domain hosted (Redis Cluster).
-    await this.#redis.set(this.#k('domalias', a), t);
-    await this.#redis.sadd(this.#k('domains'), a);
+    return this.#write(async () => {
+      const a = alias.trim().toLowerCase();
+      const t = target.trim().toLowerCase();
+      if (!validDomain(a))
+        throw new DirectoryError('INVALID', `not a valid domain name: ${JSON.stringify(alias)}`);
+      if (!(await this.isLocalDomain(t))) throw new DirectoryError('NOT_FOUND', `no domain ${t}`);
+      if ((await this.#liveMembers(this.#k('users', a), (u) => this.#k('user', u), 'password')).length > 0)
+        throw new DirectoryError('NOT_EMPTY', `domain ${a} has users`);
+      // The target first, then the membership that makes the alias domain hosted (Redis Cluster).
+      await this.#redis.set(this.#k('domalias', a), t);
+      await this.#redis.sadd(this.#k('domains'), a);
+    });
   }
 
   /**
@@ -397,7 +495,11 @@ export class Directory implements Authenticator {
    * Returns null when the address does not exist here (550 5.1.1 at RCPT).
    * Throws DirectoryError('LOOP') when aliases loop or nest too deep.
    */
-  async resolveRecipient(address: string): Promise<Expansion | null> {
+  resolveRecipient(address: string): Promise<Expansion | null> {
+    return this.#cached(`r:${address}`, () => this.#resolve(address));
+  }
+
+  async #resolve(address: string): Promise<Expansion | null> {
     const users = new Set<string>();
     const external = new Set<string>();
     const seen = new Set<string>();
@@ -504,51 +606,54 @@ export class Directory implements Authenticator {
     /** Entries refused: which list and the position in it. */
     errors: { kind: 'domain' | 'user'; index: number; error: string }[];
   }> {
-    const errors: { kind: 'domain' | 'user'; index: number; error: string }[] = [];
-    const domains: string[] = [];
-    for (const [index, name] of batch.domains.entries()) {
-      const d = name.trim().toLowerCase().replace(/\.$/, '');
-      if (validDomain(d)) domains.push(d);
-      else errors.push({ kind: 'domain', index, error: `not a valid domain name: ${JSON.stringify(name)}` });
-    }
-    const now = String(Date.now());
-    await Promise.all(domains.map((d) => this.#redis.hsetnx(this.#k('domain', d), 'createdAt', now)));
-    const added = await Promise.all(domains.map((d) => this.#redis.sadd(this.#k('domains'), d)));
-    const domainsAdded = added.filter((n) => n === 1).length;
+    return this.#write(async () => {
+      const errors: { kind: 'domain' | 'user'; index: number; error: string }[] = [];
+      const domains: string[] = [];
+      for (const [index, name] of batch.domains.entries()) {
+        const d = name.trim().toLowerCase().replace(/\.$/, '');
+        if (validDomain(d)) domains.push(d);
+        else
+          errors.push({ kind: 'domain', index, error: `not a valid domain name: ${JSON.stringify(name)}` });
+      }
+      const now = String(Date.now());
+      await Promise.all(domains.map((d) => this.#redis.hsetnx(this.#k('domain', d), 'createdAt', now)));
+      const added = await Promise.all(domains.map((d) => this.#redis.sadd(this.#k('domains'), d)));
+      const domainsAdded = added.filter((n) => n === 1).length;
 
-    const users: { index: number; addr: string; domain: string; hash: string; quota: number }[] = [];
-    for (const [index, u] of batch.users.entries()) {
-      const addr = canonicalAddress(u.address);
-      const p = parseAddress(addr);
-      if (!p || !LOCAL_RE.test(p.local))
-        errors.push({ kind: 'user', index, error: `not a valid address: ${JSON.stringify(u.address)}` });
-      else if (!PASSWORD_HASH_RE.test(u.passwordHash))
-        errors.push({ kind: 'user', index, error: 'passwordHash must be a $scrypt$ hash' });
-      else users.push({ index, addr, domain: p.domain, hash: u.passwordHash, quota: u.quota ?? 0 });
-    }
-    const userDomains = [...new Set(users.map((u) => u.domain))];
-    const hosted = await Promise.all(userDomains.map((d) => this.isLocalDomain(d)));
-    const unhosted = new Set(userDomains.filter((_, i) => !hosted[i]));
-    const ready = users.filter((u) => {
-      if (!unhosted.has(u.domain)) return true;
-      errors.push({
-        kind: 'user',
-        index: u.index,
-        error: `domain ${u.domain} is not hosted here; add it first`,
+      const users: { index: number; addr: string; domain: string; hash: string; quota: number }[] = [];
+      for (const [index, u] of batch.users.entries()) {
+        const addr = canonicalAddress(u.address);
+        const p = parseAddress(addr);
+        if (!p || !LOCAL_RE.test(p.local))
+          errors.push({ kind: 'user', index, error: `not a valid address: ${JSON.stringify(u.address)}` });
+        else if (!PASSWORD_HASH_RE.test(u.passwordHash))
+          errors.push({ kind: 'user', index, error: 'passwordHash must be a $scrypt$ hash' });
+        else users.push({ index, addr, domain: p.domain, hash: u.passwordHash, quota: u.quota ?? 0 });
+      }
+      const userDomains = [...new Set(users.map((u) => u.domain))];
+      const hosted = await Promise.all(userDomains.map((d) => this.isLocalDomain(d)));
+      const unhosted = new Set(userDomains.filter((_, i) => !hosted[i]));
+      const ready = users.filter((u) => {
+        if (!unhosted.has(u.domain)) return true;
+        errors.push({
+          kind: 'user',
+          index: u.index,
+          error: `domain ${u.domain} is not hosted here; add it first`,
+        });
+        return false;
       });
-      return false;
-    });
-    await Promise.all(ready.map((u) => this.#redis.sadd(this.#k('users', u.domain), u.addr)));
-    const created = await Promise.all(
-      ready.map((u) =>
-        this.#script(
-          'dirCreateUser',
-          this.#k('user', u.addr),
-          ...['password', u.hash, 'createdAt', now, 'quota', String(u.quota), 'disabled', '0'],
+      await Promise.all(ready.map((u) => this.#redis.sadd(this.#k('users', u.domain), u.addr)));
+      const created = await Promise.all(
+        ready.map((u) =>
+          this.#script(
+            'dirCreateUser',
+            this.#k('user', u.addr),
+            ...['password', u.hash, 'createdAt', now, 'quota', String(u.quota), 'disabled', '0'],
+          ),
         ),
-      ),
-    );
-    return { domainsAdded, usersAdded: created.filter((n) => n === 1).length, errors };
+      );
+      return { domainsAdded, usersAdded: created.filter((n) => n === 1).length, errors };
+    });
   }
 
   /** Stores the DKIM signing key of a hosted domain (P dir:dkim:<d> HASH selector, privateKey, publicKey, createdAt). */

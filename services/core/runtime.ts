@@ -118,6 +118,9 @@ export async function startRuntime(
     },
     logger,
   );
+  const directory = new Directory(redis, config.redisPrefix, { loginCacheTtlMs: config.authCacheTtl });
+  // Routing answers stay in memory until an admin write announces a change (core/directory.ts).
+  await directory.followChanges(redis.duplicate());
   return {
     tls,
     config,
@@ -125,7 +128,7 @@ export async function startRuntime(
     nats,
     redis,
     blobs,
-    directory: new Directory(redis, config.redisPrefix, { loginCacheTtlMs: config.authCacheTtl }),
+    directory,
     health,
     http,
     node,
@@ -166,6 +169,7 @@ async function stopAll(rt: Runtime, started: { name: string; svc: Service }[]): 
   await rt.http.close();
   rt.tls.close();
   await rt.nats.nc.drain().catch(() => rt.nats.nc.close());
+  rt.directory.close();
   rt.redis.disconnect();
   await stopTelemetry();
 }

@@ -8,7 +8,7 @@
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { pino } from 'pino';
-import { REDIS_BACKENDS, startRedisBackend } from '../helpers/servers.ts';
+import { REDIS_BACKENDS, startRedisBackend, until } from '../helpers/servers.ts';
 import { connectRedis, type Redis } from '../../services/core/redis.ts';
 import { Directory } from '../../services/core/directory.ts';
 
@@ -131,6 +131,51 @@ for (const backend of REDIS_BACKENDS) {
       // No longer hosted: mail for it goes out like any remote recipient's.
       assert.deepEqual(await expand('bob@example.org'), { users: [], external: ['bob@example.org'] });
       assert.equal((await dir.resolveRecipient('bob@example.org'))?.hosted, false);
+    });
+
+    test('a follower keeps routing answers until a write anywhere announces a change', async () => {
+      // Another replica's directory, following the changes channel on a connection of its own.
+      const follower = new Directory(redis, 'd:');
+      await follower.followChanges(redis.duplicate());
+      try {
+        assert.equal(await follower.resolveRecipient('dave@example.test'), null);
+        assert.equal(await follower.isLocalDomain('new.test'), false);
+        await dir.addUser('dave@example.test', 'dave-password');
+        await dir.addDomain('new.test');
+        await until('the follower to hear of the new user', async () =>
+          (await follower.resolveRecipient('dave@example.test'))?.users.includes('dave@example.test'),
+        );
+        assert.equal(await follower.isLocalDomain('new.test'), true);
+        // The announcements of both writes in (they may land after the reads above), the answer
+        // read again is kept: a change made behind the directory's back (no announcement) is not
+        // seen...
+        await new Promise((r) => setTimeout(r, 300));
+        assert.equal((await follower.resolveRecipient('dave@example.test'))?.hosted, true);
+        await redis.del('d:dir:user:dave@example.test');
+        assert.deepEqual((await follower.resolveRecipient('dave@example.test'))?.users, [
+          'dave@example.test',
+        ]);
+        // ...until any announced write makes every follower forget.
+        await dir.removeDomain('new.test');
+        await until('the follower to forget', async () =>
+          (await follower.resolveRecipient('dave@example.test')) === null ? true : undefined,
+        );
+        assert.equal(await follower.isLocalDomain('new.test'), false);
+        if (backend === 'single redis-server') {
+          // A lost subscription may have missed announcements: after it, nothing old is used.
+          await dir.addUser('dave@example.test', 'dave-password');
+          await until('the follower to hear of dave again', async () =>
+            (await follower.resolveRecipient('dave@example.test')) ? true : undefined,
+          );
+          await redis.del('d:dir:user:dave@example.test');
+          await redis.call('CLIENT', 'KILL', 'TYPE', 'pubsub');
+          await until('the follower to drop what it kept', async () =>
+            (await follower.resolveRecipient('dave@example.test')) === null ? true : undefined,
+          );
+        }
+      } finally {
+        follower.close();
+      }
     });
 
     test('passwords are stored hashed and checked in constant form', async () => {
