@@ -78,6 +78,32 @@ export interface SummaryPage {
   modseq: number;
 }
 
+/** The summaries in ascending UID order (unchanged when they are already). */
+export function sortSummaries(s: Summaries): Summaries {
+  let sorted = true;
+  for (let i = 1; i < s.length && sorted; i++) sorted = (s.uids[i - 1] as number) < (s.uids[i] as number);
+  if (sorted) return s;
+  const order = Array.from({ length: s.length }, (_, i) => i).sort(
+    (a, b) => (s.uids[a] as number) - (s.uids[b] as number),
+  );
+  const out: Summaries = {
+    length: s.length,
+    uids: new Uint32Array(s.length),
+    modseqs: new Float64Array(s.length),
+    sizes: new Float64Array(s.length),
+    internalDates: new Float64Array(s.length),
+    flags: new Array<readonly string[]>(s.length),
+  };
+  order.forEach((from, to) => {
+    out.uids[to] = s.uids[from] as number;
+    out.modseqs[to] = s.modseqs[from] as number;
+    out.sizes[to] = s.sizes[from] as number;
+    out.internalDates[to] = s.internalDates[from] as number;
+    out.flags[to] = s.flags[from] as readonly string[];
+  });
+  return out;
+}
+
 /**
  * Parses packed summaries: rows `uid modseq size idate flags` joined by LF, flags space-separated
  * atoms (the store's summary index, carried as is over the RPC). Identical flags share one array.

@@ -299,6 +299,24 @@ return { folder_reply(fid), table.concat(rows, '\\n') }
 `;
 
 /**
+ * ARGV: uidvalidity, folder, most messages. Every summary of a folder at once, in one atomic read
+ * (SELECT of a whole folder): {folder, packed} with the rows in the index's own order (not by
+ * UID: the caller sorts), or {folder, false} when the index is not in step with the folder or the
+ * folder holds more than `most` messages, and the caller reads it in pages (SUMMARIES). One HVALS
+ * of the index instead of a range of UIDs and an HMGET of them page by page: a 20,000-message
+ * folder is one call of a few milliseconds.
+ */
+export const SUMMARIES_ALL = `${COMMON}
+ensure(ARGV[1])
+local fid = folder_id(ARGV[2])
+if not fid then return redis.error_reply('NONEXISTENT no such folder') end
+local fk = K .. ':f:' .. fid
+local f = redis.call('HMGET', fk, 'modseq', 'sumseq', 'exists')
+if f[1] ~= f[2] or tonumber(f[3] or '0') > tonumber(ARGV[3]) then return { folder_reply(fid), false } end
+return { folder_reply(fid), table.concat(redis.call('HVALS', fk .. ':sum'), '\\n') }
+`;
+
+/**
  * ARGV: uidvalidity, folder, modseq, limit, uid... CONDSTORE CHANGEDSINCE (RFC 7162 3.1.4.1).
  * Without uids, one page in MODSEQ order (MODSEQs are unique per message, so the next page starts
  * above the last one returned); with uids, those among them changed since. Returns {row...}.

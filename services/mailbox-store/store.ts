@@ -18,6 +18,7 @@ import {
   type MessagesOptions,
   type SummaryPage,
   parseSummaries as parseSummaryColumns,
+  sortSummaries,
 } from '../core/mailbox-api.ts';
 import { canonicalAddress } from '../core/address.ts';
 import { checkStructure, structureOf } from '../core/mime-structure.ts';
@@ -47,6 +48,8 @@ export interface MailboxStoreOptions {
 
 /** UIDs per script call and per page: bounds the time a script holds Redis and the size of a reply. */
 export const BATCH = 1000;
+/** Folders up to this many messages are read whole, in one call, by summaries() of their full range. */
+const WHOLE_MAX = 100_000;
 /** Messages per page and per script call for summaries (about 40 octets each; one HMGET of them all, and Lua unpacks at most ~8,000 arguments). */
 export const SUMMARY_BATCH = 5000;
 /** Octets of summaries per page: a page stays well under NATS max_payload (1 MiB by default). */
@@ -62,6 +65,7 @@ const SCRIPTS = {
   mboxMessages: S.MESSAGES,
   mboxRange: S.MESSAGES_RANGE,
   mboxSummaries: S.SUMMARIES,
+  mboxSummariesAll: S.SUMMARIES_ALL,
   mboxChanged: S.CHANGED,
   mboxExpunged: S.EXPUNGED,
   mboxUsage: S.USAGE,
@@ -358,6 +362,19 @@ export class MailboxStore implements MailboxClient {
       const r = await this.packedSummaries(user, folder, range);
       // Batches read at different times: no lower bound claimed.
       return { folder: r.folder, summaries: parseSummaryColumns(r.packed), modseq: 0 };
+    }
+    if (range.first <= 1 && range.last >= 0xffffffff) {
+      // A whole folder (SELECT): one atomic read when it is not too big.
+      const [f, packed] = await this.#runBytes('mboxSummariesAll', user, checkFolderName(folder), WHOLE_MAX);
+      const info = toFolder(f as Reply);
+      if (packed !== null && packed !== undefined) {
+        const bytes = Buffer.isBuffer(packed) ? packed : Buffer.from(text(packed as Reply[number]));
+        return {
+          folder: info,
+          summaries: sortSummaries(parseSummaryColumns(bytes)),
+          modseq: info.highestModseq,
+        };
+      }
     }
     const parts: Buffer[] = [];
     let info: FolderInfo | undefined;

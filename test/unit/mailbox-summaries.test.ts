@@ -75,7 +75,9 @@ describe('message summaries', () => {
       assert.deepEqual(got.messages.map(summaryOf), full, how);
       for (const m of got.messages) assert.equal(m.blob, '', `${how}: no blob reference in a summary`);
     }
-    // In columns (packed rows over the RPC): the same, whole, by range and by UIDs.
+    // In columns (packed rows over the RPC): the same, whole, by range and by UIDs. The store reads
+    // a whole folder in one call, in the index's own order, and sorts it (a hash table past a few
+    // hundred entries: no order at all); the RPC pages it.
     const last = uids.at(-1) ?? 1;
     const mid = uids[Math.floor(uids.length / 2)] ?? 1;
     for (const [how, range, want] of [
