@@ -78,14 +78,38 @@ export interface SummaryPage {
   modseq: number;
 }
 
+/**
+ * The positions of `uids` (distinct) in ascending order. UIDs of a folder are mostly dense: they
+ * are then placed by value in one pass; sparse ones are sorted.
+ */
+function ascendingOrder(uids: Uint32Array, n: number): Uint32Array {
+  let min = Infinity;
+  let max = 0;
+  for (let i = 0; i < n; i++) {
+    const u = uids[i] as number;
+    if (u < min) min = u;
+    if (u > max) max = u;
+  }
+  const span = max - min + 1;
+  if (n === 0 || span > 4 * n) {
+    return Uint32Array.from({ length: n }, (_, i) => i).sort(
+      (a, b) => (uids[a] as number) - (uids[b] as number),
+    );
+  }
+  const at = new Int32Array(span).fill(-1);
+  for (let i = 0; i < n; i++) at[(uids[i] as number) - min] = i;
+  const order = new Uint32Array(n);
+  let k = 0;
+  for (let v = 0; v < span; v++) if ((at[v] as number) >= 0) order[k++] = at[v] as number;
+  return order;
+}
+
 /** The summaries in ascending UID order (unchanged when they are already). */
 export function sortSummaries(s: Summaries): Summaries {
   let sorted = true;
   for (let i = 1; i < s.length && sorted; i++) sorted = (s.uids[i - 1] as number) < (s.uids[i] as number);
   if (sorted) return s;
-  const order = Array.from({ length: s.length }, (_, i) => i).sort(
-    (a, b) => (s.uids[a] as number) - (s.uids[b] as number),
-  );
+  const order = ascendingOrder(s.uids, s.length);
   const out: Summaries = {
     length: s.length,
     uids: new Uint32Array(s.length),

@@ -11,7 +11,12 @@ import { startNats, startRedisBackend, type Proc } from '../helpers/servers.ts';
 import { connectNats, type Nats } from '../../services/core/nats.ts';
 import { connectRedis, type Redis } from '../../services/core/redis.ts';
 import { BlobStore } from '../../services/core/blobs.ts';
-import { summaryMeta, type MessageMeta } from '../../services/core/mailbox-api.ts';
+import {
+  parseSummaries,
+  sortSummaries,
+  summaryMeta,
+  type MessageMeta,
+} from '../../services/core/mailbox-api.ts';
 import { MailboxStore, SUMMARY_BATCH } from '../../services/mailbox-store/store.ts';
 import { MailboxRpcClient, handlers, serveRpc } from '../../services/mailbox-store/rpc.ts';
 import { SUBJECTS } from '../../services/core/nats.ts';
@@ -100,6 +105,30 @@ describe('message summaries', () => {
     }
     return (await store.messages(USER, folder)).messages;
   }
+
+  test('rows read in the index order come out by UID, dense or sparse', () => {
+    for (const uids of [
+      Array.from({ length: 3000 }, (_, i) => i + 1),
+      Array.from({ length: 500 }, (_, i) => 1 + i * 97),
+    ]) {
+      const shuffled = [...uids].sort(() => Math.random() - 0.5);
+      const packed = shuffled.map((u) => `${u} ${u * 2} ${u + 100} 1700000000000 ${u % 2 ? '\\Seen' : ''}`);
+      const got = sortSummaries(parseSummaries(packed.join('\n')));
+      assert.deepEqual([...got.uids], uids);
+      assert.deepEqual(
+        [...got.modseqs],
+        uids.map((u) => u * 2),
+      );
+      assert.deepEqual(
+        [...got.sizes],
+        uids.map((u) => u + 100),
+      );
+      assert.deepEqual(
+        got.flags.map((f) => f.join(' ')),
+        uids.map((u) => (u % 2 ? '\\Seen' : '')),
+      );
+    }
+  });
 
   test('agree with the full rows through appends, flag changes, expunges, COPY and MOVE', async () => {
     for (let i = 0; i < 30; i++) {
