@@ -530,6 +530,12 @@ export const schema = {
     0,
     '`postino up`: threads the services run on (1: one; 2: mail pipeline apart; 3: SMTP ingress apart too; 0: 3 when the machine has 2+ cores)',
   ),
+  upPipelineNice: setting(
+    'UP_PIPELINE_NICE',
+    int(0, 19),
+    5,
+    '`postino up` on Linux: how much lower the mail pipeline thread runs than the doors (nice), so that a burst is accepted first and filed right after; 0 for equal shares',
+  ),
   partitions: setting(
     'PARTITIONS',
     int(1, 4096),

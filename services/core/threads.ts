@@ -14,6 +14,8 @@
  * A worker that fails stops the process: a broken thread is a crashed service, to be restarted
  * with the rest rather than left half-running.
  */
+import { readlinkSync } from 'node:fs';
+import { getPriority, setPriority } from 'node:os';
 import { Worker, isMainThread, parentPort, workerData } from 'node:worker_threads';
 import type { MetricObjectWithValues, MetricValue } from 'prom-client';
 import { loadConfig, type Config } from './config.ts';
@@ -203,6 +205,22 @@ export async function runThreaded(
   }
 }
 
+/**
+ * Lowers the calling thread's priority by `nice` (Linux, where niceness belongs to each thread and
+ * /proc/thread-self names the caller). Returns why it could not, or null. Lowering is allowed
+ * without privileges; the rest of the process keeps its own priority.
+ */
+export function niceThisThread(nice: number): string | null {
+  try {
+    const tid = Number(readlinkSync('/proc/thread-self').split('/').pop());
+    if (!Number.isInteger(tid) || tid <= 0) return 'no thread id in /proc/thread-self';
+    setPriority(tid, Math.min(19, getPriority(tid) + nice));
+    return null;
+  } catch (err) {
+    return (err as Error).message;
+  }
+}
+
 /** The worker side: run the group, report readiness, answer metric requests, stop when told. */
 async function workerMain(): Promise<void> {
   const port = parentPort;
@@ -210,6 +228,11 @@ async function workerMain(): Promise<void> {
   const { thread, services } = workerData as { thread: string; services: string[] };
   const report = (r: Report) => port.postMessage(r);
   const config = loadConfig();
+  // The pipeline yields the CPU to the doors under a burst: accepted first, filed right after.
+  const niceFailed =
+    thread === 'pipeline' && config.upPipelineNice > 0 && process.platform === 'linux'
+      ? niceThisThread(config.upPipelineNice)
+      : null;
   const { SERVICES } = await import('../services.ts');
   let running: Running;
   try {
@@ -219,6 +242,8 @@ async function workerMain(): Promise<void> {
     port.close();
     return;
   }
+  if (niceFailed)
+    running.runtime.logger.warn({ thread, error: niceFailed }, 'thread priority left as it was');
   let last: string | undefined;
   const pushHealth = () => {
     const problems = running.runtime.health.problems();

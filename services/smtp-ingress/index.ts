@@ -97,8 +97,8 @@ export async function start(rt: Runtime): Promise<Service> {
       if (stopping) return REPLIES.shuttingDown();
       if (sessions.size > config.smtpMaxConnections || n > config.smtpMaxConnectionsPerIp)
         return refuse(info, 'too_many_connections', REPLIES.tooManyConnections());
-      const rate = await rates.hit('conn', info.remoteAddress, LIMITS.rateWindowMs);
-      if (rate > config.smtpConnectionRate) return refuse(info, 'connection_rate', REPLIES.connectionRate());
+      if (!(await rates.take('conn', info.remoteAddress, LIMITS.rateWindowMs, config.smtpConnectionRate)))
+        return refuse(info, 'connection_rate', REPLIES.connectionRate());
       return null;
     },
     close(info) {
@@ -143,23 +143,23 @@ export async function start(rt: Runtime): Promise<Service> {
           return refuse(info, 'sender_not_owned', REPLIES.senderNotOwned(from.address));
       }
       const whos = [info.remoteAddress, ...(info.user ? [`u:${info.user}`] : [])];
-      const counts = await Promise.all(whos.map((w) => rates.hit('msg', w, LIMITS.rateWindowMs)));
-      if (counts.some((c) => c > config.smtpMessageRate))
-        return refuse(info, 'message_rate', REPLIES.rateExceeded('messages'));
+      const allowed = await Promise.all(
+        whos.map((w) => rates.take('msg', w, LIMITS.rateWindowMs, config.smtpMessageRate)),
+      );
+      if (allowed.includes(false)) return refuse(info, 'message_rate', REPLIES.rateExceeded('messages'));
       return null;
     },
     async rcptTo(info, _tx, to) {
       const whos = [info.remoteAddress, ...(info.user ? [`u:${info.user}`] : [])];
       const literal = to.domain.startsWith('[');
-      // The rate counters and the directory lookups in one round trip to Redis; the lookups' answers
-      // count only once the rate allows the recipient.
-      const [counts, local, expansion] = await Promise.all([
-        Promise.all(whos.map((w) => rates.hit('rcpt', w, LIMITS.rateWindowMs))),
+      // The rate lease and the directory lookups at once (Redis is asked only for what is not at
+      // hand); the lookups' answers count only once the rate allows the recipient.
+      const [allowed, local, expansion] = await Promise.all([
+        Promise.all(whos.map((w) => rates.take('rcpt', w, LIMITS.rateWindowMs, config.smtpRecipientRate))),
         literal ? false : directory.isLocalDomain(to.domain),
         literal ? null : directory.resolveRecipient(to.address).catch((err: unknown) => err as Error),
       ]);
-      if (counts.some((c) => c > config.smtpRecipientRate))
-        return refuse(info, 'recipient_rate', REPLIES.rateExceeded('recipients'));
+      if (allowed.includes(false)) return refuse(info, 'recipient_rate', REPLIES.rateExceeded('recipients'));
       if (literal) {
         // An address literal is never hosted here: only authenticated users may relay to it.
         return info.user ? null : refuse(info, 'relay_denied', REPLIES.relayDenied(to.address));
