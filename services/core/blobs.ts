@@ -10,10 +10,12 @@
  *  - queue entries, held and released by the stages themselves (fields `q:<holder>`): smtp-ingress
  *    (and bounce.ts for a DSN) holds the body for its INGRESS envelope as it stores it (before,
  *    or beside when the bytes are fresh: PutOptions.fresh); the router holds it for each LOCAL and
- *    OUTBOUND entry before publishing it (for the likely LOCAL entries while it asks the
- *    directory, taking back the guesses that missed), then releases the envelope's hold; mailbox-store releases a LOCAL entry's hold once the message is filed;
- *    delivery releases an OUTBOUND entry's on its final outcome (delivered, bounced, expired) and
- *    queue control on delete. A hold is '1'; a release leaves '0', a tombstone, so that a
+ *    OUTBOUND entry before publishing it, except the likely LOCAL entries, held while it asks
+ *    the directory and publishes them (the envelope's hold covers the body meanwhile), taking
+ *    back the guesses that missed; then it releases the envelope's hold. mailbox-store releases
+ *    a LOCAL entry's hold once the message is filed (a guessed hold landing after that release
+ *    finds its tombstone and makes nothing); delivery releases an OUTBOUND entry's on its final
+ *    outcome (delivered, bounced, expired) and queue control on delete. A hold is '1'; a release leaves '0', a tombstone, so that a
  *    redelivered hold after its release (a router envelope redelivered after its entries were
  *    done) is a no-op, and a repeated release changes nothing: holds are idempotent under
  *    redelivery, and each holder only ever drops its own hold.

@@ -533,8 +533,8 @@ export const schema = {
   upPipelineNice: setting(
     'UP_PIPELINE_NICE',
     int(0, 19),
-    5,
-    '`postino up` on Linux: how much lower the mail pipeline thread runs than the doors (nice), so that a burst is accepted first and filed right after; 0 for equal shares',
+    10,
+    '`postino up` on Linux: how much lower the mail pipeline thread runs than the doors (nice) while it is busy, so that a burst is accepted first and filed right after; 0 for equal shares',
   ),
   partitions: setting(
     'PARTITIONS',

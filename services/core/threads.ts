@@ -16,6 +16,7 @@
  */
 import { readlinkSync } from 'node:fs';
 import { getPriority, setPriority } from 'node:os';
+import { performance } from 'node:perf_hooks';
 import { Worker, isMainThread, parentPort, workerData } from 'node:worker_threads';
 import type { MetricObjectWithValues, MetricValue } from 'prom-client';
 import { loadConfig, type Config } from './config.ts';
@@ -205,20 +206,64 @@ export async function runThreaded(
   }
 }
 
+/** How often a yielding thread looks at its own load. */
+const YIELD_SAMPLE_MS = 100;
+/** Busier than this (event loop utilization over a sample): the thread yields. */
+const YIELD_BUSY = 0.5;
+/** Quieter than this for YIELD_QUIET_SAMPLES samples in a row: it stops yielding. */
+const YIELD_QUIET = 0.2;
+const YIELD_QUIET_SAMPLES = 5;
+
 /**
- * Lowers the calling thread's priority by `nice` (Linux, where niceness belongs to each thread and
- * /proc/thread-self names the caller). Returns why it could not, or null. Lowering is allowed
- * without privileges; the rest of the process keeps its own priority.
+ * While the calling thread is busy, it runs `nice` lower than the rest of the process (Linux,
+ * where niceness belongs to each thread and /proc/thread-self names the caller); once it is quiet
+ * again it gets its priority back. So under a burst the other threads (the doors) get the CPU
+ * first, and a lone message meets no penalty on its way. Taking the priority back needs
+ * CAP_SYS_NICE (or RLIMIT_NICE); without it the thread stays yielding after its first burst.
+ * Returns a function that stops sampling, or the reason the thread cannot yield.
  */
-export function niceThisThread(nice: number): string | null {
+export function yieldWhenBusy(
+  nice: number,
+  onStuck: (reason: string) => void,
+): { stop: () => void } | { failed: string } {
+  let tid: number;
+  let base: number;
   try {
-    const tid = Number(readlinkSync('/proc/thread-self').split('/').pop());
-    if (!Number.isInteger(tid) || tid <= 0) return 'no thread id in /proc/thread-self';
-    setPriority(tid, Math.min(19, getPriority(tid) + nice));
-    return null;
+    tid = Number(readlinkSync('/proc/thread-self').split('/').pop());
+    if (!Number.isInteger(tid) || tid <= 0) return { failed: 'no thread id in /proc/thread-self' };
+    base = getPriority(tid);
   } catch (err) {
-    return (err as Error).message;
+    return { failed: (err as Error).message };
   }
+  const lowered = Math.min(19, base + nice);
+  let yielding = false;
+  let canRestore = true;
+  let quiet = 0;
+  let last = performance.eventLoopUtilization();
+  const timer = setInterval(() => {
+    const now = performance.eventLoopUtilization();
+    const busy = performance.eventLoopUtilization(now, last).utilization;
+    last = now;
+    try {
+      if (!yielding && busy >= YIELD_BUSY) {
+        setPriority(tid, lowered);
+        yielding = true;
+        quiet = 0;
+      } else if (yielding && canRestore) {
+        quiet = busy < YIELD_QUIET ? quiet + 1 : 0;
+        if (quiet >= YIELD_QUIET_SAMPLES) {
+          setPriority(tid, base);
+          yielding = false;
+        }
+      }
+    } catch (err) {
+      // Raising a thread's priority back is refused without the privilege: it stays yielding.
+      canRestore = false;
+      onStuck((err as Error).message);
+    }
+  }, YIELD_SAMPLE_MS);
+  timer.unref();
+  return { stop: () => clearInterval(timer) };
 }
 
 /** The worker side: run the group, report readiness, answer metric requests, stop when told. */
@@ -228,11 +273,6 @@ async function workerMain(): Promise<void> {
   const { thread, services } = workerData as { thread: string; services: string[] };
   const report = (r: Report) => port.postMessage(r);
   const config = loadConfig();
-  // The pipeline yields the CPU to the doors under a burst: accepted first, filed right after.
-  const niceFailed =
-    thread === 'pipeline' && config.upPipelineNice > 0 && process.platform === 'linux'
-      ? niceThisThread(config.upPipelineNice)
-      : null;
   const { SERVICES } = await import('../services.ts');
   let running: Running;
   try {
@@ -242,8 +282,16 @@ async function workerMain(): Promise<void> {
     port.close();
     return;
   }
-  if (niceFailed)
-    running.runtime.logger.warn({ thread, error: niceFailed }, 'thread priority left as it was');
+  // The pipeline yields the CPU to the doors while it is busy: a burst is accepted first, filed
+  // right after.
+  const yielding =
+    thread === 'pipeline' && config.upPipelineNice > 0 && process.platform === 'linux'
+      ? yieldWhenBusy(config.upPipelineNice, (reason) =>
+          running.runtime.logger.info({ thread, reason }, 'thread priority kept low after a burst'),
+        )
+      : null;
+  if (yielding && 'failed' in yielding)
+    running.runtime.logger.warn({ thread, error: yielding.failed }, 'thread priority left as it was');
   let last: string | undefined;
   const pushHealth = () => {
     const problems = running.runtime.health.problems();
@@ -264,6 +312,7 @@ async function workerMain(): Promise<void> {
       return;
     }
     clearInterval(healthTimer);
+    if (yielding && 'stop' in yielding) yielding.stop();
     // process.exit in a worker ends this thread only, whatever handles are still open.
     void running.stop().finally(() => process.exit(0));
   });

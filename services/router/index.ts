@@ -76,16 +76,18 @@ export async function start(rt: Runtime): Promise<Service> {
       const env = decode(pb.Envelope, msg.data);
       const bodyId = env.body?.id ?? '';
       // Most recipients are mailboxes of their own name: their entries' holds are made while the
-      // directory is asked, not after (an entry is held before it is published). Guesses that
-      // miss are taken back at the end; holds that existed before (a redelivery) are left alone.
+      // directory is asked and the entries are published, not before; the envelope's hold covers
+      // the body until they are in (it goes only after them, below), and a hold that lands after
+      // its entry was filed and released finds the release's tombstone and makes nothing. Guesses
+      // that miss are taken back at the end; holds that existed before (a redelivery) are left alone.
       const guesses =
         env.recipients.length <= LOCAL_BATCH
           ? env.recipients.map((r) => BlobHolder.local(`${env.queueId}:${canonicalAddress(r.address ?? '')}`))
           : [];
-      const [guessed, resolved] = await Promise.all([
-        blobs.holdAll(bodyId, guesses),
-        resolveAll(env.recipients.map((r) => r.address ?? '')),
-      ]);
+      const holding = blobs.holdAll(bodyId, guesses);
+      // Awaited below in every case; a failure is seen there, not as an unhandled rejection.
+      holding.catch(() => undefined);
+      const resolved = await resolveAll(env.recipients.map((r) => r.address ?? ''));
       const locals: LocalDelivery[] = [];
       const remote = new Map<string, Recipient[]>();
       const failures: Failure[] = [];
@@ -164,8 +166,8 @@ export async function start(rt: Runtime): Promise<Service> {
         routed.inc({ destination: 'local' });
         routedEvent(d.originalRecipient ?? '', `local mailbox ${d.user}`, d.idempotencyKey ?? '');
       };
-      // Each entry holds the body before it exists (the guesses above, or here); the envelope's
-      // hold goes once all are out. A bounded number at a time: a list alias can expand to
+      // An entry that was not guessed holds the body before it exists; the envelope's hold goes
+      // once all are out and held. A bounded number at a time: a list alias can expand to
       // thousands of mailboxes.
       const guessSet = new Set(guesses);
       for (let i = 0; i < locals.length; i += LOCAL_BATCH) {
@@ -176,6 +178,7 @@ export async function start(rt: Runtime): Promise<Service> {
         await blobs.holdAll(bodyId, unheld);
         await Promise.all(batch.map(routeLocal));
       }
+      const guessed = await holding;
       const used = new Set(locals.map((d) => BlobHolder.local(d.idempotencyKey ?? '')));
       const missed = [...guessed].filter((h) => !used.has(h));
 

@@ -7,7 +7,7 @@
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdtempSync, readFileSync, readdirSync, rmSync } from 'node:fs';
+import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { startPostino, hashPassword } from '../../bench/reference/postino.ts';
@@ -24,18 +24,6 @@ function samples(page: string, name: string): number[] {
     .split('\n')
     .filter((l) => l.startsWith(`${name} `) || l.startsWith(`${name}{`))
     .map((l) => Number(l.slice(l.lastIndexOf(' ') + 1)));
-}
-
-/** Niceness of each thread of a process, by thread name (/proc/<pid>/task/<tid>/stat). */
-function niceness(pid: number): Map<string, number> {
-  const out = new Map<string, number>();
-  for (const tid of readdirSync(`/proc/${pid}/task`)) {
-    const stat = readFileSync(`/proc/${pid}/task/${tid}/stat`, 'utf8');
-    const name = stat.slice(stat.indexOf('(') + 1, stat.lastIndexOf(')'));
-    // Fields after the name: state is the 3rd field of stat, nice the 19th.
-    out.set(name, Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[16]));
-  }
-  return out;
 }
 
 // The default layout (three threads, the front ends running the store's scripts themselves) and
@@ -119,14 +107,6 @@ for (const [threads, access] of [
         }
       });
       assert.match(stat, /^\+OK 1 \d+\r\n$/);
-
-      if (threads === 3) {
-        // The pipeline yields to the doors under load (UP_PIPELINE_NICE, 5 by default).
-        const nice = niceness(p.pid);
-        const main = nice.get('MainThread') ?? NaN;
-        assert.equal(nice.get('postino-pipelin'), Math.min(19, main + 5), JSON.stringify([...nice]));
-        assert.equal(nice.get('postino-ingress'), main);
-      }
 
       // One /metrics page for the process: the ingress thread's counter is in it, the process's
       // CPU counter once.

@@ -164,6 +164,21 @@ for (const backend of REDIS_BACKENDS) {
       assert.equal(await blobs.has(body.id), false);
     });
 
+    test('a guessed hold landing after its entry was filed and released makes nothing, and the body is still collected', async () => {
+      // The router publishes a LOCAL entry while its guessed hold is on the way; mailbox-store files
+      // it and releases the entry's hold first.
+      const body = await accept('Q10');
+      const bob = BlobHolder.local('Q10:bob@example.test');
+      await blobs.release(body.id, bob);
+      assert.equal(await refs.holders(body.id), 1, 'only the envelope holds it');
+      assert.equal((await blobs.holdAll(body.id, [bob])).size, 0, 'the late hold finds the tombstone');
+      await blobs.withdraw(body.id, []);
+      await blobs.release(body.id, BlobHolder.ingress('Q10'));
+      assert.equal(await refs.holders(body.id), 0, 'no hold left behind');
+      await refs.sweep(later());
+      assert.equal(await blobs.has(body.id), false);
+    });
+
     test('a fresh body written beside its hold is written again after a deletion it met', async () => {
       const text = Buffer.from(`Subject: fresh ${backend}\r\n\r\nonce\r\n`);
       const first = await blobs.put([text], { holder: BlobHolder.ingress('Q9'), fresh: true });

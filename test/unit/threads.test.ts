@@ -1,0 +1,73 @@
+/**
+ * `postino up`'s threads: the pipeline thread yields the CPU while it is busy (yieldWhenBusy) and
+ * gets its priority back once quiet. A real worker thread, busy then idle; its niceness read from
+ * /proc as `ps` or `top` would show it.
+ */
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { readFileSync } from 'node:fs';
+import { Worker } from 'node:worker_threads';
+import { planThreads } from '../../services/core/threads.ts';
+import { until } from '../helpers/servers.ts';
+
+/** Niceness of one thread of this process (the 19th field of /proc/self/task/<tid>/stat). */
+function niceOf(tid: number): number {
+  const stat = readFileSync(`/proc/self/task/${tid}/stat`, 'utf8');
+  return Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[16]);
+}
+
+test('the services of postino up over one, two and three threads', () => {
+  const all = ['mailbox-store', 'router', 'delivery', 'smtp-ingress', 'imap', 'pop3', 'admin'];
+  assert.deepEqual(planThreads(all, 1).groups, [{ name: 'main', services: all }]);
+  assert.deepEqual(planThreads(all, 3).groups, [
+    { name: 'pipeline', services: ['mailbox-store', 'router', 'delivery'] },
+    { name: 'main', services: ['imap', 'pop3', 'admin'] },
+    { name: 'ingress', services: ['smtp-ingress'] },
+  ]);
+  assert.deepEqual(planThreads(all, 2).groups, [
+    { name: 'pipeline', services: ['mailbox-store', 'router', 'delivery'] },
+    { name: 'main', services: ['smtp-ingress', 'imap', 'pop3', 'admin'] },
+  ]);
+});
+
+test('a busy thread runs nice +10 while busy and gets its priority back once quiet', async () => {
+  const source = `
+      const { parentPort } = require('node:worker_threads');
+      const { readlinkSync } = require('node:fs');
+      parentPort.once('message', async ({ url }) => {
+        const { yieldWhenBusy } = await import(url);
+        const y = yieldWhenBusy(10, (reason) => parentPort.postMessage({ stuck: reason }));
+        if ('failed' in y) return parentPort.postMessage({ failed: y.failed });
+        parentPort.postMessage({ tid: Number(readlinkSync('/proc/thread-self').split('/').pop()) });
+        parentPort.on('message', (m) => {
+          if (m !== 'work') return;
+          // Busy for a second: its event loop has no idle time.
+          const end = Date.now() + 1000;
+          const spin = () => { const t = Date.now() + 20; while (Date.now() < t); if (Date.now() < end) setImmediate(spin); };
+          spin();
+        });
+      });`;
+  const worker = new Worker(source, { eval: true });
+  const messages: Record<string, unknown>[] = [];
+  worker.on('message', (m: Record<string, unknown>) => messages.push(m));
+  try {
+    worker.postMessage({ url: new URL('../../services/core/threads.ts', import.meta.url).href });
+    const tid = await until('the worker thread to start', async () => {
+      const m = messages.find((x) => 'tid' in x || 'failed' in x);
+      if (m && 'failed' in m) throw new Error(String(m.failed));
+      return m ? Number(m.tid) : undefined;
+    });
+    const base = niceOf(tid);
+    worker.postMessage('work');
+    await until('the busy thread yields', async () => niceOf(tid) === Math.min(19, base + 10) || undefined);
+    await until('the quiet thread gets its priority back', async () => {
+      if (messages.some((m) => 'stuck' in m)) return true; // no privilege to raise it: stays low
+      return niceOf(tid) === base || undefined;
+    });
+    if (process.getuid?.() === 0) {
+      assert.equal(niceOf(tid), base, 'root may raise a thread back to its own priority');
+    }
+  } finally {
+    await worker.terminate();
+  }
+});
