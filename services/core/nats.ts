@@ -42,7 +42,10 @@ export const SUBJECTS = {
   ingress: 'mail.ingress',
   local: (partition: number) => `mail.local.${partition}`,
   outbound: (partition: number) => `mail.outbound.${partition}`,
+  /** A single event (as older releases published them; readers still take them). */
   event: (kind: string) => `mail.events.${kind}`,
+  /** A batch of events (MessageEvents). */
+  eventBatch: 'mail.events.batch',
   rpc: (op: string) => `mbox.rpc.${op}`,
   changes: (userToken: string) => `mbox.changes.${userToken}`,
   directoryChanges: 'dir.changes',
