@@ -534,7 +534,7 @@ export const schema = {
     'UP_PIPELINE_NICE',
     int(0, 19),
     10,
-    '`postino up` on Linux: how much lower the mail pipeline thread runs than the doors (nice) while it is busy, so that a burst is accepted first and filed right after; 0 for equal shares',
+    '`postino up` on Linux: how much lower the mail pipeline thread runs than the doors (nice) while it has a backlog, so that a burst is accepted first and filed right after; 0 for equal shares',
   ),
   partitions: setting(
     'PARTITIONS',

@@ -389,6 +389,20 @@ const processSeconds = histogram('postino_stage_process_seconds', 'Time to proce
   'consumer',
 ]);
 
+/** Messages being handled by every consumer of this thread, and the most at once since last asked. */
+let handling = 0;
+let handlingPeak = 0;
+
+/**
+ * The most messages this thread's consumers were handling at once since the last call: a backlog
+ * shows as a full window of in-flight messages, a lone message as one.
+ */
+export function takeHandlingPeak(): number {
+  const peak = handlingPeak;
+  handlingPeak = handling;
+  return peak;
+}
+
 /**
  * Pulls from a durable consumer and runs the handler for each message in the trace carried by its
  * headers. The message is acked only after the handler resolved with `ack` (invariant 2); a thrown
@@ -460,7 +474,12 @@ export function consume(nats: Nats, opts: ConsumeOptions): { stop(): Promise<voi
           }
           const p = context.with(trace.deleteSpan(context.active()), () => handle(msg));
           inFlight.add(p);
-          void p.finally(() => inFlight.delete(p));
+          handling++;
+          if (handling > handlingPeak) handlingPeak = handling;
+          void p.finally(() => {
+            inFlight.delete(p);
+            handling--;
+          });
           while (inFlight.size >= opts.concurrency) await Promise.race(inFlight);
         }
       } catch (err) {

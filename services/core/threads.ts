@@ -16,11 +16,11 @@
  */
 import { readlinkSync } from 'node:fs';
 import { getPriority, setPriority } from 'node:os';
-import { performance } from 'node:perf_hooks';
 import { Worker, isMainThread, parentPort, workerData } from 'node:worker_threads';
 import type { MetricObjectWithValues, MetricValue } from 'prom-client';
 import { loadConfig, type Config } from './config.ts';
 import { registry } from './metrics.ts';
+import { takeHandlingPeak } from './nats.ts';
 import { runServices, type Running, type ServiceStart } from './runtime.ts';
 import type { Health } from './http.ts';
 
@@ -208,22 +208,25 @@ export async function runThreaded(
 
 /** How often a yielding thread looks at its own load. */
 const YIELD_SAMPLE_MS = 100;
-/** Busier than this (event loop utilization over a sample): the thread yields. */
-const YIELD_BUSY = 0.5;
-/** Quieter than this for YIELD_QUIET_SAMPLES samples in a row: it stops yielding. */
-const YIELD_QUIET = 0.2;
+/** A backlog: this many messages in flight at once in a sample, and the thread yields. */
+const YIELD_BUSY = 8;
+/** Fewer than this for YIELD_QUIET_SAMPLES samples in a row: it stops yielding. */
+const YIELD_QUIET = 4;
 const YIELD_QUIET_SAMPLES = 5;
 
 /**
- * While the calling thread is busy, it runs `nice` lower than the rest of the process (Linux,
- * where niceness belongs to each thread and /proc/thread-self names the caller); once it is quiet
- * again it gets its priority back. So under a burst the other threads (the doors) get the CPU
- * first, and a lone message meets no penalty on its way. Taking the priority back needs
- * CAP_SYS_NICE (or RLIMIT_NICE); without it the thread stays yielding after its first burst.
- * Returns a function that stops sampling, or the reason the thread cannot yield.
+ * While the calling thread has a backlog (`load()`, the most messages it was handling at once
+ * since it was last asked, reaches YIELD_BUSY), it runs `nice` lower than the rest of the process
+ * (Linux, where niceness belongs to each thread and /proc/thread-self names the caller); once the
+ * backlog is gone it gets its priority back. So under a burst the other threads (the doors) get the
+ * CPU first, and a lone message meets no penalty on its way. The backlog, not the thread's busy
+ * time, is the signal: a thread starved of CPU looks busy without having more work. Taking the
+ * priority back needs CAP_SYS_NICE (or RLIMIT_NICE); without it the thread stays lower after its
+ * first burst. Returns a function that stops sampling, or the reason the thread cannot yield.
  */
 export function yieldWhenBusy(
   nice: number,
+  load: () => number,
   onStuck: (reason: string) => void,
 ): { stop: () => void } | { failed: string } {
   let tid: number;
@@ -239,18 +242,15 @@ export function yieldWhenBusy(
   let yielding = false;
   let canRestore = true;
   let quiet = 0;
-  let last = performance.eventLoopUtilization();
   const timer = setInterval(() => {
-    const now = performance.eventLoopUtilization();
-    const busy = performance.eventLoopUtilization(now, last).utilization;
-    last = now;
+    const peak = load();
     try {
-      if (!yielding && busy >= YIELD_BUSY) {
+      if (!yielding && peak >= YIELD_BUSY) {
         setPriority(tid, lowered);
         yielding = true;
         quiet = 0;
       } else if (yielding && canRestore) {
-        quiet = busy < YIELD_QUIET ? quiet + 1 : 0;
+        quiet = peak < YIELD_QUIET ? quiet + 1 : 0;
         if (quiet >= YIELD_QUIET_SAMPLES) {
           setPriority(tid, base);
           yielding = false;
@@ -286,7 +286,7 @@ async function workerMain(): Promise<void> {
   // right after.
   const yielding =
     thread === 'pipeline' && config.upPipelineNice > 0 && process.platform === 'linux'
-      ? yieldWhenBusy(config.upPipelineNice, (reason) =>
+      ? yieldWhenBusy(config.upPipelineNice, takeHandlingPeak, (reason) =>
           running.runtime.logger.info({ thread, reason }, 'thread priority kept low after a burst'),
         )
       : null;

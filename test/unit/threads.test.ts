@@ -1,7 +1,7 @@
 /**
- * `postino up`'s threads: the pipeline thread yields the CPU while it is busy (yieldWhenBusy) and
- * gets its priority back once quiet. A real worker thread, busy then idle; its niceness read from
- * /proc as `ps` or `top` would show it.
+ * `postino up`'s threads: the pipeline thread yields the CPU while it has a backlog (yieldWhenBusy)
+ * and gets its priority back once it is gone. A real worker thread; its niceness read from /proc
+ * as `ps` or `top` would show it.
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
@@ -30,22 +30,19 @@ test('the services of postino up over one, two and three threads', () => {
   ]);
 });
 
-test('a busy thread runs nice +10 while busy and gets its priority back once quiet', async () => {
+test('a thread with a backlog runs nice +10 and gets its priority back once it is gone', async () => {
+  // The worker's load is what the test says: a full window of messages in flight, or none.
   const source = `
       const { parentPort } = require('node:worker_threads');
       const { readlinkSync } = require('node:fs');
+      let inFlight = 0;
       parentPort.once('message', async ({ url }) => {
         const { yieldWhenBusy } = await import(url);
-        const y = yieldWhenBusy(10, (reason) => parentPort.postMessage({ stuck: reason }));
+        const y = yieldWhenBusy(10, () => inFlight, (reason) => parentPort.postMessage({ stuck: reason }));
         if ('failed' in y) return parentPort.postMessage({ failed: y.failed });
         parentPort.postMessage({ tid: Number(readlinkSync('/proc/thread-self').split('/').pop()) });
-        parentPort.on('message', (m) => {
-          if (m !== 'work') return;
-          // Busy for a second: its event loop has no idle time.
-          const end = Date.now() + 1000;
-          const spin = () => { const t = Date.now() + 20; while (Date.now() < t); if (Date.now() < end) setImmediate(spin); };
-          spin();
-        });
+        parentPort.on('message', (m) => { inFlight = m === 'backlog' ? 32 : m === 'one' ? 1 : inFlight; });
+        setInterval(() => {}, 1000);
       });`;
   const worker = new Worker(source, { eval: true });
   const messages: Record<string, unknown>[] = [];
@@ -58,9 +55,17 @@ test('a busy thread runs nice +10 while busy and gets its priority back once qui
       return m ? Number(m.tid) : undefined;
     });
     const base = niceOf(tid);
-    worker.postMessage('work');
-    await until('the busy thread yields', async () => niceOf(tid) === Math.min(19, base + 10) || undefined);
-    await until('the quiet thread gets its priority back', async () => {
+    // One message at a time is no backlog: the thread keeps its priority.
+    worker.postMessage('one');
+    await new Promise((r) => setTimeout(r, 500));
+    assert.equal(niceOf(tid), base);
+    worker.postMessage('backlog');
+    await until(
+      'the thread with a backlog yields',
+      async () => niceOf(tid) === Math.min(19, base + 10) || undefined,
+    );
+    worker.postMessage('one');
+    await until('the thread gets its priority back', async () => {
       if (messages.some((m) => 'stuck' in m)) return true; // no privilege to raise it: stays low
       return niceOf(tid) === base || undefined;
     });
