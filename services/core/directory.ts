@@ -355,12 +355,17 @@ export class Directory implements Authenticator {
 
   /** Removes a user: the record first (no more logins or mail), then its index entry, even on a retry. */
   async removeUser(address: string): Promise<void> {
+    return this.#removeEntry('user', 'users', address);
+  }
+
+  /** The record of an entry first, then its name in the domain's index; NOT_FOUND when neither was there. */
+  #removeEntry(kind: 'user' | 'alias', index: 'users' | 'aliases', address: string): Promise<void> {
     return this.#write(async () => {
       const addr = canonicalAddress(address);
       const p = parseAddress(addr);
-      const removed = await this.#redis.del(this.#k('user', addr));
-      const unlisted = p ? await this.#redis.srem(this.#k('users', p.domain), addr) : 0;
-      if (!removed && !unlisted) throw new DirectoryError('NOT_FOUND', `no user ${addr}`);
+      const removed = await this.#redis.del(this.#k(kind, addr));
+      const unlisted = p ? await this.#redis.srem(this.#k(index, p.domain), addr) : 0;
+      if (!removed && !unlisted) throw new DirectoryError('NOT_FOUND', `no ${kind} ${addr}`);
     });
   }
 
@@ -440,13 +445,7 @@ export class Directory implements Authenticator {
 
   /** Removes an alias: its targets first (no more mail), then its index entry, even on a retry. */
   async removeAlias(alias: string): Promise<void> {
-    return this.#write(async () => {
-      const addr = canonicalAddress(alias);
-      const p = parseAddress(addr);
-      const removed = await this.#redis.del(this.#k('alias', addr));
-      const unlisted = p ? await this.#redis.srem(this.#k('aliases', p.domain), addr) : 0;
-      if (!removed && !unlisted) throw new DirectoryError('NOT_FOUND', `no alias ${addr}`);
-    });
+    return this.#removeEntry('alias', 'aliases', alias);
   }
 
   async listAliases(domain?: string): Promise<{ alias: string; targets: string[] }[]> {

@@ -104,6 +104,15 @@ function ascendingOrder(uids: Uint32Array, n: number): Uint32Array {
   return order;
 }
 
+/** Copies row `i` of `from` into row `k` of `to`. */
+export function copySummary(to: Summaries, k: number, from: Summaries, i: number): void {
+  to.uids[k] = from.uids[i] as number;
+  to.modseqs[k] = from.modseqs[i] as number;
+  to.sizes[k] = from.sizes[i] as number;
+  to.internalDates[k] = from.internalDates[i] as number;
+  to.flags[k] = from.flags[i] as readonly string[];
+}
+
 /** The summaries in ascending UID order (unchanged when they are already). */
 export function sortSummaries(s: Summaries): Summaries {
   let sorted = true;
@@ -118,13 +127,7 @@ export function sortSummaries(s: Summaries): Summaries {
     internalDates: new Float64Array(s.length),
     flags: new Array<readonly string[]>(s.length),
   };
-  order.forEach((from, to) => {
-    out.uids[to] = s.uids[from] as number;
-    out.modseqs[to] = s.modseqs[from] as number;
-    out.sizes[to] = s.sizes[from] as number;
-    out.internalDates[to] = s.internalDates[from] as number;
-    out.flags[to] = s.flags[from] as readonly string[];
-  });
+  order.forEach((from, to) => copySummary(out, to, s, from));
   return out;
 }
 

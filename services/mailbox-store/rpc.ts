@@ -23,6 +23,7 @@ import {
   type SummaryPage,
   parseSummaries,
   summariesOf,
+  copySummary,
 } from '../core/mailbox-api.ts';
 import { structureOf } from '../core/mime-structure.ts';
 import { storeStreamedBody } from './stream-append.ts';
@@ -39,13 +40,7 @@ function mergeSummaries(a: Summaries, b: Summaries): Summaries {
   ];
   rows.sort((x, y) => (x[0].uids[x[1]] as number) - (y[0].uids[y[1]] as number));
   const out = allocSummaries(rows.length);
-  rows.forEach(([s, i], k) => {
-    out.uids[k] = s.uids[i] as number;
-    out.modseqs[k] = s.modseqs[i] as number;
-    out.sizes[k] = s.sizes[i] as number;
-    out.internalDates[k] = s.internalDates[i] as number;
-    out.flags[k] = s.flags[i] as readonly string[];
-  });
+  rows.forEach(([s, i], k) => copySummary(out, k, s, i));
   return out;
 }
 
