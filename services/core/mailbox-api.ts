@@ -119,14 +119,7 @@ export function sortSummaries(s: Summaries): Summaries {
   for (let i = 1; i < s.length && sorted; i++) sorted = (s.uids[i - 1] as number) < (s.uids[i] as number);
   if (sorted) return s;
   const order = ascendingOrder(s.uids, s.length);
-  const out: Summaries = {
-    length: s.length,
-    uids: new Uint32Array(s.length),
-    modseqs: new Float64Array(s.length),
-    sizes: new Float64Array(s.length),
-    internalDates: new Float64Array(s.length),
-    flags: new Array<readonly string[]>(s.length),
-  };
+  const out = allocSummaries(s.length);
   order.forEach((from, to) => copySummary(out, to, s, from));
   return out;
 }

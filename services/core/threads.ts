@@ -282,8 +282,8 @@ async function workerMain(): Promise<void> {
     port.close();
     return;
   }
-  // The pipeline yields the CPU to the doors while it is busy: a burst is accepted first, filed
-  // right after.
+  // The pipeline yields the CPU to the doors while it has a backlog: a burst is accepted first,
+  // filed right after.
   const yielding =
     thread === 'pipeline' && config.upPipelineNice > 0 && process.platform === 'linux'
       ? yieldWhenBusy(config.upPipelineNice, takeHandlingPeak, (reason) =>
