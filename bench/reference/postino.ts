@@ -93,10 +93,16 @@ export async function startPostino(
     POP3_MAX_CONNECTIONS_PER_IP: '1000',
     ...extraEnv,
   };
-  const child: ChildProcess = spawn(process.execPath, [POSTINO, 'up'], {
-    env: { ...process.env, ...env },
-    stdio: ['ignore', 'ignore', 'pipe'],
-  });
+  // POSTINO_NODE_ARGS: Node flags for `postino up` when profiling a bench run (--trace-gc,
+  // --perf-basic-prof...); its standard output (where V8 traces go) is then passed through.
+  const child: ChildProcess = spawn(
+    process.execPath,
+    [...(process.env.POSTINO_NODE_ARGS?.split(' ').filter(Boolean) ?? []), POSTINO, 'up'],
+    {
+      env: { ...process.env, ...env },
+      stdio: ['ignore', process.env.POSTINO_NODE_ARGS ? 'inherit' : 'ignore', 'pipe'],
+    },
+  );
   let stderr = '';
   child.stderr?.on('data', (c: Buffer) => {
     stderr = (stderr + c.toString()).slice(-20_000);

@@ -562,14 +562,14 @@ export class BlobStore {
     const size = chunks.reduce((n, c) => n + c.byteLength, 0);
     const name = BlobStore.#name(id);
     if (opts.fresh && size > 0 && size <= CHUNK_SIZE) {
-      const [waited] = await Promise.all([this.#rely(id, opts), this.#putOneChunk(name, chunks, size)]);
-      if (waited) await this.#putOneChunk(name, chunks, size);
+      const [waited] = await Promise.all([this.#rely(id, opts), this.#putOneChunk(name, chunks)]);
+      if (waited) await this.#putOneChunk(name, chunks);
       end();
       return { id, size };
     }
     await this.#rely(id, opts);
     if (size > 0 && size <= CHUNK_SIZE) {
-      await this.#putOneChunk(name, chunks, size);
+      await this.#putOneChunk(name, chunks);
       end();
       return { id, size };
     }
@@ -590,43 +590,19 @@ export class BlobStore {
   }
 
   /**
-   * A body of one chunk (most mail) in the object store's own layout, in one round trip: the
-   * chunk and the metadata are published back to back and both acks awaited, where the object
-   * store's put asks for the object's info, then publishes the chunk, waits, then the metadata.
-   *
-   * No look first for the same content already stored: the chunk's subject is named after the
-   * content (not a random nuid) and both messages roll up their subject, so storing a body again
-   * replaces it with the same bytes and leaves nothing behind. JetStream stores the two in the
-   * order they were sent; if only the chunk fails, the put fails and no envelope names the body.
-   * (A body stored by an older version under a random nuid and stored again here leaves that
-   * chunk behind: a leak of its bytes, never a loss.)
+   * A body of one chunk (most mail), in one JetStream write: the chunk alone, on a subject named
+   * after its content (`$O.BLOBS.C.<sha256>`), rolled up so that storing it again replaces it with
+   * the same bytes and leaves nothing behind. No object-store metadata is written for it (the
+   * object store's put would first ask for the object's info, then publish the chunk, wait, then
+   * the metadata): reads (#fetchSmall), has() and delete() look for the content-named chunk
+   * first, and the metadata only for bodies stored by the object store's own put (large ones,
+   * streamed APPENDs, and bodies stored by older versions, which stay readable).
    */
-  async #putOneChunk(name: string, chunks: Uint8Array[], size: number): Promise<void> {
+  async #putOneChunk(name: string, chunks: Uint8Array[]): Promise<void> {
     const data = chunks.length === 1 && chunks[0] ? chunks[0] : Buffer.concat(chunks);
-    // The name is the content's SHA-256 in hex (its address), already computed by put.
-    const digest = Buffer.from(name, 'hex').toString('base64url');
-    const meta = {
-      name,
-      description: '',
-      options: { max_chunk_size: CHUNK_SIZE },
-      bucket: BLOB_BUCKET,
-      nuid: name,
-      size,
-      chunks: 1,
-      mtime: new Date().toISOString(),
-      // The object store's digest: padded base64url of the SHA-256.
-      digest: `SHA-256=${digest}${'='.repeat((4 - (digest.length % 4)) % 4)}`,
-      deleted: false,
-    };
-    const rollup = () => {
-      const h = natsHeaders();
-      h.set('Nats-Rollup', 'sub');
-      return h;
-    };
-    await Promise.all([
-      publishAcked(this.#nc, chunkSubject(name), data, PUT_TIMEOUT_MS, rollup()),
-      publishAcked(this.#nc, metaSubject(name), Buffer.from(JSON.stringify(meta)), PUT_TIMEOUT_MS, rollup()),
-    ]);
+    const h = natsHeaders();
+    h.set('Nats-Rollup', 'sub');
+    await publishAcked(this.#nc, chunkSubject(name), data, PUT_TIMEOUT_MS, h);
   }
 
   /**
@@ -673,8 +649,30 @@ export class BlobStore {
   }
 
   async has(id: string): Promise<boolean> {
-    const info = await this.#store.info(BlobStore.#name(id));
+    const name = BlobStore.#name(id);
+    if (await this.#contentChunk(name)) return true;
+    const info = await this.#store.info(name);
     return !!info && !info.deleted;
+  }
+
+  /**
+   * The ids of every body stored now (for tools and tests; it reads the whole bucket's subject
+   * list): the content-named chunks (#putOneChunk) and the objects the object store lists.
+   */
+  async list(): Promise<Set<string>> {
+    const ids = new Set<string>();
+    const info = await this.#jsm.streams.info(BLOB_STREAM, { subjects_filter: chunkSubject('*') });
+    for (const subject of Object.keys(info.state.subjects ?? {})) {
+      const name = subject.slice(chunkSubject('').length);
+      if (/^[0-9a-f]{64}$/.test(name)) ids.add(`sha256:${name}`);
+    }
+    for (const o of await this.#store.list()) if (!o.deleted) ids.add(`sha256:${o.name}`);
+    return ids;
+  }
+
+  /** Whether the chunk named after the content (#putOneChunk) is stored, asked of the stream's leader. */
+  async #contentChunk(name: string): Promise<boolean> {
+    return !!(await this.#jsm.streams.getMessage(BLOB_STREAM, { last_by_subj: chunkSubject(name) }));
   }
 
   /**
@@ -748,6 +746,9 @@ export class BlobStore {
         if (data && BlobStore.idOf(data) === id) return this.#keep(id, data);
       }
     }
+    // The stream's leader, through the JetStream API: the content-named chunk, then the metadata.
+    const own = await this.#jsm.streams.getMessage(BLOB_STREAM, { last_by_subj: chunkSubject(name) });
+    if (own && BlobStore.idOf(own.data) === id) return this.#keep(id, own.data);
     const info = await this.#store.info(name);
     if (!info || info.deleted) throw new Error(`blob ${id} not found`);
     if (info.size === 0) return EMPTY;
@@ -785,12 +786,12 @@ export class BlobStore {
   async delete(id: string): Promise<void> {
     const name = BlobStore.#name(id);
     this.#cache.delete(id);
+    // The chunk named after the content goes first (most bodies have nothing else): #fetchSmall
+    // reads it without metadata, so it must not outlive a deletion that stops half way (the
+    // object store marks the metadata deleted first and purges the chunks after).
+    await this.#jsm.streams.purge(BLOB_STREAM, { filter: chunkSubject(name) });
     const info = await this.#store.info(name);
     if (!info || info.deleted) return;
-    // A chunk named after the content goes first: #fetchSmall reads it without the metadata, so
-    // it must not outlive a deletion that stops half way (the object store marks the metadata
-    // deleted first and purges the chunks after).
-    if (info.nuid === name) await this.#jsm.streams.purge(BLOB_STREAM, { filter: chunkSubject(name) });
     await this.#store.delete(name);
   }
 }

@@ -248,8 +248,11 @@ export class Session {
     const socket = this.#socket;
     this.#teardown(false);
     socket.end();
-    // A client that does not read cannot hold the socket open.
-    setTimeout(() => socket.destroy(), 5000).unref();
+    // A client that does not read cannot hold the socket open. The timer goes with the socket:
+    // left to run, it would keep every closed session (socket, buffers, state) alive for 5 s,
+    // long enough to be promoted out of the young generation and cost a full GC later.
+    const linger = setTimeout(() => socket.destroy(), 5000).unref();
+    socket.once('close', () => clearTimeout(linger));
   }
 
   /** Stop: 421 to an idle session now; a busy one is answered when its command completes. */

@@ -8,13 +8,12 @@ import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
 import type { SMTPServer } from 'smtp-server';
-import { Objm } from '@nats-io/obj';
 import { freePort, startDns, startNats, startRedis, until, type Proc } from '../helpers/servers.ts';
 import { startServices, testConfig, type Ports } from '../helpers/postino.ts';
 import { scripted, startSink, type Received } from '../helpers/sink.ts';
 import { submit } from '../helpers/clients.ts';
 import type { Running } from '../../services/core/runtime.ts';
-import { BLOB_BUCKET, BlobRecords } from '../../services/core/blobs.ts';
+import { BlobRecords } from '../../services/core/blobs.ts';
 import { publish, STREAMS, SUBJECTS } from '../../services/core/nats.ts';
 import { encode, pb } from '../../services/core/codec.ts';
 import { partitionOf } from '../../services/core/partition.ts';
@@ -41,11 +40,7 @@ describe('message bodies outside mailboxes are collected', () => {
     submit(ports.submission, { to, subject, text: `${subject}\n` });
 
   /** Bodies in the object store now. */
-  async function stored(): Promise<Set<string>> {
-    const os = await new Objm(main.runtime.nats.js).open(BLOB_BUCKET);
-    const infos = await os.list();
-    return new Set(infos.filter((i) => !i.deleted).map((i) => `sha256:${i.name}`));
-  }
+  const stored = (): Promise<Set<string>> => main.runtime.blobs.list();
   const exists = (id: string) => main.runtime.blobs.has(id);
 
   /** The INBOX messages of a user, and the body each was filed from (its Return-Path line taken off). */

@@ -4,7 +4,9 @@
  */
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { createServer, type Server } from 'node:net';
+import { createServer, type Server, type Socket } from 'node:net';
+import { setFlagsFromString } from 'node:v8';
+import { runInNewContext } from 'node:vm';
 import { mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -26,6 +28,8 @@ describe('SMTP session core', () => {
   const stored: Transaction[] = [];
   let failAccept = false;
   const opts: Partial<SessionOptions> = {};
+  /** Told of each connection's socket (the retention test watches them being collected). */
+  let onSocket: ((sock: Socket) => void) | null = null;
 
   const hooks: SessionHooks = {
     connect: async () => null,
@@ -59,6 +63,7 @@ describe('SMTP session core', () => {
       pino({ level: 'silent' }),
     );
     server = createServer((sock) => {
+      onSocket?.(sock);
       const s = new Session(
         sock,
         {
@@ -373,6 +378,32 @@ describe('SMTP session core', () => {
     await w.reply();
     assert.match(await w.reply(), /^421 4\.4\.2/);
     await w.closed();
+  });
+
+  test('a session that ended is let go: nothing keeps its socket and state alive', async () => {
+    // A timer left running after the close held every finished session for seconds: under a
+    // stream of short connections, thousands of them at a time, each outliving the young
+    // generation into a full GC.
+    setFlagsFromString('--expose-gc');
+    const gc = runInNewContext('gc') as () => void;
+    let collected = 0;
+    const registry = new FinalizationRegistry<number>(() => collected++);
+    const n = 20;
+    onSocket = (sock) => registry.register(sock, 0);
+    try {
+      for (let i = 0; i < n; i++) {
+        const w = await Wire.open(port);
+        await transcript(w, 'S: 220\nC: EHLO c\nS: 250-\nC: QUIT\nS: 221 2.0.0');
+        await w.closed();
+      }
+    } finally {
+      onSocket = null;
+    }
+    for (let i = 0; i < 40 && collected < n; i++) {
+      gc();
+      await new Promise((r) => setTimeout(r, 50));
+    }
+    assert.equal(collected, n, 'every finished session collected');
   });
 
   test('a broken store answers 451 4.3.0, and the session goes on', async () => {
