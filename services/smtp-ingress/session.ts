@@ -241,13 +241,19 @@ export class Session {
     }
   }
 
-  /** Ends the session after the replies written so far (`force`: at once). */
-  close(force = false): void {
+  /**
+   * Ends the session after the replies written so far (`force`: at once). `quit`: the client said
+   * QUIT and has its 221, so nothing more is read: the socket is closed as soon as the reply is
+   * flushed, as Postfix's smtpd does, instead of waiting for the client to close its side (a
+   * client that closes with a reset, as load generators do, then finds the socket already gone).
+   */
+  close(force = false, quit = false): void {
     if (force) this.#socket.destroy();
     if (this.#closed) return;
     const socket = this.#socket;
     this.#teardown(false);
     socket.end();
+    if (quit) socket.once('finish', () => socket.destroy());
     // A client that does not read cannot hold the socket open. The timer goes with the socket:
     // left to run, it would keep every closed session (socket, buffers, state) alive for 5 s,
     // long enough to be promoted out of the young generation and cost a full GC later.
@@ -454,7 +460,7 @@ export class Session {
   async #reply(reply: SmtpReply): Promise<void> {
     if (reply.code >= 500) this.#errors++;
     await this.write(reply);
-    if (reply.close) return this.close();
+    if (reply.close) return this.close(false, reply.code === 221);
     if (this.#errors > LIMITS.maxErrors) {
       await this.write(REPLIES.budgetExceeded());
       this.close();
