@@ -650,7 +650,7 @@ export class BlobStore {
 
   async has(id: string): Promise<boolean> {
     const name = BlobStore.#name(id);
-    if (await this.#contentChunk(name)) return true;
+    if (await this.#leaderChunk(name)) return true;
     const info = await this.#store.info(name);
     return !!info && !info.deleted;
   }
@@ -670,18 +670,21 @@ export class BlobStore {
     return ids;
   }
 
-  /** Whether the chunk named after the content (#putOneChunk) is stored, asked of the stream's leader. */
-  async #contentChunk(name: string): Promise<boolean> {
-    return !!(await this.#jsm.streams.getMessage(BLOB_STREAM, { last_by_subj: chunkSubject(name) }));
+  /** The chunk named after the content (#putOneChunk), asked of the stream's leader; null if none. */
+  async #leaderChunk(name: string): Promise<Uint8Array | null> {
+    return (
+      (await this.#jsm.streams.getMessage(BLOB_STREAM, { last_by_subj: chunkSubject(name) }))?.data ?? null
+    );
   }
 
   /**
-   * Streams a body. A body of one chunk (up to 128 KiB: most mail) is read with two direct gets,
-   * its metadata then its chunk, raw bytes instead of the object store's ordered consumer (a
-   * consumer created and deleted on the server for every read), checked against its content
-   * address and kept in the cache of small bodies, so the next read of it (a POP3 client that
-   * downloads again, IMAP clients fetching the same message) costs no round trip. Larger bodies
-   * are streamed chunk by chunk every time, never held whole.
+   * Streams a body. A body of one chunk (up to 128 KiB: most mail) is read with one direct get
+   * of its content-named chunk (older ones: their metadata, then their chunk), raw bytes instead
+   * of the object store's ordered consumer (a consumer created and deleted on the server for
+   * every read), checked against its content address and kept in the cache of small bodies, so
+   * the next read of it (a POP3 client that downloads again, IMAP clients fetching the same
+   * message) costs no round trip. Larger bodies are streamed chunk by chunk every time, never
+   * held whole.
    */
   async *open(id: string): AsyncIterable<Uint8Array> {
     const name = BlobStore.#name(id);
@@ -747,8 +750,8 @@ export class BlobStore {
       }
     }
     // The stream's leader, through the JetStream API: the content-named chunk, then the metadata.
-    const own = await this.#jsm.streams.getMessage(BLOB_STREAM, { last_by_subj: chunkSubject(name) });
-    if (own && BlobStore.idOf(own.data) === id) return this.#keep(id, own.data);
+    const own = await this.#leaderChunk(name);
+    if (own && BlobStore.idOf(own) === id) return this.#keep(id, own);
     const info = await this.#store.info(name);
     if (!info || info.deleted) throw new Error(`blob ${id} not found`);
     if (info.size === 0) return EMPTY;

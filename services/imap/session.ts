@@ -658,8 +658,8 @@ export class ImapSession implements SessionContext {
     this.#uncork();
     if (this.#deflate) this.#deflate.end();
     else this.#socket.end();
-    // A peer that does not close its side is cut off after the grace period.
-    // Cleared once the session is done: a pending timer would keep the closed session alive.
+    // A peer that does not close its side is cut off after the grace period; the timer goes once
+    // the session is done (left pending, it would keep the closed session alive).
     const timer = setTimeout(() => this.#destroy(), this.limits.shutdownGraceMs);
     timer.unref();
     void this.done.then(() => clearTimeout(timer));
