@@ -533,7 +533,7 @@ export const schema = {
   upPipelineNice: setting(
     'UP_PIPELINE_NICE',
     int(0, 19),
-    10,
+    19,
     '`postino up` on Linux: how much lower the mail pipeline thread runs than the doors (nice) while it has a backlog, so that a burst is accepted first and filed right after; 0 for equal shares',
   ),
   partitions: setting(
