@@ -54,6 +54,20 @@ test('events recorded together are one message on the stream, and each is found 
   assert.equal((await traceMessage(nats, '<Q2@example.test>')).length, 100);
 });
 
+test('events recorded one per turn of the event loop under load still share batches', async () => {
+  const before = (await nats.jsm.streams.info(STREAMS.EVENTS)).state.messages;
+  // As a busy stage records them: one message's event per turn, none waiting for the others.
+  const recorded: Promise<void>[] = [];
+  for (let i = 0; i < 40; i++) {
+    recorded.push(recordEvent(nats, logger, 'received', event(`B${i}`, 'bob@example.test'), `B${i}`));
+    await new Promise((r) => setImmediate(r));
+  }
+  await Promise.all(recorded);
+  const written = (await nats.jsm.streams.info(STREAMS.EVENTS)).state.messages - before;
+  assert.ok(written < 20, `40 events in ${written} stream messages`);
+  for (const i of [0, 17, 39]) assert.equal((await traceMessage(nats, `B${i}`)).length, 1);
+});
+
 test('a stage that records its event again (a redelivery) shows it once; older single events are read', async () => {
   await recordEvent(nats, logger, 'stored', event('Q7', 'bob@example.test'), 'Q7:bob@example.test');
   await recordEvent(nats, logger, 'stored', event('Q7', 'bob@example.test'), 'Q7:bob@example.test');
