@@ -312,10 +312,11 @@ export class Session {
   }
 
   #touch(): void {
-    if (this.#idleTimer) clearTimeout(this.#idleTimer);
     if (this.#closed) return;
     // RFC 5321 4.5.3.2.7: the server waits for the next command (and each data block) this long.
-    this.#idleTimer = setTimeout(() => this.#idle(), this.opts.limits.idleTimeoutMs);
+    // Restarted in place (twice per command): no new timer object per command.
+    if (this.#idleTimer) this.#idleTimer.refresh();
+    else this.#idleTimer = setTimeout(() => this.#idle(), this.opts.limits.idleTimeoutMs);
   }
 
   /**
