@@ -269,7 +269,10 @@ async function serve(names: string[], embedded: boolean): Promise<void> {
   // `postino up` spreads its services over threads (services/core/threads.ts); `postino run` keeps
   // the named services on one thread, as a replica in a cluster does.
   const threads = embedded ? config.upThreads || (availableParallelism() >= 2 ? 3 : 1) : 1;
-  const plan = planThreads(names, threads);
+  // Threads share the SMTP ports they are given; an ephemeral port (0) would be one of its own each.
+  const fixedPorts = config.smtpPort > 0 && config.submissionPort > 0;
+  const smtpThreads = fixedPorts ? config.upSmtpThreads || (availableParallelism() >= 2 ? 2 : 1) : 1;
+  const plan = planThreads(names, threads, smtpThreads);
   const onThreadFailure = (err: Error) => {
     logger.fatal({ err }, 'a service thread failed; stopping');
     void backends?.stop().finally(() => process.exit(1));

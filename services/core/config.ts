@@ -295,6 +295,12 @@ export const schema = {
     50,
     'Open SMTP sessions per client IP per replica (421 past it)',
   ),
+  smtpReusePort: setting(
+    'SMTP_REUSE_PORT',
+    bool,
+    false,
+    'Listen on the SMTP ports with SO_REUSEPORT, so that several ingress replicas on one host share them and the kernel spreads connections over them (`postino up` sets it for its SMTP threads)',
+  ),
   smtpConnectionRate: setting(
     'SMTP_CONNECTION_RATE',
     int(1, 1_000_000),
@@ -529,6 +535,12 @@ export const schema = {
     int(0, 3),
     0,
     '`postino up`: threads the services run on (1: one; 2: mail pipeline apart; 3: SMTP ingress apart too; 0: 3 when the machine has 2+ cores)',
+  ),
+  upSmtpThreads: setting(
+    'UP_SMTP_THREADS',
+    int(0, 16),
+    0,
+    '`postino up` with the SMTP door on threads of its own (UP_THREADS 3): how many threads share its ports (SO_REUSEPORT), each an ingress replica with its own limits; 0: 2 when the machine has 2+ cores',
   ),
   upPipelineNice: setting(
     'UP_PIPELINE_NICE',

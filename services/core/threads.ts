@@ -37,25 +37,40 @@ type Report =
   | { type: 'metrics'; id: number; metrics: Metrics };
 
 export interface ThreadPlan {
-  /** Groups in start order; the group `main` runs on the main thread. */
-  groups: { name: string; services: string[] }[];
+  /**
+   * Groups in start order; the group `main` runs on the main thread. `shared`: the group is one of
+   * several replicas of the same services, which share their listening ports (SO_REUSEPORT).
+   */
+  groups: { name: string; services: string[]; shared?: boolean }[];
 }
 
 /**
  * The split of `postino up`'s services (given in start order) over `threads` threads: the mail
- * pipeline behind the doors (router, mailbox-store, delivery) first, then the SMTP door. Access
- * (IMAP, POP3) and admin stay on the main thread, which holds the HTTP port the admin API needs.
+ * pipeline behind the doors (router, mailbox-store, delivery) first, then the SMTP door, on
+ * `smtpThreads` threads of its own that share its ports. Access (IMAP, POP3) and admin stay on the
+ * main thread, which holds the HTTP port the admin API needs.
+ *
+ * More than one SMTP thread: an SMTP session is a chain of short round trips (to the client, to
+ * NATS, to Redis), and one thread answers one session's command at a time, so on its own it
+ * leaves CPU unused while it waits for the next; Postfix runs many smtpd processes for the same
+ * reason. Each thread is an ingress replica, as a pod would be: its own connections, leases and
+ * limits (SMTP_MAX_CONNECTIONS and SMTP_MAX_CONNECTIONS_PER_IP count per replica).
  */
-export function planThreads(services: string[], threads: number): ThreadPlan {
+export function planThreads(services: string[], threads: number, smtpThreads = 1): ThreadPlan {
   const pipeline = ['mailbox-store', 'router', 'delivery'];
   const ingress = ['smtp-ingress'];
   if (threads <= 1) return { groups: [{ name: 'main', services }] };
   const pick = (names: string[]) => services.filter((s) => names.includes(s));
   const apart = threads >= 3 ? [...pipeline, ...ingress] : pipeline;
+  const doors = threads >= 3 && pick(ingress).length > 0 ? Math.max(1, smtpThreads) : 0;
   const groups = [
     { name: 'pipeline', services: pick(pipeline) },
     { name: 'main', services: services.filter((s) => !apart.includes(s)) },
-    ...(threads >= 3 ? [{ name: 'ingress', services: pick(ingress) }] : []),
+    ...Array.from({ length: doors }, (_, i) => ({
+      name: i === 0 ? 'ingress' : `ingress-${i + 1}`,
+      services: pick(ingress),
+      ...(doors > 1 ? { shared: true } : {}),
+    })),
   ];
   return { groups: groups.filter((g) => g.services.length > 0) };
 }
@@ -70,11 +85,13 @@ class ServiceThread {
   readonly #stopped: Promise<void>;
   #started!: Promise<void>;
 
-  constructor(name: string, services: string[], onFailure: (err: Error) => void) {
+  constructor(name: string, services: string[], shared: boolean, onFailure: (err: Error) => void) {
     this.name = name;
     this.#worker = new Worker(new URL(import.meta.url), {
       workerData: { thread: name, services },
       name: `postino-${name}`,
+      // Replicas of the same door on one host share its ports.
+      env: shared ? { ...process.env, SMTP_REUSE_PORT: 'true' } : process.env,
     });
     let stopping = false;
     let resolveStarted!: () => void;
@@ -183,7 +200,7 @@ export async function runThreaded(
         main = await runServices(config, g.services, table, { gatherMetrics, addReadiness });
         continue;
       }
-      const t = new ServiceThread(g.name, g.services, onFailure);
+      const t = new ServiceThread(g.name, g.services, g.shared ?? false, onFailure);
       threads.push(t);
       await t.started();
       if (main) addReadiness(main.runtime.health);

@@ -255,7 +255,7 @@ export async function start(rt: Runtime): Promise<Service> {
     server.maxConnections = config.smtpMaxConnections + 100;
     await new Promise<void>((resolve, reject) => {
       server.once('error', reject);
-      server.listen(portOf[port], config.bindHost, () => {
+      server.listen({ port: portOf[port], host: config.bindHost, reusePort: config.smtpReusePort }, () => {
         server.off('error', reject);
         resolve();
       });

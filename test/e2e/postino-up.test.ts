@@ -7,7 +7,8 @@
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
+import { connect } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { startPostino, hashPassword } from '../../bench/reference/postino.ts';
@@ -34,7 +35,11 @@ for (const [threads, access] of [
 ] as const) {
   test(`postino up on ${threads} thread${threads === 1 ? '' : 's'}, mailbox access ${access}: mail in over SMTP, out over IMAP and POP3, changes to every session, clean stop`, async () => {
     const dir = mkdtempSync(join(tmpdir(), 'postino-up-'));
-    const p = await startPostino(dir, { UP_THREADS: String(threads), MAILBOX_ACCESS: access });
+    const p = await startPostino(dir, {
+      UP_THREADS: String(threads),
+      UP_SMTP_THREADS: '2',
+      MAILBOX_ACCESS: access,
+    });
     let stopped = false;
     try {
       const hash = await hashPassword(BOB.pass);
@@ -126,3 +131,59 @@ for (const [threads, access] of [
     }
   });
 }
+
+/** CPU time (ticks) of each thread of `pid` named `name` (as `ps -L` shows it), by thread id. */
+function threadTicks(pid: number, name: string): Map<string, number> {
+  const out = new Map<string, number>();
+  for (const tid of readdirSync(`/proc/${pid}/task`)) {
+    const stat = readFileSync(`/proc/${pid}/task/${tid}/stat`, 'utf8');
+    if (stat.slice(stat.indexOf('(') + 1, stat.lastIndexOf(')')) !== name) continue;
+    const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+    out.set(tid, Number(f[11]) + Number(f[12]));
+  }
+  return out;
+}
+
+/** One SMTP session that says EHLO and QUIT; resolves with the replies. */
+function ehloQuit(port: number): Promise<string> {
+  return new Promise((resolve, reject) => {
+    const s = connect(port, '127.0.0.1');
+    let got = '';
+    let step = 0;
+    s.on('data', (c: Buffer) => {
+      got += c.toString('latin1');
+      if (step === 0 && /^220 .*\r\n$/m.test(got)) {
+        step = 1;
+        s.write('EHLO door.test\r\n');
+      } else if (step === 1 && /^250 .*\r\n$/m.test(got)) {
+        step = 2;
+        s.write('QUIT\r\n');
+      }
+    });
+    s.on('error', reject);
+    s.on('close', () => resolve(got));
+  });
+}
+
+test('postino up with the SMTP door on two threads: both take connections on the same port', async () => {
+  const dir = mkdtempSync(join(tmpdir(), 'postino-up-'));
+  const p = await startPostino(dir, { UP_THREADS: '3', UP_SMTP_THREADS: '2' });
+  try {
+    // Linux names a thread by its first 15 characters: both doors show as postino-ingress.
+    const before = threadTicks(p.pid, 'postino-ingress');
+    assert.equal(before.size, 2, 'two SMTP threads');
+    // The kernel spreads connections over the sockets sharing the port (by the client's port).
+    for (let i = 0; i < 20; i++) {
+      const replies = await Promise.all(Array.from({ length: 20 }, () => ehloQuit(p.smtpPort)));
+      for (const r of replies) assert.match(r, /^220 [\s\S]*^250 [\s\S]*^221 /m);
+    }
+    const after = threadTicks(p.pid, 'postino-ingress');
+    for (const [tid, ticks] of after)
+      assert.ok(ticks > (before.get(tid) ?? 0), `SMTP thread ${tid} answered some of 400 sessions`);
+    assert.equal((await fetch(`http://127.0.0.1:${p.httpPort}/readyz`)).status, 200);
+    assert.equal(await p.stop(), 0, 'exits 0 after SIGTERM');
+  } finally {
+    await p.stop();
+    rmSync(dir, { recursive: true, force: true });
+  }
+});

@@ -28,6 +28,19 @@ test('the services of postino up over one, two and three threads', () => {
     { name: 'pipeline', services: ['mailbox-store', 'router', 'delivery'] },
     { name: 'main', services: ['smtp-ingress', 'imap', 'pop3', 'admin'] },
   ]);
+  // The SMTP door on two threads of its own, which share its ports; on two threads it stays one.
+  assert.deepEqual(planThreads(all, 3, 2).groups, [
+    { name: 'pipeline', services: ['mailbox-store', 'router', 'delivery'] },
+    { name: 'main', services: ['imap', 'pop3', 'admin'] },
+    { name: 'ingress', services: ['smtp-ingress'], shared: true },
+    { name: 'ingress-2', services: ['smtp-ingress'], shared: true },
+  ]);
+  assert.deepEqual(planThreads(all, 2, 2).groups, planThreads(all, 2).groups);
+  assert.deepEqual(
+    planThreads(['imap', 'admin'], 3, 2).groups,
+    [{ name: 'main', services: ['imap', 'admin'] }],
+    'no SMTP door, no thread for it',
+  );
 });
 
 test('a thread with a backlog runs nice +10 and gets its priority back once it is gone', async () => {
