@@ -1,9 +1,10 @@
 /**
  * `postino up`, the embedded default, as a user starts it: the command starts its own nats-server
- * and redis-server, runs the seven services on one thread or spread over three
- * (services/core/threads.ts), and stops everything on SIGTERM. Mail goes in over SMTP and is read
- * over IMAP and POP3 in either layout, with the mailboxes reached over RPC or directly
- * (MAILBOX_ACCESS), and changes reach an IDLE session; /readyz and /metrics answer for every thread.
+ * and redis-server, runs the seven services on one thread or spread over four (the SMTP door on two
+ * that share its ports; services/core/threads.ts), and stops everything on SIGTERM. Mail goes in
+ * over SMTP and is read over IMAP and POP3 in either layout, with the mailboxes reached over RPC or
+ * directly (MAILBOX_ACCESS), and changes reach an IDLE session; /readyz and /metrics answer for
+ * every thread.
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
