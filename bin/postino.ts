@@ -268,10 +268,11 @@ async function serve(names: string[], embedded: boolean): Promise<void> {
   const table = { ...SERVICES, ...OPTIONAL_SERVICES };
   // `postino up` spreads its services over threads (services/core/threads.ts); `postino run` keeps
   // the named services on one thread, as a replica in a cluster does.
-  const threads = embedded ? config.upThreads || (availableParallelism() >= 2 ? 3 : 1) : 1;
+  const multicore = availableParallelism() >= 2;
+  const threads = embedded ? config.upThreads || (multicore ? 3 : 1) : 1;
   // Threads share the SMTP ports they are given; an ephemeral port (0) would be one of its own each.
   const fixedPorts = config.smtpPort > 0 && config.submissionPort > 0;
-  const smtpThreads = fixedPorts ? config.upSmtpThreads || (availableParallelism() >= 2 ? 2 : 1) : 1;
+  const smtpThreads = fixedPorts ? config.upSmtpThreads || (multicore ? 2 : 1) : 1;
   const plan = planThreads(names, threads, smtpThreads);
   const onThreadFailure = (err: Error) => {
     logger.fatal({ err }, 'a service thread failed; stopping');

@@ -169,6 +169,7 @@ function ehloQuit(port: number): Promise<string> {
 test('postino up with the SMTP door on two threads: both take connections on the same port', async () => {
   const dir = mkdtempSync(join(tmpdir(), 'postino-up-'));
   const p = await startPostino(dir, { UP_THREADS: '3', UP_SMTP_THREADS: '2' });
+  let stopped = false;
   try {
     // Linux names a thread by its first 15 characters: both doors show as postino-ingress.
     const before = threadTicks(p.pid, 'postino-ingress');
@@ -182,9 +183,11 @@ test('postino up with the SMTP door on two threads: both take connections on the
     for (const [tid, ticks] of after)
       assert.ok(ticks > (before.get(tid) ?? 0), `SMTP thread ${tid} answered some of 400 sessions`);
     assert.equal((await fetch(`http://127.0.0.1:${p.httpPort}/readyz`)).status, 200);
-    assert.equal(await p.stop(), 0, 'exits 0 after SIGTERM');
+    const code = await p.stop();
+    stopped = true;
+    assert.equal(code, 0, 'exits 0 after SIGTERM');
   } finally {
-    await p.stop();
+    if (!stopped) await p.stop();
     rmSync(dir, { recursive: true, force: true });
   }
 });
